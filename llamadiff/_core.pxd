@@ -1,0 +1,49 @@
+# cython: language_level=3
+"""Public Cython declarations of llamadiff's core objects.
+
+Downstream Cython code can ``from llamadiff._core cimport Model, Context`` and reach the
+raw llama.cpp handles (``model.ptr``, ``ctx.ptr``) and the no-GIL decode entry point.
+"""
+
+from libc.stdint cimport int8_t, int32_t
+from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_memory_t,
+                              llama_batch, llama_token, llama_pos, llama_seq_id)
+
+
+cdef class Model:
+    cdef llama_model * ptr
+    cdef const llama_vocab * vocab
+    cdef readonly str path
+    cdef readonly int n_vocab
+    cdef int _n_contexts          # live Contexts using this model
+    cdef bint _close_requested    # close() was called while Contexts were alive
+    cdef dict _metadata_cache
+
+    cdef int _check_open(self) except -1
+    cdef int _check_token(self, long token) except -1
+    cdef void _release_context(self) noexcept
+    cdef void _free(self) noexcept
+
+
+cdef class Context:
+    cdef llama_context * ptr
+    cdef llama_memory_t mem       # NULL for architectures without KV memory (LLaDA, Dream)
+    cdef readonly Model model
+    cdef llama_batch batch
+    cdef int32_t batch_capacity
+    cdef readonly int32_t n_outputs   # rows of logits produced by the last decode
+    cdef readonly int n_vocab
+    cdef readonly int n_ctx
+    cdef readonly int n_batch
+    cdef readonly int n_ubatch
+    cdef readonly int n_seq_max
+    cdef int _exports             # NumPy views of the logits still alive
+    cdef bint _close_requested
+    cdef int _abort_flag
+
+    cdef int _check_open(self) except -1
+    cdef int check_batch_size(self, int n_tokens) except -1
+    cdef int32_t decode_batch(self, int32_t n_tokens) noexcept nogil
+    cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1
+    cdef float * logits_row(self, int32_t i) noexcept nogil
+    cdef void _free(self) noexcept

@@ -1,0 +1,984 @@
+# cython: language_level=3
+# distutils: language = c++
+"""Ownership of llama.cpp's native objects: models, contexts, batches, logits views.
+
+``Model`` owns a ``llama_model*``, ``Context`` a ``llama_context*`` plus one reusable
+``llama_batch``. Everything that could make llama.cpp abort the process (GGML_ASSERT on
+batch sizes, out-of-range token ids) is checked here first and raised as a Python
+exception. llama.cpp's log goes to the ``llamadiff.llama`` logger.
+"""
+
+import atexit
+import collections
+import logging
+import os
+
+from cpython.buffer cimport PyBUF_WRITABLE
+from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from libcpp cimport bool as cbool
+
+cimport llamadiff.llama as C
+from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_batch,
+                              llama_token, llama_pos, llama_seq_id, ggml_log_level)
+
+from llamadiff.errors import (ModelLoadError, ContextError, DecodeError, DecodeAborted,
+                              UnsupportedModelError)
+
+import numpy as np
+
+# --------------------------------------------------------------------------- logging
+
+logger = logging.getLogger("llamadiff.llama")
+# Quiet by default: with a NullHandler Python's last-resort handler does not print
+# llama.cpp's warnings; configure logging (or add a handler) to see them.
+logger.addHandler(logging.NullHandler())
+
+_PY_LEVEL = {
+    C.GGML_LOG_LEVEL_DEBUG: logging.DEBUG,
+    C.GGML_LOG_LEVEL_INFO: logging.INFO,
+    C.GGML_LOG_LEVEL_WARN: logging.WARNING,
+    C.GGML_LOG_LEVEL_ERROR: logging.ERROR,
+}
+
+# Lines below this ggml level are dropped without taking the GIL (set_log_level).
+cdef int _min_forward_level = C.GGML_LOG_LEVEL_INFO
+cdef int _last_level = C.GGML_LOG_LEVEL_INFO
+cdef bint _python_alive = True
+
+_partial_line = []
+# Recent warnings and errors, quoted in exceptions when a llama.cpp call fails.
+_recent_problems = collections.deque(maxlen=16)
+
+
+cdef void _log_callback(ggml_log_level level, const char * text, void * user_data) noexcept nogil:
+    global _last_level
+    cdef int lvl = level
+    if lvl == C.GGML_LOG_LEVEL_CONT:
+        lvl = _last_level          # a continuation of the previous message
+    else:
+        _last_level = lvl
+    if (lvl < _min_forward_level and lvl < C.GGML_LOG_LEVEL_WARN) or not _python_alive:
+        return
+    with gil:
+        try:
+            _dispatch_log(lvl, text)
+        except BaseException:
+            pass
+
+
+cdef void _silent_callback(ggml_log_level level, const char * text, void * user_data) noexcept nogil:
+    pass
+
+
+cdef _dispatch_log(int lvl, const char * text):
+    piece = text.decode("utf-8", "replace")
+    _partial_line.append(piece)
+    if not piece.endswith("\n"):
+        return
+    message = "".join(_partial_line).rstrip("\n")
+    _partial_line.clear()
+    if lvl >= C.GGML_LOG_LEVEL_WARN:
+        _recent_problems.append(message.strip())
+    py_level = _PY_LEVEL.get(lvl, logging.DEBUG)
+    if logger.isEnabledFor(py_level):
+        logger.log(py_level, message)
+
+
+def set_log_level(level):
+    """Forward llama.cpp messages at or above ``level`` (a ``logging`` level) to Python.
+
+    Also sets the level of the ``llamadiff.llama`` logger. Warnings and errors are always
+    collected (they are quoted in exceptions); DEBUG lines are dropped unless asked for
+    here, since forwarding them costs a GIL round trip each.
+    """
+    global _min_forward_level
+    level = logging._checkLevel(level)
+    logger.setLevel(level)
+    if level <= logging.DEBUG:
+        _min_forward_level = C.GGML_LOG_LEVEL_DEBUG
+    elif level <= logging.INFO:
+        _min_forward_level = C.GGML_LOG_LEVEL_INFO
+    elif level <= logging.WARNING:
+        _min_forward_level = C.GGML_LOG_LEVEL_WARN
+    else:
+        _min_forward_level = C.GGML_LOG_LEVEL_ERROR
+
+
+def _take_problems():
+    """Return and forget the llama.cpp warnings/errors logged since the last call."""
+    lines = [line for line in _recent_problems if line]
+    _recent_problems.clear()
+    return lines
+
+
+def _at_exit():
+    # After finalization begins, a callback must not touch Python objects.
+    global _python_alive
+    _python_alive = False
+    C.llama_log_set(_silent_callback, NULL)
+
+
+C.llama_log_set(_log_callback, NULL)
+# One backend initialisation per process (module import happens once).
+C.llama_backend_init()
+atexit.register(_at_exit)
+
+
+def llama_cpp_version():
+    """Version string of the linked llama.cpp library."""
+    return C.llama_version().decode()
+
+
+def system_info():
+    """llama.cpp's description of the CPU features and backends it was built with."""
+    return C.llama_print_system_info().decode()
+
+
+def supports_gpu_offload():
+    return bool(C.llama_supports_gpu_offload())
+
+
+# --------------------------------------------------------------------------- helpers
+
+# Pieces that stand for the mask token in the diffusion model families we know
+# (SDAR / TraDo, Dream, LLaDA), tried when the GGUF does not name a mask token id.
+MASK_TOKEN_TEXTS = ("<|MASK|>", "<|mask|>", "<|mdm_mask|>", "[MASK]")
+
+_KV_TYPES = {
+    "f32": C.GGML_TYPE_F32, "f16": C.GGML_TYPE_F16, "bf16": C.GGML_TYPE_BF16,
+    "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0,
+}
+
+
+def default_threads():
+    """Cores this process may run on (a sensible n_threads default)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+cdef str _read_c_string(int32_t (*getter)(const llama_model *, int32_t, char *, size_t),
+                        const llama_model * model, int32_t index):
+    """Call one of llama.cpp's snprintf-style metadata getters with a large enough buffer."""
+    cdef int32_t n = getter(model, index, NULL, 0)
+    if n < 0:
+        return None
+    cdef char * buf = <char *> malloc(n + 1)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        getter(model, index, buf, n + 1)
+        return buf[:n].decode("utf-8", "replace")
+    finally:
+        free(buf)
+
+
+def _validate_path(path):
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"model path must be a str or os.PathLike, not {type(path).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"model path is a directory, not a GGUF file: {path!r}")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"model file is not readable: {path!r}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path!r} is not a GGUF file (it starts with {magic!r}, "
+                             "a GGUF file starts with b'GGUF')")
+    return path
+
+
+# --------------------------------------------------------------------------- Model
+
+
+cdef class Model:
+    """A GGUF model loaded by llama.cpp.
+
+    Parameters
+    ----------
+    path: path of a ``.gguf`` file.
+    n_gpu_layers: layers to offload to a GPU (0: CPU only, -1: all).
+    use_mmap: memory-map the file instead of reading it.
+    vocab_only: load only the vocabulary and metadata (fast; no weights, no decoding).
+    """
+
+    def __cinit__(self):
+        self.ptr = NULL
+        self.vocab = NULL
+        self._n_contexts = 0
+        self._close_requested = False
+
+    def __init__(self, path, *, int n_gpu_layers=0, bint use_mmap=True, bint vocab_only=False):
+        if self.ptr != NULL:
+            raise RuntimeError("Model is already initialised")
+        self.path = _validate_path(path)
+        cdef C.llama_model_params params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.load_mode = C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE
+        params.vocab_only = vocab_only
+        cdef bytes bpath = os.fsencode(self.path)
+        cdef const char * cpath = bpath
+        cdef llama_model * model
+        _take_problems()
+        with nogil:
+            model = C.llama_model_load_from_file(cpath, params)
+        problems = _take_problems()
+        if model == NULL:
+            detail = "; ".join(problems[-4:]) or "llama.cpp gave no reason"
+            raise ModelLoadError(f"llama.cpp could not load {self.path!r}: {detail}")
+        self.ptr = model
+        self.vocab = C.llama_model_get_vocab(model)
+        if self.vocab == NULL or C.llama_vocab_type_of(self.vocab) == C.LLAMA_VOCAB_TYPE_NONE:
+            self._free()
+            raise UnsupportedModelError(f"{self.path!r} has no tokenizer vocabulary; "
+                                        "llamadiff needs one to tokenize prompts")
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        if not C.llama_model_has_decoder(model) or C.llama_model_has_encoder(model):
+            self._free()
+            raise UnsupportedModelError(f"{self.path!r}: encoder models are not supported")
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self) noexcept:
+        if self.ptr != NULL:
+            C.llama_model_free(self.ptr)
+            self.ptr = NULL
+            self.vocab = NULL
+
+    cdef void _release_context(self) noexcept:
+        self._n_contexts -= 1
+        if self._close_requested and self._n_contexts == 0:
+            self._free()
+
+    cdef int _check_open(self) except -1:
+        if self.ptr == NULL or self._close_requested:
+            raise ValueError("the Model is closed")
+        return 0
+
+    cdef int _check_token(self, long token) except -1:
+        if token < 0 or token >= self.n_vocab:
+            raise ValueError(f"token id {token} is out of range for a vocabulary of {self.n_vocab}")
+        return 0
+
+    # -- lifetime ---------------------------------------------------------------
+
+    def close(self):
+        """Free the weights now. Contexts still using the model keep it until they close.
+
+        Safe to call more than once.
+        """
+        self._close_requested = True
+        if self._n_contexts == 0:
+            self._free()
+
+    @property
+    def closed(self):
+        return self.ptr == NULL or self._close_requested
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        if self.closed:
+            return "<llamadiff.Model closed>"
+        return (f"<llamadiff.Model {os.path.basename(self.path)!r} arch={self.architecture!r} "
+                f"family={self.family!r} n_vocab={self.n_vocab}>")
+
+    # -- description ------------------------------------------------------------
+
+    @property
+    def metadata(self):
+        """GGUF key/value metadata as a dict of strings (arrays are summarised by llama.cpp)."""
+        self._check_open()
+        if self._metadata_cache is None:
+            out = {}
+            for i in range(C.llama_model_meta_count(self.ptr)):
+                key = _read_c_string(C.llama_model_meta_key_by_index, self.ptr, i)
+                if key is not None:
+                    out[key] = _read_c_string(C.llama_model_meta_val_str_by_index, self.ptr, i)
+            self._metadata_cache = out
+        return dict(self._metadata_cache)
+
+    def meta(self, str key, default=None):
+        """One metadata value as a string, or ``default``."""
+        self._check_open()
+        if self._metadata_cache is None:
+            self.metadata
+        return self._metadata_cache.get(key, default)
+
+    @property
+    def architecture(self):
+        return self.meta("general.architecture")
+
+    @property
+    def description(self):
+        self._check_open()
+        cdef char buf[256]
+        n = C.llama_model_desc(self.ptr, buf, sizeof(buf))
+        return buf[:max(0, min(n, 255))].decode("utf-8", "replace")
+
+    @property
+    def is_diffusion(self):
+        """True for llama.cpp's diffusion architectures (LLaDA, Dream, RND1...)."""
+        self._check_open()
+        return bool(C.llama_model_is_diffusion(self.ptr))
+
+    @property
+    def family(self):
+        """``"full"`` for llama.cpp diffusion archs, ``"block"`` for causal archs with a mask
+        token (SDAR-style block diffusion), ``None`` for other models."""
+        if self.is_diffusion:
+            return "full"
+        if self.mask_token_id is not None and not C.llama_model_is_recurrent(self.ptr) \
+                and not C.llama_model_is_hybrid(self.ptr):
+            return "block"
+        return None
+
+    @property
+    def mask_token_id(self):
+        """The mask token: the GGUF's mask token id, else a known mask piece; or None."""
+        self._check_open()
+        cdef llama_token tok = C.llama_vocab_mask(self.vocab)
+        if tok >= 0:
+            return int(tok)
+        for text in MASK_TOKEN_TEXTS:
+            ids = self.tokenize(text, add_special=False, parse_special=True)
+            if len(ids) == 1 and self.token_to_piece(ids[0], special=True) == text:
+                return ids[0]
+        return None
+
+    @property
+    def n_ctx_train(self):
+        self._check_open()
+        return C.llama_model_n_ctx_train(self.ptr)
+
+    @property
+    def n_embd(self):
+        self._check_open()
+        return C.llama_model_n_embd(self.ptr)
+
+    @property
+    def n_layer(self):
+        self._check_open()
+        return C.llama_model_n_layer(self.ptr)
+
+    @property
+    def n_head(self):
+        self._check_open()
+        return C.llama_model_n_head(self.ptr)
+
+    @property
+    def n_head_kv(self):
+        self._check_open()
+        return C.llama_model_n_head_kv(self.ptr)
+
+    @property
+    def size(self):
+        """Bytes of all weight tensors."""
+        self._check_open()
+        return int(C.llama_model_size(self.ptr))
+
+    @property
+    def n_params(self):
+        self._check_open()
+        return int(C.llama_model_n_params(self.ptr))
+
+    @property
+    def file_type(self):
+        """Quantisation of the weights, e.g. ``"F16"`` or ``"Q8_0"``."""
+        self._check_open()
+        return C.llama_ftype_name(C.llama_model_ftype(self.ptr)).decode()
+
+    @property
+    def chat_template(self):
+        """The model's default chat template (Jinja text) or None."""
+        self._check_open()
+        cdef const char * tmpl = C.llama_model_chat_template(self.ptr, NULL)
+        return None if tmpl == NULL else tmpl.decode("utf-8", "replace")
+
+    # -- special tokens -----------------------------------------------------------
+
+    @property
+    def bos_token_id(self):
+        self._check_open()
+        return _optional_token(C.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_token_id(self):
+        self._check_open()
+        return _optional_token(C.llama_vocab_eos(self.vocab))
+
+    @property
+    def eot_token_id(self):
+        self._check_open()
+        return _optional_token(C.llama_vocab_eot(self.vocab))
+
+    @property
+    def eog_token_ids(self):
+        """All end-of-generation tokens (EOS, EOT, ``<|im_end|>``...), sorted."""
+        self._check_open()
+        cdef int i
+        return [i for i in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, i)]
+
+    def is_eog(self, int token):
+        self._check_open()
+        self._check_token(token)
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    def is_control(self, int token):
+        self._check_open()
+        self._check_token(token)
+        return bool(C.llama_vocab_is_control(self.vocab, token))
+
+    def token_text(self, int token):
+        """The vocabulary entry of ``token`` as stored (e.g. ``'Ġworld'`` for GPT-2 vocabs)."""
+        self._check_open()
+        self._check_token(token)
+        return C.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")
+
+    # -- text <-> tokens ------------------------------------------------------------
+
+    def tokenize(self, text, *, bint add_special=True, bint parse_special=False):
+        """Token ids of ``text`` (str or bytes).
+
+        ``add_special`` adds BOS/EOS where the model asks for them; ``parse_special``
+        turns special-token texts such as ``<|im_start|>`` into their ids.
+        """
+        self._check_open()
+        cdef bytes data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if len(data) > 0x7FFFFFF0:
+            raise ValueError("text is too long to tokenize")
+        cdef int32_t n_text = len(data)
+        cdef int32_t cap = n_text + 8
+        cdef llama_token * out = <llama_token *> malloc(cap * sizeof(llama_token))
+        cdef int32_t n
+        cdef const char * cdata = data
+        if out == NULL:
+            raise MemoryError()
+        try:
+            n = C.llama_tokenize(self.vocab, cdata, n_text, out, cap, add_special, parse_special)
+            if n < 0:
+                if n == -2147483648:
+                    raise ValueError("tokenization overflowed")
+                cap = -n
+                free(out)
+                out = <llama_token *> malloc(cap * sizeof(llama_token))
+                if out == NULL:
+                    raise MemoryError()
+                n = C.llama_tokenize(self.vocab, cdata, n_text, out, cap, add_special, parse_special)
+                if n < 0:
+                    raise RuntimeError("llama_tokenize failed")
+            return [out[i] for i in range(n)]
+        finally:
+            free(out)
+
+    def token_to_piece(self, int token, *, bint special=True):
+        """The text of one token (special tokens rendered when ``special``)."""
+        return self.token_bytes(token, special=special).decode("utf-8", "replace")
+
+    def token_bytes(self, int token, *, bint special=True):
+        """The raw bytes of one token (a piece may hold part of a UTF-8 character)."""
+        self._check_open()
+        self._check_token(token)
+        cdef char buf[128]
+        cdef int32_t n = C.llama_token_to_piece(self.vocab, token, buf, sizeof(buf), 0, special)
+        cdef char * big
+        if n >= 0:
+            return buf[:n]
+        big = <char *> malloc(-n)
+        if big == NULL:
+            raise MemoryError()
+        try:
+            n = C.llama_token_to_piece(self.vocab, token, big, -n, 0, special)
+            return big[:max(n, 0)]
+        finally:
+            free(big)
+
+    def detokenize(self, tokens, *, bint special=False, bint remove_special=False):
+        """Text of a token sequence. ``special`` renders special tokens such as ``<|im_end|>``."""
+        return self.detokenize_bytes(tokens, special=special,
+                                     remove_special=remove_special).decode("utf-8", "replace")
+
+    def detokenize_bytes(self, tokens, *, bint special=False, bint remove_special=False):
+        self._check_open()
+        ids = [int(t) for t in tokens]
+        cdef int32_t n_tok = len(ids)
+        if n_tok == 0:
+            return b""
+        cdef llama_token * buf = <llama_token *> malloc(n_tok * sizeof(llama_token))
+        cdef int32_t cap = n_tok * 8 + 16
+        cdef char * text = NULL
+        cdef int32_t n, i
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n_tok):
+                self._check_token(ids[i])
+                buf[i] = ids[i]
+            text = <char *> malloc(cap)
+            if text == NULL:
+                raise MemoryError()
+            n = C.llama_detokenize(self.vocab, buf, n_tok, text, cap, remove_special, special)
+            if n < 0:
+                cap = -n
+                free(text)
+                text = <char *> malloc(cap)
+                if text == NULL:
+                    raise MemoryError()
+                n = C.llama_detokenize(self.vocab, buf, n_tok, text, cap, remove_special, special)
+            return text[:max(n, 0)]
+        finally:
+            free(buf)
+            free(text)
+
+    def apply_chat_template(self, messages, *, bint add_generation_prompt=True, template=None):
+        """Format ``[{"role": ..., "content": ...}, ...]`` with the model's chat template.
+
+        Uses llama.cpp's built-in template matcher (no Jinja), which recognises the common
+        templates (ChatML, Llama, Gemma...) from the GGUF's template text or name.
+        """
+        self._check_open()
+        if template is None:
+            template = self.chat_template
+        if template is None:
+            raise UnsupportedModelError("this model has no chat template; pass template=... "
+                                        "(e.g. 'chatml') or a plain prompt")
+        msgs = list(messages)
+        if not msgs:
+            raise ValueError("messages is empty")
+        encoded = []
+        for m in msgs:
+            try:
+                role, content = m["role"], m["content"]
+            except (TypeError, KeyError):
+                raise ValueError("each message must be a mapping with 'role' and 'content'") from None
+            if not isinstance(role, str) or not isinstance(content, str):
+                raise TypeError("message role and content must be str")
+            encoded.append((role.encode(), content.encode()))
+        cdef C.llama_chat_message * chat = <C.llama_chat_message *> malloc(
+            len(encoded) * sizeof(C.llama_chat_message))
+        cdef bytes btmpl = template.encode()
+        cdef int32_t cap = 2 * sum(len(r) + len(c) for r, c in encoded) + 256
+        cdef char * buf = NULL
+        cdef int32_t n
+        if chat == NULL:
+            raise MemoryError()
+        try:
+            for i, (r, c) in enumerate(encoded):
+                chat[i].role = r
+                chat[i].content = c
+            for _ in range(2):
+                buf = <char *> malloc(cap)
+                if buf == NULL:
+                    raise MemoryError()
+                n = C.llama_chat_apply_template(btmpl, chat, len(encoded), add_generation_prompt, buf, cap)
+                if n < 0:
+                    raise UnsupportedModelError(
+                        "llama.cpp does not recognise this chat template; pass template= "
+                        "with a built-in name such as 'chatml'")
+                if n <= cap:
+                    return buf[:n].decode("utf-8", "replace")
+                free(buf)
+                buf = NULL
+                cap = n + 1
+            raise RuntimeError("llama_chat_apply_template kept growing")
+        finally:
+            free(chat)
+            free(buf)
+
+
+# --------------------------------------------------------------------------- logits view
+
+
+cdef class _LogitsBuffer:
+    """Read-only buffer over llama.cpp's logits; keeps its Context from being freed."""
+    cdef Context ctx
+    cdef float * data
+    cdef Py_ssize_t shape[2]
+    cdef Py_ssize_t strides[2]
+
+    def __getbuffer__(self, Py_buffer * view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("llama.cpp's logits buffer is read-only")
+        view.buf = <void *> self.data
+        view.obj = self
+        view.len = self.shape[0] * self.shape[1] * sizeof(float)
+        view.readonly = 1
+        view.itemsize = sizeof(float)
+        view.format = "f"
+        view.ndim = 2
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+        self.ctx._exports += 1
+
+    def __releasebuffer__(self, Py_buffer * view):
+        self.ctx._exports -= 1
+        if self.ctx._close_requested and self.ctx._exports == 0:
+            self.ctx._free()
+
+
+# --------------------------------------------------------------------------- Context
+
+
+cdef cbool _abort_requested(void * data) noexcept nogil:
+    return (<int *> data)[0] != 0
+
+
+cdef class Context:
+    """A llama.cpp inference context (KV memory, compute buffers, one reusable batch).
+
+    Parameters
+    ----------
+    model: the Model (kept alive by the context).
+    n_ctx: KV cache size in tokens (> 0).
+    n_batch: most tokens one ``decode`` call accepts (default: min(n_ctx, 2048)).
+    n_ubatch: most tokens computed in one pass; non-causal decoding needs
+        ``n_tokens <= n_ubatch`` (default: n_batch).
+    n_seq_max: number of parallel sequences.
+    n_threads: CPU threads (default: all usable cores).
+    causal: causal attention; False gives bidirectional attention over the batch and
+        the cached prefix (block diffusion).
+    flash_attn: "auto", True or False.
+    type_k, type_v: KV cache element types ("f16", "f32", "bf16", "q8_0", "q4_0").
+    """
+
+    def __cinit__(self):
+        self.ptr = NULL
+        self.mem = NULL
+        self.batch_capacity = 0
+        self.n_outputs = 0
+        self._exports = 0
+        self._close_requested = False
+        self._abort_flag = 0
+
+    def __init__(self, Model model not None, *, n_ctx=4096, n_batch=None, n_ubatch=None,
+                 int n_seq_max=1, n_threads=None, n_threads_batch=None, bint causal=True,
+                 flash_attn="auto", str type_k="f16", str type_v="f16", bint offload_kqv=True):
+        if self.ptr != NULL:
+            raise RuntimeError("Context is already initialised")
+        model._check_open()
+        n_ctx = _positive_int("n_ctx", n_ctx)
+        n_batch = min(n_ctx, 2048) if n_batch is None else _positive_int("n_batch", n_batch)
+        n_ubatch = n_batch if n_ubatch is None else _positive_int("n_ubatch", n_ubatch)
+        if n_ubatch > n_batch:
+            raise ValueError(f"n_ubatch ({n_ubatch}) must not exceed n_batch ({n_batch})")
+        if n_seq_max < 1 or n_seq_max > C.llama_max_parallel_sequences():
+            raise ValueError(f"n_seq_max must be in 1..{C.llama_max_parallel_sequences()}, got {n_seq_max}")
+        n_threads = default_threads() if n_threads is None else _positive_int("n_threads", n_threads)
+        n_threads_batch = n_threads if n_threads_batch is None else _positive_int("n_threads_batch", n_threads_batch)
+        if type_k not in _KV_TYPES or type_v not in _KV_TYPES:
+            raise ValueError(f"type_k/type_v must be one of {sorted(_KV_TYPES)}")
+
+        cdef C.llama_context_params params = C.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_ubatch
+        params.n_seq_max = n_seq_max
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads_batch
+        params.flash_attn_type = _flash_attn_type(flash_attn)
+        params.type_k = _KV_TYPES[type_k]
+        params.type_v = _KV_TYPES[type_v]
+        params.offload_kqv = offload_kqv
+        params.no_perf = False
+        params.abort_callback = _abort_requested
+        params.abort_callback_data = &self._abort_flag
+
+        cdef llama_context * ctx
+        _take_problems()
+        with nogil:
+            ctx = C.llama_init_from_model(model.ptr, params)
+        problems = _take_problems()
+        if ctx == NULL:
+            detail = "; ".join(problems[-4:]) or "llama.cpp gave no reason"
+            raise ContextError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
+                               f"n_batch={n_batch}, n_ubatch={n_ubatch}): {detail}")
+        self.ptr = ctx
+        self.model = model
+        model._n_contexts += 1
+        self.mem = C.llama_get_memory(ctx)
+        self.n_vocab = model.n_vocab
+        self.n_ctx = C.llama_n_ctx(ctx)
+        self.n_batch = C.llama_n_batch(ctx)
+        self.n_ubatch = C.llama_n_ubatch(ctx)
+        self.n_seq_max = C.llama_n_seq_max(ctx)
+        self.batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self.batch_capacity = self.n_batch
+        if not model.is_diffusion:
+            C.llama_set_causal_attn(ctx, causal)
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self) noexcept:
+        if self.ptr != NULL:
+            C.llama_free(self.ptr)
+            self.ptr = NULL
+            self.mem = NULL
+            if self.model is not None:
+                self.model._release_context()
+        if self.batch_capacity > 0:
+            C.llama_batch_free(self.batch)
+            self.batch_capacity = 0
+
+    def close(self):
+        """Free the context now (deferred while NumPy views of its logits are alive).
+
+        Safe to call more than once.
+        """
+        self._close_requested = True
+        if self._exports == 0:
+            self._free()
+
+    @property
+    def closed(self):
+        return self.ptr == NULL or self._close_requested
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        if self.closed:
+            return "<llamadiff.Context closed>"
+        return (f"<llamadiff.Context n_ctx={self.n_ctx} n_batch={self.n_batch} "
+                f"n_ubatch={self.n_ubatch} causal={self.causal}>")
+
+    cdef int _check_open(self) except -1:
+        if self.ptr == NULL or self._close_requested:
+            raise ValueError("the Context is closed")
+        return 0
+
+    # -- settings -------------------------------------------------------------------
+
+    @property
+    def causal(self):
+        self._check_open()
+        return bool(C.llama_get_causal_attn(self.ptr))
+
+    @causal.setter
+    def causal(self, bint value):
+        self._check_open()
+        if self.model.is_diffusion and value:
+            raise ValueError("diffusion architectures only support non-causal attention")
+        C.llama_set_causal_attn(self.ptr, value)
+
+    @property
+    def n_threads(self):
+        self._check_open()
+        return C.llama_n_threads(self.ptr)
+
+    @n_threads.setter
+    def n_threads(self, value):
+        self._check_open()
+        n = _positive_int("n_threads", value)
+        C.llama_set_n_threads(self.ptr, n, n)
+
+    @property
+    def has_memory(self):
+        """False for architectures that recompute everything each call (LLaDA, Dream)."""
+        self._check_open()
+        return self.mem != NULL
+
+    # -- memory (KV cache) ----------------------------------------------------------------
+
+    def memory_clear(self):
+        """Forget every cached token (no-op without KV memory)."""
+        self._check_open()
+        if self.mem != NULL:
+            C.llama_memory_clear(self.mem, False)
+
+    def memory_remove(self, int pos_from, int pos_to=-1, int seq_id=0):
+        """Drop cached tokens of ``seq_id`` with positions in [pos_from, pos_to) (-1: to the end)."""
+        self._check_open()
+        self._check_seq(seq_id)
+        if self.mem == NULL:
+            return True
+        return bool(C.llama_memory_seq_rm(self.mem, seq_id, pos_from, pos_to))
+
+    def memory_pos_max(self, int seq_id=0):
+        """Largest cached position of ``seq_id``, -1 when empty."""
+        self._check_open()
+        self._check_seq(seq_id)
+        return -1 if self.mem == NULL else C.llama_memory_seq_pos_max(self.mem, seq_id)
+
+    def memory_pos_min(self, int seq_id=0):
+        self._check_open()
+        self._check_seq(seq_id)
+        return -1 if self.mem == NULL else C.llama_memory_seq_pos_min(self.mem, seq_id)
+
+    def _check_seq(self, int seq_id):
+        if seq_id < 0 or seq_id >= self.n_seq_max:
+            raise ValueError(f"seq_id {seq_id} is out of range for n_seq_max={self.n_seq_max}")
+
+    # -- decoding -------------------------------------------------------------------------
+
+    cdef int check_batch_size(self, int n_tokens) except -1:
+        """Refuse what llama.cpp would GGML_ASSERT on (that would abort the process)."""
+        if n_tokens < 1:
+            raise ValueError("cannot decode an empty batch")
+        if n_tokens > self.n_batch:
+            raise ValueError(f"cannot decode {n_tokens} tokens at once: n_batch is {self.n_batch}")
+        if n_tokens > self.n_ubatch and not C.llama_get_causal_attn(self.ptr):
+            raise ValueError(f"non-causal decoding of {n_tokens} tokens needs n_ubatch >= "
+                             f"{n_tokens} (it is {self.n_ubatch})")
+        return 0
+
+    cdef int32_t decode_batch(self, int32_t n_tokens) noexcept nogil:
+        """Decode the first ``n_tokens`` entries of ``self.batch`` as filled by the caller.
+
+        No checks: callers validate with ``check_batch_size`` and token ranges first.
+        Returns llama_decode's status.
+        """
+        cdef int32_t rc, i
+        cdef int32_t n_out = 0
+        self.batch.n_tokens = n_tokens
+        for i in range(n_tokens):
+            n_out += self.batch.logits[i] != 0
+        self._abort_flag = 0
+        rc = C.llama_decode(self.ptr, self.batch)
+        self.n_outputs = n_out if rc == 0 else 0
+        return rc
+
+    cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1:
+        if rc == 0:
+            return 0
+        problems = _take_problems()
+        detail = ("; llama.cpp: " + "; ".join(problems[-3:])) if problems else ""
+        if rc == 1:
+            raise DecodeError(f"no room in the KV cache for {n_tokens} tokens (n_ctx={self.n_ctx}); "
+                              f"clear or shrink the cached sequence, or use a larger n_ctx{detail}")
+        if rc == 2:
+            raise DecodeAborted("decoding was aborted" + detail)
+        if rc == -1:
+            raise DecodeError("llama.cpp rejected the batch as invalid" + detail)
+        raise DecodeError(f"llama_decode failed with status {rc}{detail}")
+
+    cdef float * logits_row(self, int32_t i) noexcept nogil:
+        """Logits of the i-th output row of the last decode (no bounds check)."""
+        return C.llama_get_logits(self.ptr) + <Py_ssize_t> i * self.n_vocab
+
+    def decode(self, tokens, positions=None, *, logits=True, int seq_id=0):
+        """Run the model over ``tokens`` at ``positions`` and keep their KV in memory.
+
+        tokens: token ids. positions: one per token (default: continue after the last
+            cached position of the sequence). logits: True (a row for every token),
+            False (none), "last", or one bool per token.
+        Releases the GIL while llama.cpp computes. Afterwards ``self.logits`` holds one
+        row per requested token, in batch order.
+        """
+        self._check_open()
+        self._check_seq(seq_id)
+        cdef Py_ssize_t n = len(tokens)
+        self.check_batch_size(n)
+        if positions is None:
+            start = self.memory_pos_max(seq_id) + 1
+            positions = range(start, start + n)
+        elif len(positions) != n:
+            raise ValueError(f"got {len(positions)} positions for {n} tokens")
+        if isinstance(logits, str):
+            if logits != "last":
+                raise ValueError("logits must be True, False, 'last' or a sequence of bools")
+            flags = [False] * (n - 1) + [True]
+        elif isinstance(logits, bool) or logits is None:
+            flags = [bool(logits)] * n
+        else:
+            flags = [bool(f) for f in logits]
+            if len(flags) != n:
+                raise ValueError(f"got {len(flags)} logits flags for {n} tokens")
+
+        cdef int32_t i, rc
+        cdef long tok, pos
+        for i in range(n):
+            tok = tokens[i]
+            pos = positions[i]
+            self.model._check_token(tok)
+            if pos < 0 or pos >= self.n_ctx:
+                raise ValueError(f"position {pos} is outside the context (n_ctx={self.n_ctx})")
+            self.batch.token[i] = <llama_token> tok
+            self.batch.pos[i] = <llama_pos> pos
+            self.batch.n_seq_id[i] = 1
+            self.batch.seq_id[i][0] = seq_id
+            self.batch.logits[i] = flags[i]
+        _take_problems()
+        with nogil:
+            rc = self.decode_batch(<int32_t> n)
+        self.raise_for_decode(rc, n)
+        return self.n_outputs
+
+    @property
+    def logits(self):
+        """Logits of the last decode as a read-only float32 array (n_outputs, n_vocab).
+
+        Shares llama.cpp's buffer (no copy): valid until the next ``decode`` on this
+        context; copy it (``.copy()``) to keep it longer.
+        """
+        self._check_open()
+        if self.n_outputs == 0:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        cdef _LogitsBuffer buf = _LogitsBuffer.__new__(_LogitsBuffer)
+        buf.ctx = self
+        buf.data = C.llama_get_logits(self.ptr)
+        buf.shape[0] = self.n_outputs
+        buf.shape[1] = self.n_vocab
+        buf.strides[0] = self.n_vocab * sizeof(float)
+        buf.strides[1] = sizeof(float)
+        return np.asarray(buf)
+
+    def request_abort(self):
+        """Ask a decode running in another thread to stop (CPU backend); it raises DecodeAborted."""
+        self._abort_flag = 1
+
+    # -- performance counters --------------------------------------------------------------
+
+    def perf(self):
+        """llama.cpp's own timing counters for this context."""
+        self._check_open()
+        cdef C.llama_perf_context_data d = C.llama_perf_context(self.ptr)
+        return {"load_ms": d.t_load_ms, "prompt_eval_ms": d.t_p_eval_ms, "eval_ms": d.t_eval_ms,
+                "n_prompt_eval": d.n_p_eval, "n_eval": d.n_eval, "graphs_reused": d.n_reused}
+
+    def perf_reset(self):
+        self._check_open()
+        C.llama_perf_context_reset(self.ptr)
+
+
+cdef object _optional_token(llama_token tok):
+    return None if tok < 0 else int(tok)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if value > 0x7FFFFFFF:
+        raise ValueError(f"{name} is too large: {value}")
+    return int(value)
+
+
+def _flash_attn_type(value):
+    if value == "auto" or value is None:
+        return C.LLAMA_FLASH_ATTN_TYPE_AUTO
+    if value is True or value == "on":
+        return C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    if value is False or value == "off":
+        return C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    raise ValueError(f"flash_attn must be 'auto', True or False, got {value!r}")

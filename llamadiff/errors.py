@@ -1,0 +1,30 @@
+"""Exceptions raised by llamadiff.
+
+Every error that bad input can cause is one of these (or a built-in such as
+``FileNotFoundError`` / ``ValueError`` where Python has a natural one), never a crash.
+They subclass the built-in that fits, so ``except ValueError`` keeps working.
+"""
+
+
+class LlamaDiffError(Exception):
+    """Base class of llamadiff's own errors."""
+
+
+class ModelLoadError(LlamaDiffError, ValueError):
+    """A file could not be loaded as a model (not GGUF, truncated, unknown architecture...)."""
+
+
+class UnsupportedModelError(LlamaDiffError, ValueError):
+    """The model loaded, but llamadiff cannot run it for the requested task."""
+
+
+class ContextError(LlamaDiffError, RuntimeError):
+    """llama.cpp could not create a context with the requested settings."""
+
+
+class DecodeError(LlamaDiffError, RuntimeError):
+    """llama_decode failed (context full, invalid batch, backend error)."""
+
+
+class DecodeAborted(DecodeError):
+    """llama_decode stopped early because an abort was requested."""

@@ -1,0 +1,277 @@
+# cython: language_level=3
+"""Declarations of the llama.cpp C API that llamadiff uses (``include/llama.h``).
+
+Declarations only, no logic: grouped and ordered like the header so each one can be
+found there. Structs list just the fields we read or write; the C compiler sees the
+real definitions. Downstream Cython code can ``from llamadiff.llama cimport *``.
+"""
+
+from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t, uint64_t
+from libcpp cimport bool as cbool
+
+
+cdef extern from "ggml.h" nogil:
+    ctypedef enum ggml_type:
+        GGML_TYPE_F32
+        GGML_TYPE_F16
+        GGML_TYPE_Q4_0
+        GGML_TYPE_Q8_0
+        GGML_TYPE_BF16
+
+    ctypedef enum ggml_log_level:
+        GGML_LOG_LEVEL_NONE
+        GGML_LOG_LEVEL_DEBUG
+        GGML_LOG_LEVEL_INFO
+        GGML_LOG_LEVEL_WARN
+        GGML_LOG_LEVEL_ERROR
+        GGML_LOG_LEVEL_CONT
+
+    ctypedef void (*ggml_log_callback)(ggml_log_level level, const char * text, void * user_data) noexcept
+    ctypedef cbool (*ggml_abort_callback)(void * data) noexcept
+
+
+cdef extern from "llama.h" nogil:
+    # ------------------------------------------------------------------ basic types
+    cdef struct llama_vocab:
+        pass
+    cdef struct llama_model:
+        pass
+    cdef struct llama_context:
+        pass
+    cdef struct llama_memory_i:
+        pass
+    ctypedef llama_memory_i * llama_memory_t
+
+    ctypedef int32_t llama_pos
+    ctypedef int32_t llama_token
+    ctypedef int32_t llama_seq_id
+
+    int LLAMA_TOKEN_NULL
+    uint32_t LLAMA_DEFAULT_SEED
+
+    cdef enum llama_vocab_type:
+        LLAMA_VOCAB_TYPE_NONE
+        LLAMA_VOCAB_TYPE_SPM
+        LLAMA_VOCAB_TYPE_BPE
+        LLAMA_VOCAB_TYPE_WPM
+        LLAMA_VOCAB_TYPE_UGM
+        LLAMA_VOCAB_TYPE_RWKV
+        LLAMA_VOCAB_TYPE_PLAMO2
+
+    ctypedef enum llama_token_attr:
+        LLAMA_TOKEN_ATTR_UNDEFINED
+        LLAMA_TOKEN_ATTR_UNKNOWN
+        LLAMA_TOKEN_ATTR_UNUSED
+        LLAMA_TOKEN_ATTR_NORMAL
+        LLAMA_TOKEN_ATTR_CONTROL
+        LLAMA_TOKEN_ATTR_USER_DEFINED
+        LLAMA_TOKEN_ATTR_BYTE
+        LLAMA_TOKEN_ATTR_NORMALIZED
+        LLAMA_TOKEN_ATTR_LSTRIP
+        LLAMA_TOKEN_ATTR_RSTRIP
+        LLAMA_TOKEN_ATTR_SINGLE_WORD
+
+    ctypedef enum llama_ftype:
+        LLAMA_FTYPE_ALL_F32
+        LLAMA_FTYPE_MOSTLY_F16
+        LLAMA_FTYPE_MOSTLY_Q8_0
+        LLAMA_FTYPE_MOSTLY_Q4_K_M
+        LLAMA_FTYPE_GUESSED
+
+    const char * llama_ftype_name(llama_ftype ftype)
+
+    ctypedef enum llama_attention_type:
+        LLAMA_ATTENTION_TYPE_UNSPECIFIED
+        LLAMA_ATTENTION_TYPE_CAUSAL
+        LLAMA_ATTENTION_TYPE_NON_CAUSAL
+
+    ctypedef enum llama_flash_attn_type:
+        LLAMA_FLASH_ATTN_TYPE_AUTO
+        LLAMA_FLASH_ATTN_TYPE_DISABLED
+        LLAMA_FLASH_ATTN_TYPE_ENABLED
+
+    ctypedef enum llama_split_mode:
+        LLAMA_SPLIT_MODE_NONE
+        LLAMA_SPLIT_MODE_LAYER
+        LLAMA_SPLIT_MODE_ROW
+
+    ctypedef enum llama_load_mode:
+        LLAMA_LOAD_MODE_AUTO
+        LLAMA_LOAD_MODE_NONE
+        LLAMA_LOAD_MODE_MMAP
+        LLAMA_LOAD_MODE_MLOCK
+        LLAMA_LOAD_MODE_MMAP_MLOCK
+        LLAMA_LOAD_MODE_DIRECT_IO
+
+    # Input of llama_decode: per token its id, position, sequence ids and output flag.
+    ctypedef struct llama_batch:
+        int32_t n_tokens
+        llama_token * token
+        float * embd
+        llama_pos * pos
+        int32_t * n_seq_id
+        llama_seq_id ** seq_id
+        int8_t * logits
+
+    ctypedef cbool (*llama_progress_callback)(float progress, void * user_data) noexcept
+
+    cdef struct llama_model_params:
+        int32_t n_gpu_layers
+        llama_split_mode split_mode
+        llama_load_mode load_mode
+        int32_t main_gpu
+        llama_progress_callback progress_callback
+        void * progress_callback_user_data
+        bint vocab_only
+        bint check_tensors
+        bint use_extra_bufts
+        bint no_host
+        bint no_alloc
+
+    cdef struct llama_context_params:
+        uint32_t n_ctx
+        uint32_t n_batch
+        uint32_t n_ubatch
+        uint32_t n_seq_max
+        uint32_t n_outputs_max
+        int32_t n_threads
+        int32_t n_threads_batch
+        llama_attention_type attention_type
+        llama_flash_attn_type flash_attn_type
+        ggml_type type_k
+        ggml_type type_v
+        ggml_abort_callback abort_callback
+        void * abort_callback_data
+        bint embeddings
+        bint offload_kqv
+        bint no_perf
+        bint op_offload
+        bint kv_unified
+
+    ctypedef struct llama_chat_message:
+        const char * role
+        const char * content
+
+    # ------------------------------------------------------------------ backend and defaults
+    const char * llama_version()
+    llama_model_params llama_model_default_params()
+    llama_context_params llama_context_default_params()
+    void llama_backend_init()
+    void llama_backend_free()
+    const char * llama_print_system_info()
+    bint llama_supports_mmap()
+    bint llama_supports_gpu_offload()
+    bint llama_supports_rpc()
+    size_t llama_max_devices()
+    size_t llama_max_parallel_sequences()
+    int64_t llama_time_us()
+
+    # ------------------------------------------------------------------ model and context lifetime
+    llama_model * llama_model_load_from_file(const char * path_model, llama_model_params params)
+    void llama_model_free(llama_model * model)
+    llama_context * llama_init_from_model(llama_model * model, llama_context_params params)
+    void llama_free(llama_context * ctx)
+
+    # ------------------------------------------------------------------ context queries
+    uint32_t llama_n_ctx(const llama_context * ctx)
+    uint32_t llama_n_ctx_seq(const llama_context * ctx)
+    uint32_t llama_n_batch(const llama_context * ctx)
+    uint32_t llama_n_ubatch(const llama_context * ctx)
+    uint32_t llama_n_seq_max(const llama_context * ctx)
+    const llama_model * llama_get_model(const llama_context * ctx)
+    llama_memory_t llama_get_memory(const llama_context * ctx)
+
+    # ------------------------------------------------------------------ model queries and metadata
+    const llama_vocab * llama_model_get_vocab(const llama_model * model)
+    int32_t llama_model_n_ctx_train(const llama_model * model)
+    int32_t llama_model_n_embd(const llama_model * model)
+    int32_t llama_model_n_layer(const llama_model * model)
+    int32_t llama_model_n_head(const llama_model * model)
+    int32_t llama_model_n_head_kv(const llama_model * model)
+    int32_t llama_model_meta_val_str(const llama_model * model, const char * key, char * buf, size_t buf_size)
+    int32_t llama_model_meta_count(const llama_model * model)
+    int32_t llama_model_meta_key_by_index(const llama_model * model, int32_t i, char * buf, size_t buf_size)
+    int32_t llama_model_meta_val_str_by_index(const llama_model * model, int32_t i, char * buf, size_t buf_size)
+    int32_t llama_model_desc(const llama_model * model, char * buf, size_t buf_size)
+    llama_ftype llama_model_ftype(const llama_model * model)
+    uint64_t llama_model_size(const llama_model * model)
+    const char * llama_model_chat_template(const llama_model * model, const char * name)
+    uint64_t llama_model_n_params(const llama_model * model)
+    bint llama_model_has_encoder(const llama_model * model)
+    bint llama_model_has_decoder(const llama_model * model)
+    bint llama_model_is_recurrent(const llama_model * model)
+    bint llama_model_is_hybrid(const llama_model * model)
+    bint llama_model_is_diffusion(const llama_model * model)
+
+    # ------------------------------------------------------------------ memory (KV cache)
+    void llama_memory_clear(llama_memory_t mem, bint data)
+    bint llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1)
+    void llama_memory_seq_cp(llama_memory_t mem, llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1)
+    void llama_memory_seq_keep(llama_memory_t mem, llama_seq_id seq_id)
+    llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq_id)
+    llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id)
+
+    # ------------------------------------------------------------------ batches and decoding
+    llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max)
+    void llama_batch_free(llama_batch batch)
+    int32_t llama_decode(llama_context * ctx, llama_batch batch)
+
+    void llama_set_n_threads(llama_context * ctx, int32_t n_threads, int32_t n_threads_batch)
+    int32_t llama_n_threads(llama_context * ctx)
+    int32_t llama_n_threads_batch(llama_context * ctx)
+    void llama_set_causal_attn(llama_context * ctx, bint causal_attn)
+    bint llama_get_causal_attn(const llama_context * ctx)
+    void llama_set_abort_callback(llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data)
+    void llama_synchronize(llama_context * ctx)
+
+    float * llama_get_logits(llama_context * ctx)
+    float * llama_get_logits_ith(llama_context * ctx, int32_t i)
+
+    # ------------------------------------------------------------------ vocabulary
+    # named differently here: in C the function shares its name with the enum
+    int llama_vocab_type_of "llama_vocab_type"(const llama_vocab * vocab)
+    int32_t llama_vocab_n_tokens(const llama_vocab * vocab)
+    const char * llama_vocab_get_text(const llama_vocab * vocab, llama_token token)
+    float llama_vocab_get_score(const llama_vocab * vocab, llama_token token)
+    llama_token_attr llama_vocab_get_attr(const llama_vocab * vocab, llama_token token)
+    bint llama_vocab_is_eog(const llama_vocab * vocab, llama_token token)
+    bint llama_vocab_is_control(const llama_vocab * vocab, llama_token token)
+    llama_token llama_vocab_bos(const llama_vocab * vocab)
+    llama_token llama_vocab_eos(const llama_vocab * vocab)
+    llama_token llama_vocab_eot(const llama_vocab * vocab)
+    llama_token llama_vocab_sep(const llama_vocab * vocab)
+    llama_token llama_vocab_nl(const llama_vocab * vocab)
+    llama_token llama_vocab_pad(const llama_vocab * vocab)
+    llama_token llama_vocab_mask(const llama_vocab * vocab)
+    bint llama_vocab_get_add_bos(const llama_vocab * vocab)
+    bint llama_vocab_get_add_eos(const llama_vocab * vocab)
+
+    # ------------------------------------------------------------------ tokenization
+    int32_t llama_tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,
+                           llama_token * tokens, int32_t n_tokens_max,
+                           bint add_special, bint parse_special)
+    int32_t llama_token_to_piece(const llama_vocab * vocab, llama_token token, char * buf,
+                                 int32_t length, int32_t lstrip, bint special)
+    int32_t llama_detokenize(const llama_vocab * vocab, const llama_token * tokens, int32_t n_tokens,
+                             char * text, int32_t text_len_max, bint remove_special, bint unparse_special)
+
+    # ------------------------------------------------------------------ chat templates
+    int32_t llama_chat_apply_template(const char * tmpl, const llama_chat_message * chat, size_t n_msg,
+                                      bint add_ass, char * buf, int32_t length)
+    int32_t llama_chat_builtin_templates(const char ** output, size_t len)
+
+    # ------------------------------------------------------------------ logging
+    void llama_log_set(ggml_log_callback log_callback, void * user_data)
+
+    # ------------------------------------------------------------------ performance counters
+    cdef struct llama_perf_context_data:
+        double t_start_ms
+        double t_load_ms
+        double t_p_eval_ms
+        double t_eval_ms
+        int32_t n_p_eval
+        int32_t n_eval
+        int32_t n_reused
+
+    llama_perf_context_data llama_perf_context(const llama_context * ctx)
+    void llama_perf_context_reset(llama_context * ctx)

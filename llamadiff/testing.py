@@ -1,0 +1,531 @@
+"""Writers for tiny random-weight GGUF models, for tests and benchmarks.
+
+The models written here load in llama.cpp like real converted checkpoints
+but need no download: every weight is drawn from a seeded numpy generator,
+so the same arguments always give a byte-identical file.
+
+Three architectures are supported, the ones llamadiff runs:
+
+* ``qwen3``: a plain Qwen3 GGUF.  Block-diffusion checkpoints (SDAR,
+  Fast-dLLM v2, ...) are exactly that, with a ``<|MASK|>`` token in the
+  vocab; like real conversions they usually carry no
+  ``tokenizer.ggml.mask_token_id``, so by default none is written.
+* ``llada`` and ``dream``: llama.cpp's own diffusion architectures, written
+  with the metadata ``convert_hf_to_gguf.py`` gives them (non-causal
+  attention, mask token id, ``diffusion.shift_logits`` for LLaDA).
+
+The vocab is a GPT-2 style byte-level BPE vocab: the 256 byte tokens, a
+handful of merges (so that "hello world" tokenizes to two tokens), and the
+special tokens ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` and
+``<|MASK|>``.  It can be padded with ordinary tokens up to a realistic size
+so that benchmarks see a realistic logits width.
+
+:func:`read_model` reads a file back (weights as float64 in ``out x in``
+layout), which is what the float64 reference forward pass in the test suite
+consumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import zlib
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+import gguf
+from gguf import GGUFValueType, TokenType
+
+__all__ = [
+    "ARCHS",
+    "QWEN_CHAT_TEMPLATE",
+    "ModelShape",
+    "Vocab",
+    "ModelData",
+    "byte_vocab",
+    "write_model",
+    "write_qwen3",
+    "write_llada",
+    "write_dream",
+    "read_model",
+]
+
+ARCHS = ("qwen3", "llada", "dream")
+
+# How llama.cpp applies RoPE for each architecture (llama_model_rope_type):
+# "neox" rotates pairs (i, i + n_rot/2), "norm" rotates pairs (2i, 2i + 1).
+ROPE_TYPE = {"qwen3": "neox", "dream": "neox", "llada": "norm"}
+
+# Architectures llama.cpp always runs with bidirectional attention (their
+# load_arch_hparams force causal_attn = false, whatever the metadata says).
+DIFFUSION_ARCHS = ("llada", "dream")
+
+# Qwen's simple ChatML template; llama.cpp recognises it as "chatml".
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Merges in rank order.  Each one only joins tokens that exist already, and
+# no earlier merge splits the words the later ones build, so "hello world"
+# becomes ["hello", "Ġworld"] and " the" becomes ["Ġthe"].
+_MERGES = (
+    "Ġ t", "Ġ a", "h e", "i n", "r e", "e r", "Ġt h", "Ġth e",
+    "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
+)
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>")
+
+
+# --------------------------------------------------------------------------
+# vocab
+# --------------------------------------------------------------------------
+
+def _bytes_to_unicode() -> list[tuple[int, str]]:
+    """GPT-2's byte -> printable character map, in GPT-2 vocab order.
+
+    Printable latin-1 bytes map to themselves and come first; the others
+    (controls, space, ...) map to U+0100 onwards.  The order matches the
+    first 256 ids of GPT-2 and Qwen vocabs ("!" is token 0).
+    """
+    bs = (list(range(ord("!"), ord("~") + 1))
+          + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = list(bs)
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [(b, chr(c)) for b, c in zip(bs, cs)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """A tokenizer vocab as stored in GGUF.
+
+    ``special`` maps the text of each special (CONTROL) token to its id.
+    """
+
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    special: dict[str, int]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def id(self, text: str) -> int:
+        """Id of the token whose text is exactly ``text``."""
+        try:
+            return self.special[text]
+        except KeyError:
+            return self.tokens.index(text)
+
+    @property
+    def eos_id(self) -> int:
+        return self.special["<|endoftext|>"]
+
+    @property
+    def eot_id(self) -> int:
+        return self.special["<|im_end|>"]
+
+    @property
+    def mask_id(self) -> int:
+        return self.special["<|MASK|>"]
+
+
+def byte_vocab(n_vocab_pad: int = 0) -> Vocab:
+    """The test vocab: bytes, merges, special tokens, then ``n_vocab_pad`` fillers.
+
+    Fillers are NORMAL tokens named ``<|extra_N|>``.  They sit after the
+    special tokens so the special ids do not depend on the padding, and
+    they are NORMAL rather than USER_DEFINED because llama.cpp scans every
+    USER_DEFINED token on each tokenize call, which would make a 150k
+    vocab very slow to tokenize with.  BPE never produces them.
+    """
+    if n_vocab_pad < 0:
+        raise ValueError("n_vocab_pad must be >= 0")
+    tokens = [ch for _, ch in _bytes_to_unicode()]
+    types = [int(TokenType.NORMAL)] * len(tokens)
+    known = set(tokens)
+    for merge in _MERGES:
+        left, right = merge.split(" ")
+        assert left in known and right in known, merge
+        merged = left + right
+        if merged not in known:
+            tokens.append(merged)
+            types.append(int(TokenType.NORMAL))
+            known.add(merged)
+    special = {}
+    for text in SPECIAL_TOKENS:
+        special[text] = len(tokens)
+        tokens.append(text)
+        types.append(int(TokenType.CONTROL))
+    for i in range(n_vocab_pad):
+        tokens.append(f"<|extra_{i}|>")
+        types.append(int(TokenType.NORMAL))
+    return Vocab(tokens=tokens, token_types=types, merges=list(_MERGES), special=special)
+
+
+# --------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ModelShape:
+    """Model dimensions.  The defaults make a model of a few hundred kB.
+
+    ``qkv_bias`` None means the architecture's own choice (Dream, being
+    Qwen2-like, has q/k/v biases; Qwen3 and LLaDA do not).  ``n_vocab_pad``
+    appends that many filler tokens to the vocab (see :func:`byte_vocab`),
+    e.g. ``151936 - len(byte_vocab().tokens)`` for a Qwen-sized vocab.
+    """
+
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_head_kv: int = 2
+    head_dim: int = 16
+    n_ff: int = 128
+    n_ctx_train: int = 4096
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-6
+    tie_embeddings: bool = False
+    qkv_bias: bool | None = None
+    n_vocab_pad: int = 0
+
+
+class _Tensor(NamedTuple):
+    name: str
+    shape: tuple[int, ...]  # numpy layout: (out, in) for matrices
+    kind: str               # "embedding", "matrix", "norm" or "bias"
+    fan_in: int
+
+
+def _tensor_plan(arch: str, shape: ModelShape, n_vocab: int, qkv_bias: bool) -> list[_Tensor]:
+    """Tensors the arch's load_arch_tensors expects, in conversion order."""
+    E, H, KV, D, F = shape.n_embd, shape.n_head, shape.n_head_kv, shape.head_dim, shape.n_ff
+    plan = [_Tensor("token_embd.weight", (n_vocab, E), "embedding", E)]
+    for i in range(shape.n_layer):
+        p = f"blk.{i}."
+        plan.append(_Tensor(p + "attn_norm.weight", (E,), "norm", E))
+        plan.append(_Tensor(p + "attn_q.weight", (H * D, E), "matrix", E))
+        plan.append(_Tensor(p + "attn_k.weight", (KV * D, E), "matrix", E))
+        plan.append(_Tensor(p + "attn_v.weight", (KV * D, E), "matrix", E))
+        if qkv_bias:
+            plan.append(_Tensor(p + "attn_q.bias", (H * D,), "bias", E))
+            plan.append(_Tensor(p + "attn_k.bias", (KV * D,), "bias", E))
+            plan.append(_Tensor(p + "attn_v.bias", (KV * D,), "bias", E))
+        plan.append(_Tensor(p + "attn_output.weight", (E, H * D), "matrix", H * D))
+        if arch == "qwen3":
+            plan.append(_Tensor(p + "attn_q_norm.weight", (D,), "norm", D))
+            plan.append(_Tensor(p + "attn_k_norm.weight", (D,), "norm", D))
+        plan.append(_Tensor(p + "ffn_norm.weight", (E,), "norm", E))
+        plan.append(_Tensor(p + "ffn_gate.weight", (F, E), "matrix", E))
+        plan.append(_Tensor(p + "ffn_up.weight", (F, E), "matrix", E))
+        plan.append(_Tensor(p + "ffn_down.weight", (E, F), "matrix", F))
+    plan.append(_Tensor("output_norm.weight", (E,), "norm", E))
+    if not shape.tie_embeddings:
+        plan.append(_Tensor("output.weight", (n_vocab, E), "matrix", E))
+    return plan
+
+
+def _make_tensor(t: _Tensor, seed: int, gain: float, wtype: np.dtype) -> np.ndarray:
+    # One generator per tensor, keyed by its name: a tensor's values do not
+    # depend on which other tensors the model has (e.g. tied or not).
+    key = zlib.crc32(t.name.encode())
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(key,))))
+    noise = rng.standard_normal(t.shape, dtype=np.float32)
+    if t.kind == "norm":
+        # Around 1, so RMSNorm keeps activations at unit scale.
+        return (1.0 + np.float32(0.1) * noise).astype(np.float32)
+    if t.kind == "bias":
+        return (np.float32(0.1 * gain) * noise).astype(np.float32)
+    # 1/sqrt(fan_in) keeps every projection's output near unit variance.
+    # The embedding uses the same scale so that tied output logits are
+    # about N(0, 1) too, neither flat nor one-hot.
+    noise *= np.float32(gain / np.sqrt(t.fan_in))
+    return noise.astype(wtype)
+
+
+def _infer_value(key: str, value: Any) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], GGUFValueType):
+        val, vtype = value
+        sub = None
+        if vtype == GGUFValueType.ARRAY:
+            sub = GGUFValueType.get_type(val[0]) if len(val) else GGUFValueType.INT32
+        return val, vtype, sub
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value), GGUFValueType.BOOL, None
+    if isinstance(value, (int, np.integer)):
+        # llama.cpp reads ids, lengths and counts as uint32 and checks the type.
+        vtype = GGUFValueType.UINT32 if value >= 0 else GGUFValueType.INT32
+        return int(value), vtype, None
+    if isinstance(value, (float, np.floating)):
+        return float(value), GGUFValueType.FLOAT32, None
+    if isinstance(value, str):
+        return value, GGUFValueType.STRING, None
+    if isinstance(value, (list, np.ndarray)):
+        vals = list(value)
+        if not vals:
+            raise ValueError(f"metadata {key!r}: empty arrays cannot be typed")
+        return vals, GGUFValueType.ARRAY, GGUFValueType.get_type(vals[0])
+    raise TypeError(f"metadata {key!r}: unsupported value type {type(value).__name__}")
+
+
+def write_model(
+    path: str | os.PathLike[str],
+    arch: str = "qwen3",
+    *,
+    shape: ModelShape | None = None,
+    seed: int = 0,
+    dtype: str = "f32",
+    weight_scale: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    mask_id_in_metadata: bool | None = None,
+    block_length: int | None = None,
+) -> pathlib.Path:
+    """Write a random-weight GGUF model and return its path.
+
+    ``dtype`` ("f32" or "f16") is the type of the 2-D weight matrices; norm
+    weights and biases are always F32, as in real conversions.
+    ``weight_scale`` multiplies the standard deviation of every matrix and
+    bias (default 1: each matrix has std 1/sqrt(fan_in)).
+    ``mask_id_in_metadata`` writes ``tokenizer.ggml.mask_token_id``; it
+    defaults to False for qwen3 and True for llada and dream.
+    ``block_length`` is written as ``diffusion.block_length`` (uint32).
+    ``metadata`` adds or replaces key/values after the defaults: a plain
+    value gets an inferred type (non-negative int -> uint32, float ->
+    float32, bool, str, list), a ``(value, GGUFValueType)`` pair an explicit
+    one, and None removes the key.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}, expected one of {ARCHS}")
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
+    shape = dataclasses.replace(shape) if shape is not None else ModelShape()
+    if shape.n_head % shape.n_head_kv:
+        raise ValueError("n_head must be a multiple of n_head_kv")
+    if shape.head_dim % 2:
+        raise ValueError("head_dim must be even for RoPE")
+    if arch == "dream" and shape.n_head * shape.head_dim != shape.n_embd:
+        # llama.cpp sizes Dream's q/o projections as n_embd x n_embd and
+        # derives head_dim from n_embd / n_head.
+        raise ValueError("dream needs n_head * head_dim == n_embd")
+    if mask_id_in_metadata is None:
+        mask_id_in_metadata = arch != "qwen3"
+    qkv_bias = shape.qkv_bias if shape.qkv_bias is not None else arch == "dream"
+    gain = 1.0 if weight_scale is None else float(weight_scale)
+    wtype = np.dtype(np.float32 if dtype == "f32" else np.float16)
+
+    vocab = byte_vocab(shape.n_vocab_pad)
+    n_vocab = vocab.n_tokens
+    eos = vocab.special["<|endoftext|>"]
+
+    kv: dict[str, tuple[Any, GGUFValueType, GGUFValueType | None]] = {}
+
+    def put(key: str, value: Any, vtype: GGUFValueType) -> None:
+        sub = None
+        if vtype == GGUFValueType.ARRAY:
+            sub = GGUFValueType.get_type(value[0])
+        kv[key] = (value, vtype, sub)
+
+    U32, F32, BOOL, STR, ARR = (GGUFValueType.UINT32, GGUFValueType.FLOAT32,
+                                GGUFValueType.BOOL, GGUFValueType.STRING, GGUFValueType.ARRAY)
+    put("general.name", f"llamadiff-test-{arch}", STR)
+    put("general.file_type", int(gguf.LlamaFileType.ALL_F32 if dtype == "f32"
+                                 else gguf.LlamaFileType.MOSTLY_F16), U32)
+    put(f"{arch}.context_length", shape.n_ctx_train, U32)
+    put(f"{arch}.embedding_length", shape.n_embd, U32)
+    put(f"{arch}.block_count", shape.n_layer, U32)
+    put(f"{arch}.feed_forward_length", shape.n_ff, U32)
+    put(f"{arch}.attention.head_count", shape.n_head, U32)
+    put(f"{arch}.attention.head_count_kv", shape.n_head_kv, U32)
+    put(f"{arch}.rope.freq_base", float(shape.rope_theta), F32)
+    put(f"{arch}.attention.layer_norm_rms_epsilon", float(shape.rms_eps), F32)
+    if arch == "qwen3":
+        # Qwen3's head_dim is independent of n_embd / n_head.
+        put(f"{arch}.attention.key_length", shape.head_dim, U32)
+        put(f"{arch}.attention.value_length", shape.head_dim, U32)
+    if arch == "llada":
+        put(f"{arch}.vocab_size", n_vocab, U32)
+        put(f"{arch}.rope.dimension_count", shape.head_dim, U32)
+        if shape.head_dim * shape.n_head != shape.n_embd:
+            put(f"{arch}.attention.key_length", shape.head_dim, U32)
+            put(f"{arch}.attention.value_length", shape.head_dim, U32)
+    if arch in DIFFUSION_ARCHS:
+        put(f"{arch}.attention.causal", False, BOOL)
+    if arch == "llada":
+        # Only LLaDA's converter writes this; Dream files leave it out and
+        # consumers (llama.cpp's diffusion-cli) then default to shifting.
+        put("diffusion.shift_logits", False, BOOL)
+    if block_length is not None:
+        put("diffusion.block_length", int(block_length), U32)
+
+    put("tokenizer.ggml.model", "gpt2", STR)
+    put("tokenizer.ggml.pre", "qwen2", STR)
+    put("tokenizer.ggml.tokens", vocab.tokens, ARR)
+    kv["tokenizer.ggml.token_type"] = (vocab.token_types, ARR, GGUFValueType.INT32)
+    put("tokenizer.ggml.merges", vocab.merges, ARR)
+    # Without an explicit bos id a gpt2-type vocab defaults to token 11.
+    put("tokenizer.ggml.bos_token_id", eos, U32)
+    put("tokenizer.ggml.eos_token_id", eos, U32)
+    # EOT would otherwise be picked by text from an unordered map.
+    put("tokenizer.ggml.eot_token_id", vocab.special["<|im_end|>"], U32)
+    put("tokenizer.ggml.padding_token_id", eos, U32)
+    if mask_id_in_metadata:
+        put("tokenizer.ggml.mask_token_id", vocab.mask_id, U32)
+    put("tokenizer.ggml.add_bos_token", arch == "llada", BOOL)
+    if arch in ("qwen3", "dream"):
+        put("tokenizer.chat_template", QWEN_CHAT_TEMPLATE, STR)
+
+    for key, value in (metadata or {}).items():
+        if value is None:
+            kv.pop(key, None)
+        else:
+            kv[key] = _infer_value(key, value)
+
+    plan = _tensor_plan(arch, shape, n_vocab, qkv_bias)
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, arch)
+    for key, (value, vtype, sub) in kv.items():
+        if key == "general.architecture":
+            continue
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+    for t in plan:
+        tt = wtype if t.kind in ("matrix", "embedding") else np.dtype(np.float32)
+        nbytes = int(np.prod(t.shape)) * tt.itemsize
+        writer.add_tensor_info(t.name, t.shape, tt, nbytes)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        # Tensors are generated and written one at a time, so a large model
+        # never has to fit in memory at once.
+        for t in plan:
+            writer.write_tensor_data(_make_tensor(t, seed, gain, wtype))
+    finally:
+        writer.close()
+    return path
+
+
+def write_qwen3(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="qwen3"`` (a block-diffusion checkpoint)."""
+    return write_model(path, "qwen3", **kw)
+
+
+def write_llada(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="llada"``."""
+    return write_model(path, "llada", **kw)
+
+
+def write_dream(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="dream"``."""
+    return write_model(path, "dream", **kw)
+
+
+# --------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------
+
+class ModelData(NamedTuple):
+    """A model read back by :func:`read_model`; unpacks as a 4-tuple."""
+
+    arch: str
+    hparams: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    vocab: Vocab
+
+
+def _field_value(field: Any) -> Any:
+    value = field.contents()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def read_model(path: str | os.PathLike[str]) -> ModelData:
+    """Read a GGUF model written by :func:`write_model` (or a compatible one).
+
+    ``weights`` maps tensor names to float64 arrays in numpy layout (a
+    matrix is ``out x in``).  ``hparams`` holds normalised hyperparameters
+    with llama.cpp's defaults applied, plus ``metadata``: every scalar
+    key/value of the file.  Only unquantized (F32/F16/BF16) tensors are
+    supported.
+    """
+    reader = gguf.GGUFReader(path)
+    fields = reader.fields
+    meta: dict[str, Any] = {}
+    for key, field in fields.items():
+        if key.startswith("GGUF."):
+            continue
+        if field.types and field.types[0] == GGUFValueType.ARRAY:
+            continue
+        meta[key] = _field_value(field)
+    arch = meta["general.architecture"]
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    tokens = list(fields["tokenizer.ggml.tokens"].contents())
+    types = (list(fields["tokenizer.ggml.token_type"].contents())
+             if "tokenizer.ggml.token_type" in fields else [int(TokenType.NORMAL)] * len(tokens))
+    merges = (list(fields["tokenizer.ggml.merges"].contents())
+              if "tokenizer.ggml.merges" in fields else [])
+    special = {tokens[i]: i for i, t in enumerate(types) if t == TokenType.CONTROL}
+    vocab = Vocab(tokens=tokens, token_types=[int(t) for t in types], merges=merges, special=special)
+
+    weights: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+                                 gguf.GGMLQuantizationType.BF16):
+            raise ValueError(f"{t.name}: quantized tensors ({t.tensor_type.name}) are not supported")
+        data = np.asarray(t.data)
+        if t.tensor_type == gguf.GGMLQuantizationType.BF16:
+            data = (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        # GGUF lists dims fastest first; numpy wants them slowest first.
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        weights[t.name] = data.astype(np.float64).reshape(shape)
+
+    n_embd = int(get("embedding_length"))
+    n_head = int(get("attention.head_count"))
+    head_dim = int(get("attention.key_length", n_embd // n_head))
+    causal = bool(get("attention.causal", True))
+    if arch in DIFFUSION_ARCHS:
+        causal = False
+    mask_id = meta.get("tokenizer.ggml.mask_token_id")
+    if mask_id is None and "<|MASK|>" in special:
+        mask_id = special["<|MASK|>"]
+    hparams: dict[str, Any] = {
+        "n_vocab": len(tokens),
+        "n_embd": n_embd,
+        "n_layer": int(get("block_count")),
+        "n_head": n_head,
+        "n_head_kv": int(get("attention.head_count_kv", n_head)),
+        "head_dim": head_dim,
+        "head_dim_v": int(get("attention.value_length", n_embd // n_head)),
+        "n_rot": int(get("rope.dimension_count", head_dim)),
+        "n_ff": int(get("feed_forward_length")),
+        "n_ctx_train": int(get("context_length")),
+        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "rope_type": ROPE_TYPE.get(arch),
+        "rms_eps": float(get("attention.layer_norm_rms_epsilon")),
+        "causal": causal,
+        "tie_embeddings": "output.weight" not in weights,
+        "mask_id": mask_id,
+        "mask_id_in_metadata": "tokenizer.ggml.mask_token_id" in meta,
+        "shift_logits": meta.get("diffusion.shift_logits"),
+        "block_length": meta.get("diffusion.block_length"),
+        "eos_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "metadata": meta,
+    }
+    return ModelData(arch, hparams, weights, vocab)

@@ -1,0 +1,166 @@
+"""Independent float64 forward pass for the models in llamadiff.testing.
+
+It recomputes, in plain numpy, what llama.cpp's graphs for qwen3, llada and
+dream compute (src/models/{qwen3,llada,dream}.cpp), so tests can check the
+logits llamadiff gets from llama.cpp against a reference that shares no
+code with it.  The attention pattern is an explicit boolean matrix, which
+lets the same function check causal, bidirectional and block-causal
+decoding.
+
+Per architecture:
+
+* all: RMSNorm (x / sqrt(mean(x^2) + eps) * w), grouped-query attention with
+  scale 1/sqrt(head_dim), SwiGLU FFN (down(silu(gate(x)) * up(x))), final
+  RMSNorm, output projection (token_embd when the embeddings are tied).
+* qwen3: per-head RMSNorm of q and k before RoPE; NEOX RoPE.
+* dream: q/k/v biases (Qwen2-like); NEOX RoPE.
+* llada: NORM RoPE (consecutive pairs).
+
+Only q/k/v biases are applied: these graphs pass no bias to the attention
+output, FFN or output projections even where the loader accepts one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from llamadiff.testing import ModelData, read_model
+
+
+def causal_allowed(n: int) -> np.ndarray:
+    """Query i may attend to keys 0..i."""
+    return np.tril(np.ones((n, n), dtype=bool))
+
+
+def full_allowed(n: int) -> np.ndarray:
+    """Every query may attend to every key."""
+    return np.ones((n, n), dtype=bool)
+
+
+def block_causal_allowed(n_tokens: int, block_length: int, prefix: int = 0,
+                         *, prefix_causal: bool = True) -> np.ndarray:
+    """Block-diffusion attention: bidirectional within a block, causal across blocks.
+
+    The first ``prefix`` tokens are the prompt: they attend causally to
+    each other (as after a causal prefill; ``prefix_causal=False`` makes
+    them one bidirectional block instead).  The tokens after it are cut
+    into blocks of ``block_length`` starting at ``prefix`` (the last one may
+    be shorter); a token sees the whole prompt, every earlier block and
+    its own block.
+    """
+    if block_length <= 0:
+        raise ValueError("block_length must be positive")
+    if not 0 <= prefix <= n_tokens:
+        raise ValueError("prefix must be within 0..n_tokens")
+    idx = np.arange(n_tokens)
+    # Prompt tokens get block -1 (or their own position, when causal) so
+    # that every generated block sees all of them.
+    block = np.where(idx < prefix, -1, (idx - prefix) // block_length)
+    allowed = block[None, :] <= block[:, None]
+    allowed[:, :prefix] &= (idx[:, None] >= prefix) | (idx[None, :prefix] <= idx[:, None]) | (not prefix_causal)
+    return allowed
+
+
+def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def _rope(x: np.ndarray, pos: np.ndarray, n_rot: int, theta: float, mode: str) -> np.ndarray:
+    """Rotate x (n_tokens, n_heads, head_dim) as ggml_rope_ext does.
+
+    Pair i (0 <= i < n_rot/2) turns by pos * theta^(-2i/n_rot).  In "norm"
+    mode the pair is (2i, 2i+1); in "neox" mode it is (i, i + n_rot/2).
+    Dims past n_rot are left alone.
+    """
+    half = n_rot // 2
+    inv_freq = theta ** (-2.0 * np.arange(half, dtype=np.float64) / n_rot)
+    ang = pos.astype(np.float64)[:, None] * inv_freq[None, :]      # (n, half)
+    cos = np.cos(ang)[:, None, :]
+    sin = np.sin(ang)[:, None, :]
+    out = x.copy()
+    if mode == "neox":
+        a, b = x[..., :half], x[..., half:n_rot]
+        out[..., :half] = a * cos - b * sin
+        out[..., half:n_rot] = a * sin + b * cos
+    elif mode == "norm":
+        a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = a * cos - b * sin
+        out[..., 1:n_rot:2] = a * sin + b * cos
+    else:
+        raise ValueError(f"unknown rope mode {mode!r}")
+    return out
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def _linear(w: dict[str, np.ndarray], name: str, x: np.ndarray, use_bias: bool = False) -> np.ndarray:
+    y = x @ w[name + ".weight"].T
+    bias = w.get(name + ".bias") if use_bias else None
+    return y if bias is None else y + bias
+
+
+def forward(model: ModelData | str | os.PathLike[str], tokens: Any,
+            positions: Any = None, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Logits (n_tokens, n_vocab) in float64 for one sequence.
+
+    ``model`` is what :func:`llamadiff.testing.read_model` returns, or a
+    path.  ``positions`` default to 0..n-1.  ``allowed[i, j]`` says whether
+    query i may attend to key j; it defaults to causal attention for qwen3
+    and full attention for llada and dream, as llama.cpp runs them.
+    """
+    if not isinstance(model, ModelData):
+        model = read_model(model)
+    arch, hp, w, _ = model
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    n = tokens.shape[0]
+    pos = np.arange(n) if positions is None else np.asarray(positions, dtype=np.int64).reshape(-1)
+    if pos.shape[0] != n:
+        raise ValueError("positions must have one entry per token")
+    if allowed is None:
+        allowed = causal_allowed(n) if hp["causal"] else full_allowed(n)
+    allowed = np.asarray(allowed, dtype=bool)
+    if allowed.shape != (n, n):
+        raise ValueError(f"allowed must be ({n}, {n}), got {allowed.shape}")
+    if not allowed.any(axis=1).all():
+        raise ValueError("every query must be allowed at least one key")
+
+    eps = hp["rms_eps"]
+    n_head, n_head_kv, hd = hp["n_head"], hp["n_head_kv"], hp["head_dim"]
+    group = n_head // n_head_kv
+    scale = 1.0 / np.sqrt(hd)
+    bias = np.where(allowed, 0.0, -np.inf)
+
+    x = w["token_embd.weight"][tokens]
+    for il in range(hp["n_layer"]):
+        p = f"blk.{il}."
+        h = _rms_norm(x, w[p + "attn_norm.weight"], eps)
+        q = _linear(w, p + "attn_q", h, use_bias=True).reshape(n, n_head, hd)
+        k = _linear(w, p + "attn_k", h, use_bias=True).reshape(n, n_head_kv, hd)
+        v = _linear(w, p + "attn_v", h, use_bias=True).reshape(n, n_head_kv, hp["head_dim_v"])
+        if p + "attn_q_norm.weight" in w:
+            q = _rms_norm(q, w[p + "attn_q_norm.weight"], eps)
+            k = _rms_norm(k, w[p + "attn_k_norm.weight"], eps)
+        q = _rope(q, pos, hp["n_rot"], hp["rope_theta"], hp["rope_type"])
+        k = _rope(k, pos, hp["n_rot"], hp["rope_theta"], hp["rope_type"])
+        # Query head j reads kv head j // group (ggml's broadcast in mul_mat).
+        k = np.repeat(k, group, axis=1)
+        v = np.repeat(v, group, axis=1)
+        scores = np.einsum("ihd,jhd->hij", q, k) * scale + bias[None]
+        scores -= scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        attn = np.einsum("hij,jhd->ihd", probs, v).reshape(n, -1)
+        x = x + _linear(w, p + "attn_output", attn)
+
+        h = _rms_norm(x, w[p + "ffn_norm.weight"], eps)
+        ff = _silu(_linear(w, p + "ffn_gate", h)) * _linear(w, p + "ffn_up", h)
+        x = x + _linear(w, p + "ffn_down", ff)
+
+    x = _rms_norm(x, w["output_norm.weight"], eps)
+    out = w.get("output.weight", w["token_embd.weight"])
+    return x @ out.T
