@@ -21,6 +21,7 @@ cdef class Model:
 
     cdef int _check_open(self) except -1
     cdef int _check_token(self, long token) except -1
+    cdef int _validate_hparams(self) except -1
     cdef void _release_context(self) noexcept
     cdef void _free(self) noexcept
 
@@ -43,7 +44,7 @@ cdef class Context:
 
     cdef int _check_open(self) except -1
     cdef int check_batch_size(self, int n_tokens) except -1
-    cdef int32_t decode_batch(self, int32_t n_tokens) noexcept nogil
+    cdef int32_t decode_batch(self, int32_t n_tokens) except -32768 nogil
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1
     cdef float * logits_row(self, int32_t i) noexcept nogil
     cdef void _free(self) noexcept

@@ -245,6 +245,29 @@ cdef class Model:
         if not C.llama_model_has_decoder(model) or C.llama_model_has_encoder(model):
             self._free()
             raise UnsupportedModelError(f"{self.path!r}: encoder models are not supported")
+        try:
+            self._validate_hparams()
+        except BaseException:
+            self._free()
+            raise
+
+    cdef int _validate_hparams(self) except -1:
+        """Reject shapes that would reach a C-level GGML_ASSERT (process abort) in ggml.
+
+        llama.cpp checks tensor shapes against hyper-parameters, but products such as
+        head_dim * n_head_kv can overflow and still match; ggml then asserts on a reshape.
+        """
+        n_layer = C.llama_model_n_layer(self.ptr)
+        n_embd = C.llama_model_n_embd(self.ptr)
+        n_head = C.llama_model_n_head(self.ptr)
+        n_head_kv = C.llama_model_n_head_kv(self.ptr)
+        if n_layer < 1 or n_embd < 1:
+            raise ModelLoadError(f"{self.path!r}: invalid model shape (n_layer={n_layer}, n_embd={n_embd})")
+        if n_head < 0 or n_head > 65536 or n_head_kv < 0 or n_head_kv > n_head \
+                or (n_head_kv > 0 and n_head % n_head_kv != 0):
+            raise ModelLoadError(f"{self.path!r}: invalid attention heads (n_head={n_head}, "
+                                 f"n_head_kv={n_head_kv})")
+        return 0
 
     def __dealloc__(self):
         self._free()
@@ -841,7 +864,7 @@ cdef class Context:
                              f"{n_tokens} (it is {self.n_ubatch})")
         return 0
 
-    cdef int32_t decode_batch(self, int32_t n_tokens) noexcept nogil:
+    cdef int32_t decode_batch(self, int32_t n_tokens) except -32768 nogil:
         """Decode the first ``n_tokens`` entries of ``self.batch`` as filled by the caller.
 
         No checks: callers validate with ``check_batch_size`` and token ranges first.

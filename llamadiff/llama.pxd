@@ -214,7 +214,8 @@ cdef extern from "llama.h" nogil:
     # ------------------------------------------------------------------ batches and decoding
     llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max)
     void llama_batch_free(llama_batch batch)
-    int32_t llama_decode(llama_context * ctx, llama_batch batch)
+    # except +: a C++ exception escaping llama.cpp becomes a Python RuntimeError
+    int32_t llama_decode(llama_context * ctx, llama_batch batch) except +
 
     void llama_set_n_threads(llama_context * ctx, int32_t n_threads, int32_t n_threads_batch)
     int32_t llama_n_threads(llama_context * ctx)
@@ -249,15 +250,15 @@ cdef extern from "llama.h" nogil:
     # ------------------------------------------------------------------ tokenization
     int32_t llama_tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,
                            llama_token * tokens, int32_t n_tokens_max,
-                           bint add_special, bint parse_special)
+                           bint add_special, bint parse_special) except +
     int32_t llama_token_to_piece(const llama_vocab * vocab, llama_token token, char * buf,
-                                 int32_t length, int32_t lstrip, bint special)
+                                 int32_t length, int32_t lstrip, bint special) except +
     int32_t llama_detokenize(const llama_vocab * vocab, const llama_token * tokens, int32_t n_tokens,
-                             char * text, int32_t text_len_max, bint remove_special, bint unparse_special)
+                             char * text, int32_t text_len_max, bint remove_special, bint unparse_special) except +
 
     # ------------------------------------------------------------------ chat templates
     int32_t llama_chat_apply_template(const char * tmpl, const llama_chat_message * chat, size_t n_msg,
-                                      bint add_ass, char * buf, int32_t length)
+                                      bint add_ass, char * buf, int32_t length) except +
     int32_t llama_chat_builtin_templates(const char ** output, size_t len)
 
     # ------------------------------------------------------------------ logging
