@@ -298,7 +298,9 @@ def extension(name: str) -> Extension:
         language="c++",
         libraries=["llama", "ggml", "ggml-base"],
         runtime_library_dirs=["$ORIGIN"],
-        extra_compile_args=["-O3", "-std=c++17", "-fopenmp", "-Wno-unused-function"],
+        include_dirs=["llamadiff"],  # _kernels.h
+        extra_compile_args=["-O3", "-std=c++17", "-fopenmp", "-Wno-unused-function"]
+        + (["-march=native"] if env_flag("LLAMADIFF_NATIVE", True) else []),
         extra_link_args=["-fopenmp"],
     )
 
@@ -315,6 +317,6 @@ def cython_extensions(names: list[str]) -> list[Extension]:
 
 
 setup(
-    ext_modules=cython_extensions(["_core"]),
+    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block"]),
     cmdclass={"build_ext": BuildExt},
 )

@@ -41,6 +41,7 @@ cdef class Context:
     cdef int _exports             # NumPy views of the logits still alive
     cdef bint _close_requested
     cdef int _abort_flag
+    cdef readonly int block_causal  # block size of block-causal attention, 0: off
 
     cdef int _check_open(self) except -1
     cdef int check_batch_size(self, int n_tokens) except -1

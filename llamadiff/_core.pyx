@@ -688,6 +688,7 @@ cdef class Context:
         self._exports = 0
         self._close_requested = False
         self._abort_flag = 0
+        self.block_causal = 0
 
     def __init__(self, Model model not None, *, n_ctx=4096, n_batch=None, n_ubatch=None,
                  int n_seq_max=1, n_threads=None, n_threads_batch=None, bint causal=True,
@@ -802,6 +803,21 @@ cdef class Context:
         if self.model.is_diffusion and value:
             raise ValueError("diffusion architectures only support non-causal attention")
         C.llama_set_causal_attn(self.ptr, value)
+
+    def set_block_causal(self, int n_block):
+        """Block-causal attention (non-causal contexts with a KV cache): a token at position
+        p sees the token at position q only when q // n_block <= p // n_block. 0 turns it off.
+
+        Bidirectional inside blocks of ``n_block`` positions, causal across them: what block
+        diffusion (SDAR) trains with. Lets one decode prefill many blocks at once.
+        """
+        self._check_open()
+        if n_block < 0:
+            raise ValueError(f"n_block must be >= 0, got {n_block}")
+        if n_block and self.mem == NULL:
+            raise ValueError("block-causal attention needs a KV cache; this architecture has none")
+        C.llama_set_block_causal_attn(self.ptr, n_block)
+        self.block_causal = n_block
 
     @property
     def n_threads(self):

@@ -222,6 +222,8 @@ cdef extern from "llama.h" nogil:
     int32_t llama_n_threads_batch(llama_context * ctx)
     void llama_set_causal_attn(llama_context * ctx, bint causal_attn)
     bint llama_get_causal_attn(const llama_context * ctx)
+    # added by vendor/patches/0003: block-causal KV mask in non-causal contexts (0: off)
+    void llama_set_block_causal_attn(llama_context * ctx, int32_t n_block)
     void llama_set_abort_callback(llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data)
     void llama_synchronize(llama_context * ctx)
 
