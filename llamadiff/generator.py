@@ -195,7 +195,8 @@ class Generator:
 
     def _context(self, block_length: int) -> tuple:
         """The reusable context; made (or re-made, for a larger batch) only when needed."""
-        need = max(self.n_batch, 2 * block_length)
+        # the fused store pass decodes two blocks at once; llama.cpp caps batches at n_ctx
+        need = min(max(self.n_batch, 2 * block_length), self.n_ctx)
         if self._ctx is not None and not self._ctx.closed and self._ctx.n_ubatch >= need:
             return self._ctx, 0.0
         if self._ctx is not None:

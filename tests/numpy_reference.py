@@ -164,3 +164,68 @@ def forward(model: ModelData | str | os.PathLike[str], tokens: Any,
     x = _rms_norm(x, w["output_norm.weight"], eps)
     out = w.get("output.weight", w["token_embd.weight"])
     return x @ out.T
+
+
+def _row_stats(logits_row: np.ndarray, mask_id: int) -> tuple[int, float, float]:
+    """Greedy x0, p(x0) and entropy of softmax(logits) with the mask token excluded."""
+    row = np.array(logits_row, dtype=np.float64)
+    row[mask_id] = -np.inf
+    row -= row.max()
+    p = np.exp(row)
+    p /= p.sum()
+    x0 = int(np.argmax(p))
+    nz = p[p > 0]
+    return x0, float(p[x0]), float(-(nz * np.log(nz)).sum())
+
+
+def block_diffusion_generate(model, prompt, max_new_tokens: int, block_length: int, steps: int,
+                             strategy: str, mask_id: int, threshold: float = 0.85,
+                             eb_gamma: float = 0.35) -> list[int]:
+    """Greedy block diffusion as SDAR's generate.py defines it, recomputed without any cache.
+
+    Every step runs the whole prefix + active block through :func:`forward` with a
+    block-causal mask (blocks aligned to absolute positions), picks x0 = argmax and
+    commits positions per ``strategy``; the last step of a block commits what is left.
+    Ties between equal scores go to the leftmost position.
+    """
+    if not isinstance(model, ModelData):
+        model = read_model(model)
+    B = block_length
+    n_prompt = len(prompt)
+    n_blocks = -(-(n_prompt + max_new_tokens) // B)
+    x = list(prompt) + [mask_id] * (n_blocks * B - n_prompt)
+    for k in range(n_prompt // B, n_blocks):
+        s = k * B
+        for step in range(steps):
+            masked = [i for i in range(B) if x[s + i] == mask_id]
+            if not masked:
+                break
+            logits = forward(model, x[:s + B], allowed=block_causal_allowed(s + B, B))[s:s + B]
+            stats = [_row_stats(logits[i], mask_id) for i in masked]
+            x0 = [st[0] for st in stats]
+            prob = [st[1] for st in stats]
+            ent = [st[2] for st in stats]
+            n = min(max(B // steps + (1 if step < B % steps else 0), 1), len(masked))
+            order_p = sorted(range(len(masked)), key=lambda j: (-prob[j], j))
+            if step == steps - 1:
+                chosen = list(range(len(masked)))
+            elif strategy == "sequential":
+                chosen = list(range(n))
+            elif strategy == "low_confidence_static":
+                chosen = order_p[:n]
+            elif strategy == "low_confidence_dynamic":
+                high = [j for j in range(len(masked)) if prob[j] > threshold]
+                chosen = high if len(high) >= n else order_p[:n]
+            elif strategy == "entropy_bounded":
+                chosen, total = [], 0.0
+                for j in sorted(range(len(masked)), key=lambda j: (ent[j], j)):
+                    total += ent[j]
+                    if total >= eb_gamma:
+                        break
+                    chosen.append(j)
+                chosen = chosen or [min(range(len(masked)), key=lambda j: (ent[j], j))]
+            else:
+                raise ValueError(strategy)
+            for j in chosen:
+                x[s + masked[j]] = x0[j]
+    return x[n_prompt:n_prompt + max_new_tokens]
