@@ -33,15 +33,30 @@ static inline float ld_expf(float x) {
     return x < lo ? 0.0f : y;
 }
 
+/* Largest value of row[lo:hi] (vectorised max reduction). */
+static inline float ld_range_max(const float *row, int64_t lo, int64_t hi) {
+    float best = -INFINITY;
+#pragma omp simd reduction(max:best)
+    for (int64_t i = lo; i < hi; ++i) {
+        best = row[i] > best ? row[i] : best;
+    }
+    return best;
+}
+
 /* Largest value of row[0:n] and its first index, skipping index `skip` (-1: none). */
 static inline void ld_row_argmax(const float *row, int64_t n, int64_t skip, float *max_out, int64_t *arg_out) {
-    float best = -INFINITY;
+    float best;
+    if (skip >= 0 && skip < n) {
+        float a = ld_range_max(row, 0, skip), b = ld_range_max(row, skip + 1, n);
+        best = a >= b ? a : b;
+    } else {
+        best = ld_range_max(row, 0, n);
+    }
     int64_t arg = -1;
-    for (int64_t i = 0; i < n; ++i) {
-        float v = row[i];
-        if (v > best && i != skip) {
-            best = v;
+    for (int64_t i = 0; i < n; ++i) {   /* first index holding the max: usually an early exit */
+        if (row[i] == best && i != skip) {
             arg = i;
+            break;
         }
     }
     if (arg < 0) { /* every value is -inf or NaN: fall back to the first allowed index */
@@ -52,29 +67,79 @@ static inline void ld_row_argmax(const float *row, int64_t n, int64_t skip, floa
     *arg_out = arg;
 }
 
-/* Sums over row[lo:hi] of w = exp(s*(row[i]-m)) and of w * s*(row[i]-m), accumulated in
- * 8 independent double lanes (vectorises; keeps rounding error far below 1e-6). */
+/* exp(d) for d <= 0, clamped below at -87 (exp(-87) ~ 1.6e-38 stands for 0): no branches,
+ * so the loops below vectorise. */
+static inline float ld_expf_nonpos(float d) {
+    d = d < -87.0f ? -87.0f : d;
+    float n = floorf(d * 1.44269504088896341f + 0.5f);
+    float r = d - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale;   /* 2^n built in the exponent bits */
+    scale.i = ((int32_t) n + 127) << 23;
+    return p * scale.f;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+/* ld_expf_nonpos on 8 lanes (the compilers do not vectorise the exponent-bit trick). */
+static inline __m256 ld_exp8_nonpos(__m256 d) {
+    d = _mm256_max_ps(d, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(d, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), d);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline double ld_hsum8(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    __m128d a = _mm_add_pd(_mm_cvtps_pd(lo), _mm_cvtps_pd(_mm_movehl_ps(lo, lo)));
+    __m128d b = _mm_add_pd(_mm_cvtps_pd(hi), _mm_cvtps_pd(_mm_movehl_ps(hi, hi)));
+    __m128d c = _mm_add_pd(a, b);
+    return _mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c));
+}
+#endif
+
+/* Sums over row[lo:hi] of w = exp(s*(row[i]-m)) and of w * s*(row[i]-m) (all row[i] <= m).
+ * Float SIMD lanes within chunks of 4096, chunks folded in double: fast, and the rounding
+ * error stays near 1e-7 relative. */
 static inline void ld_range_softmax_sums(const float *row, int64_t lo, int64_t hi, float m, float s,
                                          double *z, double *e) {
-    double zs[8] = {0}, es[8] = {0};
     int64_t i = lo;
-    for (; i + 8 <= hi; i += 8) {
-        for (int k = 0; k < 8; ++k) {
-            float d = s * (row[i + k] - m);
-            float w = ld_expf(d);
-            zs[k] += w;
-            es[k] += w > 0.0f ? (double) (w * d) : 0.0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(s), vlo = _mm256_set1_ps(-87.0f);
+    while (i + 8 <= hi) {
+        const int64_t end = i + 4096 < hi ? i + 4096 : hi;
+        __m256 zb = _mm256_setzero_ps(), eb = _mm256_setzero_ps();
+        for (; i + 8 <= end; i += 8) {
+            __m256 d = _mm256_max_ps(_mm256_mul_ps(vs, _mm256_sub_ps(_mm256_loadu_ps(row + i), vm)), vlo);
+            __m256 w = ld_exp8_nonpos(d);
+            zb = _mm256_add_ps(zb, w);
+            eb = _mm256_fmadd_ps(w, d, eb);
         }
+        *z += ld_hsum8(zb);
+        *e += ld_hsum8(eb);
     }
+#endif
     for (; i < hi; ++i) {
         float d = s * (row[i] - m);
-        float w = ld_expf(d);
-        zs[0] += w;
-        es[0] += w > 0.0f ? (double) (w * d) : 0.0;
-    }
-    for (int k = 0; k < 8; ++k) {
-        *z += zs[k];
-        *e += es[k];
+        d = d < -87.0f ? -87.0f : d;
+        float w = ld_expf_nonpos(d);
+        *z += w;
+        *e += w * d;
     }
 }
 
