@@ -1,19 +1,17 @@
-"""Load a GGUF model, describe it, and show what it predicts for a prompt.
+"""Generate text with a block-diffusion model, and show what the denoising loop did.
 
     python examples/quickstart.py [model.gguf] [prompt]
 
 Without a model path, a tiny random-weight block-diffusion model (qwen3 body with a
-<|MASK|> token) is written to a temporary directory first, so this runs anywhere.
+<|MASK|> token) is written to a temporary directory first, so this runs anywhere -- its
+text is gibberish, but every step of the loop is real.
 """
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
-from llamadiff import Context, Model, testing
+from llamadiff import Generator, testing
 
 
 def main(argv):
@@ -24,25 +22,21 @@ def main(argv):
         print(f"no model given: wrote a tiny random-weight test model to {path}")
     prompt = argv[2] if len(argv) > 2 else "The sum of 12 and 30 is"
 
-    model = Model(path)
-    print(f"architecture: {model.architecture}   family: {model.family}   "
-          f"vocab: {model.n_vocab}   params: {model.n_params:,}   type: {model.file_type}")
-    if model.mask_token_id is not None:
-        print(f"mask token: {model.mask_token_id} {model.token_to_piece(model.mask_token_id)!r}")
-
-    ids = model.tokenize(prompt)
-    with Context(model, n_ctx=512, causal=model.family is None) as ctx:
-        if model.mask_token_id is not None:
-            ids = ids + [model.mask_token_id] * 4     # ask the model to fill 4 masks at once
-        start = time.perf_counter()
-        ctx.decode(ids)
-        elapsed = (time.perf_counter() - start) * 1e3
-        logits = ctx.logits                          # zero-copy view of llama.cpp's buffer
-        print(f"decoded {len(ids)} tokens in {elapsed:.1f} ms")
-        for row in range(max(0, len(ids) - 4), len(ids)):
-            top = np.argsort(logits[row])[::-1][:3]
-            shown = ", ".join(f"{model.token_to_piece(int(t))!r}" for t in top)
-            print(f"  position {row:3d} ({model.token_to_piece(ids[row])!r}): top-3 {shown}")
+    with Generator(path, n_ctx=1024) as gen:
+        model = gen.model
+        print(f"architecture: {model.architecture}   family: {model.family}   vocab: {model.n_vocab}   "
+              f"params: {model.n_params:,}   mask token: {model.token_to_piece(model.mask_token_id)!r}")
+        out = gen.generate(prompt, max_new_tokens=32, block_length=4, steps=4,
+                           strategy="low_confidence_dynamic", threshold=0.85)
+        print(f"prompt: {prompt!r}")
+        print(f"output: {out.text!r}  ({len(out.tokens)} tokens, stop: {out.stop_reason})")
+        s = out.stats
+        print(f"{s['decode_calls']} decodes, {s['tokens_per_step']:.2f} tokens committed per step, "
+              f"{s['tokens_per_second']:.0f} tok/s (decode {s['decode_ms']:.1f} ms, "
+              f"sampling {s['sampling_ms']:.1f} ms)")
+        print("streaming, one chunk per finished block:")
+        for chunk in gen.stream(prompt, max_new_tokens=12, block_length=4):
+            print(f"  block {chunk.block_index}: {chunk.tokens} {chunk.text!r}")
 
 
 if __name__ == "__main__":

@@ -12,4 +12,4 @@ def test_quickstart_runs(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "family: block" in proc.stdout
-    assert "top-3" in proc.stdout
+    assert "output:" in proc.stdout and "block " in proc.stdout
