@@ -145,8 +145,14 @@ def copy_llama_cpp(src: Path, dest: Path) -> None:
     if not (src / "include" / "llama.h").is_file():
         raise SystemExit(f"llamadiff: LLAMADIFF_LLAMA_CPP_DIR={src} is not a llama.cpp tree "
                          "(include/llama.h is missing)")
-    shutil.copytree(src, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns(".git", "build*", "models", "*.gguf"))
+    def ignore(directory, names):
+        # version control anywhere; build trees and the vocab/test models at the top only
+        skip = {n for n in names if n == ".git"}
+        if Path(directory) == src:
+            skip |= {n for n in names if n.startswith("build") or n == "models"}
+        return skip
+
+    shutil.copytree(src, dest, symlinks=True, ignore=ignore)
 
 
 def apply_patches(tree: Path) -> None:
