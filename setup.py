@@ -289,6 +289,14 @@ class BuildExt(build_ext):
 
         package_dir = Path(self.get_ext_fullpath("llamadiff._core")).parent
         package_dir.mkdir(parents=True, exist_ok=True)
+        # headers for downstream Cython code that cimports llamadiff.llama / llamadiff._core
+        headers = package_dir / "include"
+        headers.mkdir(exist_ok=True)
+        for inc in include_dirs:
+            for header in Path(inc).glob("*.h"):
+                if not (headers / header.name).exists() or \
+                        (headers / header.name).read_bytes() != header.read_bytes():
+                    shutil.copyfile(header, headers / header.name)
         for soname, path in runtime_libraries(lib_dir):
             target = package_dir / soname
             if not target.exists() or target.stat().st_mtime < path.stat().st_mtime \

@@ -24,14 +24,22 @@ __all__ = [
     "Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo",
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
-    "supports_gpu_offload", "get_include", "LlamaDiffError", "ModelLoadError",
+    "supports_gpu_offload", "get_include", "get_library_dir", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted",
 ]
 
 
 def get_include():
-    """Directories to add to include paths when building Cython code that cimports llamadiff.
+    """Include directories for Cython extensions that ``cimport llamadiff``.
 
-    The package's own directory parent (for ``cimport llamadiff.llama`` / ``llamadiff._core``).
+    The directory holding the ``llamadiff`` package (for its ``.pxd`` files) and the
+    llama.cpp / ggml headers shipped with it. Use as ``include_dirs=llamadiff.get_include()``
+    in ``Extension(...)`` and ``cythonize(..., include_path=llamadiff.get_include())``.
     """
-    return [_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))]
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    return [_os.path.dirname(here), _os.path.join(here, "include")]
+
+
+def get_library_dir():
+    """Directory of the bundled libllama / libggml (to link C code against llama.cpp)."""
+    return _os.path.dirname(_os.path.abspath(__file__))

@@ -15,6 +15,7 @@ cdef class Model:
     cdef const llama_vocab * vocab
     cdef readonly str path
     cdef readonly int n_vocab
+    cdef readonly bint vocab_only  # loaded without weights: no hyper-parameters, no decoding
     cdef int _n_contexts          # live Contexts using this model
     cdef bint _close_requested    # close() was called while Contexts were alive
     cdef dict _metadata_cache

@@ -245,11 +245,13 @@ cdef class Model:
         if not C.llama_model_has_decoder(model) or C.llama_model_has_encoder(model):
             self._free()
             raise UnsupportedModelError(f"{self.path!r}: encoder models are not supported")
-        try:
-            self._validate_hparams()
-        except BaseException:
-            self._free()
-            raise
+        self.vocab_only = vocab_only
+        if not vocab_only:
+            try:
+                self._validate_hparams()
+            except BaseException:
+                self._free()
+                raise
 
     cdef int _validate_hparams(self) except -1:
         """Reject shapes that would reach a C-level GGML_ASSERT (process abort) in ggml.
@@ -259,10 +261,11 @@ cdef class Model:
         """
         n_layer = C.llama_model_n_layer(self.ptr)
         n_embd = C.llama_model_n_embd(self.ptr)
-        n_head = C.llama_model_n_head(self.ptr)
-        n_head_kv = C.llama_model_n_head_kv(self.ptr)
         if n_layer < 1 or n_embd < 1:
             raise ModelLoadError(f"{self.path!r}: invalid model shape (n_layer={n_layer}, n_embd={n_embd})")
+        # (per-layer getters abort the process when n_layer is 0: only called after the check)
+        n_head = C.llama_model_n_head(self.ptr)
+        n_head_kv = C.llama_model_n_head_kv(self.ptr)
         if n_head < 0 or n_head > 65536 or n_head_kv < 0 or n_head_kv > n_head \
                 or (n_head_kv > 0 and n_head % n_head_kv != 0):
             raise ModelLoadError(f"{self.path!r}: invalid attention heads (n_head={n_head}, "
@@ -400,12 +403,18 @@ cdef class Model:
 
     @property
     def n_head(self):
+        """Attention heads (of layer 0); None for a vocab-only model."""
         self._check_open()
+        if C.llama_model_n_layer(self.ptr) < 1:
+            return None     # llama.cpp aborts on per-layer queries without layers
         return C.llama_model_n_head(self.ptr)
 
     @property
     def n_head_kv(self):
+        """KV heads (of layer 0); None for a vocab-only model."""
         self._check_open()
+        if C.llama_model_n_layer(self.ptr) < 1:
+            return None
         return C.llama_model_n_head_kv(self.ptr)
 
     @property
@@ -696,6 +705,9 @@ cdef class Context:
         if self.ptr != NULL:
             raise RuntimeError("Context is already initialised")
         model._check_open()
+        if model.vocab_only:
+            raise ValueError("this Model was loaded with vocab_only=True and cannot decode; "
+                             "load it without vocab_only")
         n_ctx = _positive_int("n_ctx", n_ctx)
         n_batch = min(n_ctx, 2048) if n_batch is None else _positive_int("n_batch", n_batch)
         n_ubatch = n_batch if n_ubatch is None else _positive_int("n_ubatch", n_ubatch)

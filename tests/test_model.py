@@ -108,3 +108,13 @@ def test_context_manager(qwen3_path):
             ctx.decode([1])
         assert ctx.closed
     assert m.closed
+
+
+def test_vocab_only_model(qwen3_path):
+    m = Model(qwen3_path, vocab_only=True)
+    assert m.vocab_only and m.family == "block" and m.n_vocab == testing.byte_vocab().n_tokens
+    assert m.tokenize("hello", add_special=False) == [266]
+    assert m.n_head is None and m.n_head_kv is None      # no layers loaded: no abort
+    assert m.architecture == "qwen3" and m.metadata
+    with pytest.raises(ValueError, match="vocab_only"):
+        Context(m, n_ctx=32)

@@ -1,0 +1,39 @@
+"""Build the Cython policy in this directory (if needed) and generate with it.
+
+    python examples/custom_remasking/run.py [model.gguf]
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def build():
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=HERE, check=True)
+    sys.path.insert(0, str(HERE))
+
+
+def main(argv):
+    try:
+        import right_to_left  # noqa: F401
+    except ImportError:
+        build()
+    from right_to_left import RightToLeft
+
+    from llamadiff import Generator, testing
+
+    path = argv[1] if len(argv) > 1 else testing.write_qwen3(Path(tempfile.mkdtemp()) / "tiny.gguf")
+    with Generator(path, n_ctx=512) as gen:
+        order = []
+        out = gen.generate("hello", max_new_tokens=8, block_length=4, steps=4, strategy=RightToLeft(),
+                           callback=lambda info: order.append(info.positions), stop=[])
+        print("commit order (absolute positions):", order)
+        print("tokens:", out.tokens)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

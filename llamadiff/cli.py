@@ -1,0 +1,257 @@
+"""The ``llamadiff`` command line (also ``python -m llamadiff``).
+
+    llamadiff generate -m model.gguf -p "prompt" [options] [--stream | --visual] [--json]
+    llamadiff chat -m model.gguf
+    llamadiff info model.gguf
+    llamadiff bench [--quick]
+
+Errors print one line (``llamadiff: error: ...``) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+from llamadiff.errors import LlamaDiffError
+
+_GENERATION_OPTIONS = ("max_new_tokens", "block_length", "steps", "strategy", "threshold",
+                       "eb_gamma", "temperature", "top_k", "top_p", "seed", "cache")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="path of a GGUF model")
+    p.add_argument("-c", "--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU")
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("-n", "--max-new-tokens", type=int, default=256)
+    g.add_argument("-b", "--block-length", type=int, default=None,
+                   help="block length (default: the model's diffusion.block_length, else 4)")
+    g.add_argument("-s", "--steps", type=int, default=None, help="denoising steps per block (default: block length)")
+    g.add_argument("--strategy", default="low_confidence_dynamic",
+                   choices=["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"])
+    g.add_argument("--threshold", type=float, default=0.85, help="confidence threshold (low_confidence_dynamic)")
+    g.add_argument("--eb-gamma", type=float, default=0.35, help="entropy bound (entropy_bounded)")
+    g.add_argument("--temperature", "--temp", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=None,
+                   help="stop string (repeatable; default: the model's end-of-generation tokens)")
+    g.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="recompute prefix + block every step (reference behaviour)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamadiff", description="Diffusion language models on llama.cpp.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate text from a prompt")
+    _add_model_args(gen)
+    gen.add_argument("-p", "--prompt", required=True, help="prompt text")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    out = gen.add_mutually_exclusive_group()
+    out.add_argument("--stream", action="store_true", help="print each block as it is finalised")
+    out.add_argument("--visual", action="store_true", help="show masks resolving, step by step")
+    out.add_argument("--json", action="store_true", help="print one JSON object with text, tokens and stats")
+    _add_generation_args(gen)
+
+    chat = sub.add_parser("chat", help="multi-turn chat with the model's chat template")
+    _add_model_args(chat)
+    chat.add_argument("--system", default=None, help="system prompt")
+    _add_generation_args(chat)
+
+    info = sub.add_parser("info", help="describe a GGUF model")
+    info.add_argument("model", help="path of a GGUF model")
+    info.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="run the block-generation benchmark")
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--blocks", default="4,8,16")
+    bench.add_argument("--out", default=None, help="append results to this markdown file")
+    return parser
+
+
+def _generation_options(args) -> dict:
+    opts = {name: getattr(args, name) for name in _GENERATION_OPTIONS}
+    opts["stop"] = args.stop
+    return opts
+
+
+def _generator(args):
+    from llamadiff.generator import Generator
+
+    return Generator(args.model, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+
+
+class _Visual:
+    """Redraws the generated region after every denoising step, masks shown as '░'."""
+
+    MASK = "░"
+
+    def __init__(self, model, n_prompt: int, n_new: int, out):
+        self.model = model
+        self.n_prompt = n_prompt
+        self.tokens = {}
+        self.n_new = n_new
+        self.out = out
+        self.tty = out.isatty()
+
+    def __call__(self, info) -> None:
+        for pos, tok in zip(info.positions, info.tokens):
+            self.tokens[pos] = tok
+        pieces = []
+        for pos in range(self.n_prompt, self.n_prompt + self.n_new):
+            tok = self.tokens.get(pos)
+            if tok is None:
+                pieces.append(self.MASK)
+            else:
+                pieces.append(self.model.token_to_piece(tok, special=True).replace("\n", "⏎"))
+        line = f"[block {info.block_index} step {info.step}] " + "".join(pieces)
+        if self.tty:
+            self.out.write("\r\x1b[2K" + line[-(os.get_terminal_size(self.out.fileno()).columns - 1):])
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+
+
+def cmd_generate(args) -> int:
+    gen = _generator(args)
+    opts = _generation_options(args)
+    if args.stream:
+        for chunk in gen.stream(args.prompt, chat=args.chat, **opts):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if not args.json:
+            return 0
+        result = gen.generate(args.prompt, chat=args.chat, **opts)
+    else:
+        visual = None
+        if args.visual:
+            n_prompt = len(gen.prompt_tokens(args.prompt, chat=args.chat))
+            visual = _Visual(gen.model, n_prompt, args.max_new_tokens, sys.stderr if args.json else sys.stdout)
+            opts["callback"] = visual
+        result = gen.generate(args.prompt, chat=args.chat, **opts)
+        if visual is not None:
+            visual.finish()
+        if not args.json:
+            print(result.text)
+    if args.json:
+        print(json.dumps({"text": result.text, "tokens": result.tokens, "stop_reason": result.stop_reason,
+                          "prompt_tokens": result.prompt_tokens, "stats": result.stats}))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    gen = _generator(args)
+    if gen.model.chat_template is None:
+        raise LlamaDiffError("this model has no chat template; use `llamadiff generate`")
+    opts = _generation_options(args)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    print("llamadiff chat: Ctrl-D or /exit to leave, Ctrl-C to interrupt an answer, /reset to clear.")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        reply = ""
+        for chunk in gen.stream(history, **opts):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            reply += chunk.text
+            if chunk.stop_reason == "interrupted":
+                sys.stdout.write(" [interrupted]")
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": reply})
+
+
+def cmd_info(args) -> int:
+    from llamadiff._core import Model
+
+    model = Model(args.model)        # memory-mapped: cheap even for large files
+    mask = model.mask_token_id
+    meta = model.metadata
+    info = {
+        "path": os.path.abspath(args.model),
+        "architecture": model.architecture,
+        "family": model.family,
+        "description": model.description,
+        "file_type": model.file_type,
+        "n_vocab": model.n_vocab,
+        "n_ctx_train": model.n_ctx_train,
+        "n_layer": model.n_layer,
+        "n_embd": model.n_embd,
+        "n_head": model.n_head,
+        "n_head_kv": model.n_head_kv,
+        "n_params": model.n_params,
+        "weights_bytes": model.size,
+        "mask_token": None if mask is None else {"id": mask, "text": model.token_to_piece(mask)},
+        "eog_tokens": {t: model.token_to_piece(t) for t in model.eog_token_ids},
+        "block_length": meta.get("diffusion.block_length"),
+        "shift_logits": meta.get("diffusion.shift_logits"),
+        "chat_template": model.chat_template,
+        "file_size": os.path.getsize(args.model),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "chat_template" and value:
+            value = value if len(value) < 200 else value[:200] + " ..."
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from llamadiff import bench
+
+    argv = (["--quick"] if args.quick else []) + ["--blocks", args.blocks]
+    if args.out:
+        argv += ["--out", args.out]
+    return bench.main(argv)
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "bench": cmd_bench}
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (LlamaDiffError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"llamadiff: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("llamadiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

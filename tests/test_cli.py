@@ -1,0 +1,76 @@
+"""The llamadiff command line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llamadiff.cli import main
+
+
+def cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "llamadiff", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_generate_text(qwen3_path, capsys):
+    assert main(["generate", "-m", str(qwen3_path), "-p", "hello", "-n", "8", "--stop", "zzz"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_generate_json_matches_api(qwen3_path, qwen3_model, capsys):
+    from llamadiff import Generator
+
+    assert main(["generate", "-m", str(qwen3_path), "-p", "hello", "-n", "8", "-b", "4",
+                 "--strategy", "sequential", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    ref = Generator(qwen3_model, n_ctx=4096).generate("hello", max_new_tokens=8, block_length=4,
+                                                     strategy="sequential")
+    assert data["tokens"] == ref.tokens and data["stop_reason"] == ref.stop_reason
+    assert data["stats"]["decode_calls"] > 0
+
+
+def test_generate_stream_and_visual(qwen3_path, capsys):
+    assert main(["generate", "-m", str(qwen3_path), "-p", "hi", "-n", "8", "--stream"]) == 0
+    assert main(["generate", "-m", str(qwen3_path), "-p", "hi", "-n", "8", "--visual",
+                 "--stop", "zzz"]) == 0
+    out = capsys.readouterr().out
+    assert "[block 0 step 0]" in out and "░" in out
+
+
+def test_info(qwen3_path, capsys):
+    assert main(["info", str(qwen3_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "qwen3" and info["family"] == "block"
+    assert info["mask_token"]["text"] == "<|MASK|>" and info["n_layer"] == 2
+
+
+@pytest.mark.parametrize("args,match", [
+    (["generate", "-m", "/nonexistent.gguf", "-p", "x"], "not found"),
+    (["generate", "-m", "{qwen3}", "-p", "x", "-b", "0"], "block_length"),
+    (["generate", "-m", "{qwen3}", "-p", "x", "-n", "100000"], "n_ctx"),
+    (["info", "{llada}"], None),
+])
+def test_errors_are_one_line(args, match, qwen3_path, llada_path):
+    args = [a.format(qwen3=qwen3_path, llada=llada_path) for a in args]
+    rc, out, err = cli(*args)
+    if match is None:
+        assert rc == 0
+        return
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llamadiff: error:") and match in lines[0]
+
+
+def test_full_family_generate_is_a_clear_error(llada_path):
+    rc, _, err = cli("generate", "-m", llada_path, "-p", "x", "-n", "4")
+    assert rc == 1 and "block-diffusion" in err
+
+
+def test_chat_session(qwen3_path):
+    proc = subprocess.run([sys.executable, "-m", "llamadiff", "chat", "-m", str(qwen3_path), "-n", "8"],
+                          input="hello\n/reset\nagain\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("> ") >= 3          # three prompts shown, then EOF ends the chat
