@@ -289,6 +289,15 @@ class BuildExt(build_ext):
 
         package_dir = Path(self.get_ext_fullpath("llamadiff._core")).parent
         package_dir.mkdir(parents=True, exist_ok=True)
+        # llama.cpp's HF -> GGUF converter, used by `llamadiff convert` (optional extra)
+        convert_dir = package_dir / "_hf_convert"
+        shutil.rmtree(convert_dir, ignore_errors=True)
+        shutil.copytree(source / "conversion", convert_dir / "conversion",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copyfile(source / "convert_hf_to_gguf.py", convert_dir / "convert_hf_to_gguf.py")
+        # the converter needs llama.cpp's own gguf-py (newer constants than the PyPI release)
+        shutil.copytree(source / "gguf-py" / "gguf", convert_dir / "gguf",
+                        ignore=shutil.ignore_patterns("__pycache__"))
         # headers for downstream Cython code that cimports llamadiff.llama / llamadiff._core
         headers = package_dir / "include"
         headers.mkdir(exist_ok=True)

@@ -3,6 +3,7 @@
     llamadiff generate -m model.gguf -p "prompt" [options] [--stream | --visual] [--json]
     llamadiff chat -m model.gguf
     llamadiff info model.gguf
+    llamadiff convert SDAR_HF_DIR -o model.gguf [--outtype f16|q8_0]
     llamadiff bench [--quick]
 
 Errors print one line (``llamadiff: error: ...``) and exit with status 1.
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a GGUF model")
     info.add_argument("model", help="path of a GGUF model")
     info.add_argument("--json", action="store_true")
+
+    conv = sub.add_parser("convert", help="convert an SDAR Hugging Face checkpoint to GGUF")
+    conv.add_argument("hf_dir", help="SDAR / SDAR-MoE checkpoint directory")
+    conv.add_argument("-o", "--outfile", required=True, help="output .gguf path")
+    conv.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    conv.add_argument("--block-length", type=int, default=None,
+                      help="trained block length to record (default: config.json, else 4)")
 
     bench = sub.add_parser("bench", help="run the block-generation benchmark")
     bench.add_argument("--quick", action="store_true")
@@ -236,7 +244,15 @@ def cmd_bench(args) -> int:
     return bench.main(argv)
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "bench": cmd_bench}
+def cmd_convert(args) -> int:
+    from llamadiff.convert import convert
+
+    print(convert(args.hf_dir, args.outfile, outtype=args.outtype, block_length=args.block_length))
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "bench": cmd_bench,
+            "convert": cmd_convert}
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -28,6 +28,7 @@ consumes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import zlib
@@ -529,3 +530,75 @@ def read_model(path: str | os.PathLike[str]) -> ModelData:
         "metadata": meta,
     }
     return ModelData(arch, hparams, weights, vocab)
+
+
+# --------------------------------------------------------------------------- HF checkpoints
+
+_HF_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+
+
+def hf_tensor_name(gguf_name: str) -> str:
+    """The Hugging Face (Qwen3 / SDAR) name of a qwen3 GGUF tensor name."""
+    if gguf_name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if gguf_name == "output_norm.weight":
+        return "model.norm.weight"
+    if gguf_name == "output.weight":
+        return "lm_head.weight"
+    _, layer, kind, suffix = gguf_name.split(".")
+    return f"model.layers.{layer}.{_HF_LAYER_NAMES[kind]}.{suffix}"
+
+
+def write_sdar_checkpoint(directory, *, shape: "ModelShape | None" = None, seed: int = 0,
+                          block_length: int = 4) -> pathlib.Path:
+    """Write a tiny SDAR-format Hugging Face checkpoint (config.json, model.safetensors,
+    tokenizer.json, tokenizer_config.json) with the same weights as ``write_qwen3`` would
+    write for ``seed``. Needs ``safetensors`` and ``tokenizers`` (the ``convert`` extra).
+    """
+    import tempfile
+
+    from safetensors.numpy import save_file
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shape = shape or ModelShape()
+    vocab = byte_vocab()
+    # the weights: those of the equivalent GGUF, renamed
+    with tempfile.TemporaryDirectory() as tmp:
+        data = read_model(write_model(pathlib.Path(tmp) / "m.gguf", "qwen3", shape=shape, seed=seed))
+    tensors = {hf_tensor_name(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in data.weights.items()}
+    save_file(tensors, str(directory / "model.safetensors"))
+
+    n_base = len(vocab.tokens) - len(vocab.special)
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(vocab.tokens[:n_base])},
+                     merges=[tuple(m.split(" ")) for m in vocab.merges])
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = sorted(vocab.special, key=vocab.special.get)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|MASK|>",
+        "chat_template": QWEN_CHAT_TEMPLATE,
+        "added_tokens_decoder": {str(vocab.special[s]): {"content": s, "special": True} for s in specials},
+    }, indent=1))
+    config = {
+        "architectures": ["SDARForCausalLM"], "model_type": "sdar",
+        "vocab_size": vocab.n_tokens, "hidden_size": shape.n_embd,
+        "intermediate_size": shape.n_ff, "num_hidden_layers": shape.n_layer,
+        "num_attention_heads": shape.n_head, "num_key_value_heads": shape.n_head_kv,
+        "head_dim": shape.head_dim, "max_position_embeddings": shape.n_ctx_train,
+        "rms_norm_eps": shape.rms_eps, "rope_theta": shape.rope_theta,
+        "tie_word_embeddings": shape.tie_embeddings, "torch_dtype": "float32",
+        "block_length": block_length, "bos_token_id": vocab.eos_id, "eos_token_id": vocab.eos_id,
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    return directory
