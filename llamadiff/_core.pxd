@@ -10,24 +10,28 @@ from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_mem
                               llama_batch, llama_token, llama_pos, llama_seq_id)
 
 
-cdef class Model:
+cdef class _Resource:
+    # A native handle freed by close(), or later while users (contexts, NumPy views) hold it.
+    cdef int _users
+    cdef bint _close_requested
+    cdef void _free(self) noexcept
+    cdef void _release_user(self) noexcept
+
+
+cdef class Model(_Resource):
     cdef llama_model * ptr
     cdef const llama_vocab * vocab
     cdef readonly str path
     cdef readonly int n_vocab
     cdef readonly bint vocab_only  # loaded without weights: no hyper-parameters, no decoding
-    cdef int _n_contexts          # live Contexts using this model
-    cdef bint _close_requested    # close() was called while Contexts were alive
     cdef dict _metadata_cache
 
     cdef int _check_open(self) except -1
     cdef int _check_token(self, long token) except -1
     cdef int _validate_hparams(self) except -1
-    cdef void _release_context(self) noexcept
-    cdef void _free(self) noexcept
 
 
-cdef class Context:
+cdef class Context(_Resource):
     cdef llama_context * ptr
     cdef llama_memory_t mem       # NULL for architectures without KV memory (LLaDA, Dream)
     cdef readonly Model model
@@ -39,8 +43,6 @@ cdef class Context:
     cdef readonly int n_batch
     cdef readonly int n_ubatch
     cdef readonly int n_seq_max
-    cdef int _exports             # NumPy views of the logits still alive
-    cdef bint _close_requested
     cdef int _abort_flag
     cdef readonly int block_causal  # block size of block-causal attention, 0: off
 
@@ -49,4 +51,3 @@ cdef class Context:
     cdef int32_t decode_batch(self, int32_t n_tokens) except -32768 nogil
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1
     cdef float * logits_row(self, int32_t i) noexcept nogil
-    cdef void _free(self) noexcept

@@ -197,10 +197,54 @@ def _validate_path(path):
     return path
 
 
+# --------------------------------------------------------------------------- lifetime
+
+
+cdef class _Resource:
+    """Deterministic cleanup shared by Model and Context.
+
+    ``close()`` frees the native handle now, or, while users still hold it (Contexts of a
+    Model, NumPy views of a Context's logits), as soon as the last one lets go. Safe to
+    call more than once; also a context manager.
+    """
+
+    def __cinit__(self):
+        self._users = 0
+        self._close_requested = False
+
+    cdef void _free(self) noexcept:
+        pass
+
+    cdef void _release_user(self) noexcept:
+        self._users -= 1
+        if self._close_requested and self._users == 0:
+            self._free()
+
+    def close(self):
+        """Free the native resources (deferred while they are still in use); idempotent."""
+        self._close_requested = True
+        if self._users == 0:
+            self._free()
+
+    @property
+    def closed(self):
+        """True once close() was called (or the handle was never made)."""
+        return self._close_requested or self._is_null()
+
+    def _is_null(self):
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # --------------------------------------------------------------------------- Model
 
 
-cdef class Model:
+cdef class Model(_Resource):
     """A GGUF model loaded by llama.cpp.
 
     Parameters
@@ -214,8 +258,6 @@ cdef class Model:
     def __cinit__(self):
         self.ptr = NULL
         self.vocab = NULL
-        self._n_contexts = 0
-        self._close_requested = False
 
     def __init__(self, path, *, int n_gpu_layers=0, bint use_mmap=True, bint vocab_only=False):
         if self.ptr != NULL:
@@ -281,10 +323,8 @@ cdef class Model:
             self.ptr = NULL
             self.vocab = NULL
 
-    cdef void _release_context(self) noexcept:
-        self._n_contexts -= 1
-        if self._close_requested and self._n_contexts == 0:
-            self._free()
+    def _is_null(self):
+        return self.ptr == NULL
 
     cdef int _check_open(self) except -1:
         if self.ptr == NULL or self._close_requested:
@@ -295,27 +335,6 @@ cdef class Model:
         if token < 0 or token >= self.n_vocab:
             raise ValueError(f"token id {token} is out of range for a vocabulary of {self.n_vocab}")
         return 0
-
-    # -- lifetime ---------------------------------------------------------------
-
-    def close(self):
-        """Free the weights now. Contexts still using the model keep it until they close.
-
-        Safe to call more than once.
-        """
-        self._close_requested = True
-        if self._n_contexts == 0:
-            self._free()
-
-    @property
-    def closed(self):
-        return self.ptr == NULL or self._close_requested
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         if self.closed:
@@ -656,12 +675,10 @@ cdef class _LogitsBuffer:
         view.strides = self.strides
         view.suboffsets = NULL
         view.internal = NULL
-        self.ctx._exports += 1
+        self.ctx._users += 1
 
     def __releasebuffer__(self, Py_buffer * view):
-        self.ctx._exports -= 1
-        if self.ctx._close_requested and self.ctx._exports == 0:
-            self.ctx._free()
+        self.ctx._release_user()
 
 
 # --------------------------------------------------------------------------- Context
@@ -671,7 +688,7 @@ cdef cbool _abort_requested(void * data) noexcept nogil:
     return (<int *> data)[0] != 0
 
 
-cdef class Context:
+cdef class Context(_Resource):
     """A llama.cpp inference context (KV memory, compute buffers, one reusable batch).
 
     Parameters
@@ -694,8 +711,6 @@ cdef class Context:
         self.mem = NULL
         self.batch_capacity = 0
         self.n_outputs = 0
-        self._exports = 0
-        self._close_requested = False
         self._abort_flag = 0
         self.block_causal = 0
 
@@ -746,7 +761,7 @@ cdef class Context:
                                f"n_batch={n_batch}, n_ubatch={n_ubatch}): {detail}")
         self.ptr = ctx
         self.model = model
-        model._n_contexts += 1
+        model._users += 1
         self.mem = C.llama_get_memory(ctx)
         self.n_vocab = model.n_vocab
         self.n_ctx = C.llama_n_ctx(ctx)
@@ -767,29 +782,13 @@ cdef class Context:
             self.ptr = NULL
             self.mem = NULL
             if self.model is not None:
-                self.model._release_context()
+                self.model._release_user()
         if self.batch_capacity > 0:
             C.llama_batch_free(self.batch)
             self.batch_capacity = 0
 
-    def close(self):
-        """Free the context now (deferred while NumPy views of its logits are alive).
-
-        Safe to call more than once.
-        """
-        self._close_requested = True
-        if self._exports == 0:
-            self._free()
-
-    @property
-    def closed(self):
-        return self.ptr == NULL or self._close_requested
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def _is_null(self):
+        return self.ptr == NULL
 
     def __repr__(self):
         if self.closed:
