@@ -24,7 +24,7 @@ __all__ = [
     "Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo",
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
-    "supports_gpu_offload", "get_include", "get_library_dir", "LlamaDiffError", "ModelLoadError",
+    "supports_gpu_offload", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted",
 ]
 

@@ -1,6 +1,5 @@
 """Bad model files give Python exceptions with clear messages -- never a crash."""
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from llamadiff import Context, ContextError, DecodeError
+from llamadiff import Context, DecodeError
 
 
 def test_logits_share_llama_cpp_memory(qwen3_model):

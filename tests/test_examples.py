@@ -53,7 +53,7 @@ def test_downstream_cython_policy(tmp_path):
     sys.path.insert(0, str(work))
     try:
         import right_to_left
-        from llamadiff import Context, Generator, RemaskPolicy, testing
+        from llamadiff import Generator, RemaskPolicy, testing
         assert isinstance(right_to_left.RightToLeft(), RemaskPolicy)
         path = testing.write_qwen3(tmp_path / "m.gguf")
         with Generator(path, n_ctx=256) as gen:

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from llamadiff import (Context, GenerationConfig, Generator, Model, UnsupportedModelError,
+from llamadiff import (Context, GenerationConfig, Generator, UnsupportedModelError,
                        testing)
 from llamadiff._sampling import sample_logits
 from llamadiff.testing import read_model
