@@ -11,14 +11,12 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
-static inline float ld_expf(float x) {
-    /* exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2 */
-    const float lo = -87.0f, hi = 88.0f;
-    float xc = x < lo ? lo : (x > hi ? hi : x);
-    float n = floorf(xc * 1.44269504088896341f + 0.5f);
-    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+/* exp(x) for x already clamped to [-87, 88]: exp(x) = 2^n * exp(r), n = round(x / ln2),
+ * |r| <= ln2/2, exp(r) by a degree-7 polynomial, 2^n built in the exponent bits. */
+static inline float ld_exp_clamped(float x) {
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -26,11 +24,16 @@ static inline float ld_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t) n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
-    return x < lo ? 0.0f : y;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t) n + 127) << 23;
+    return p * scale.f;
+}
+
+/* exp(x) for any x: exactly 0 below -87 (so -inf logits weigh nothing), saturating above 88. */
+static inline float ld_expf(float x) {
+    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float y = ld_exp_clamped(xc);
+    return x < -87.0f ? 0.0f : y;
 }
 
 /* Largest value of row[lo:hi] (vectorised max reduction). */
@@ -67,27 +70,15 @@ static inline void ld_row_argmax(const float *row, int64_t n, int64_t skip, floa
     *arg_out = arg;
 }
 
-/* exp(d) for d <= 0, clamped below at -87 (exp(-87) ~ 1.6e-38 stands for 0): no branches,
- * so the loops below vectorise. */
+/* exp(d) for d <= 0, clamped below at -87 (exp(-87) ~ 1.6e-38 stands for 0). */
 static inline float ld_expf_nonpos(float d) {
-    d = d < -87.0f ? -87.0f : d;
-    float n = floorf(d * 1.44269504088896341f + 0.5f);
-    float r = d - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale;   /* 2^n built in the exponent bits */
-    scale.i = ((int32_t) n + 127) << 23;
-    return p * scale.f;
+    return ld_exp_clamped(d < -87.0f ? -87.0f : d);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-/* ld_expf_nonpos on 8 lanes (the compilers do not vectorise the exponent-bit trick). */
+/* ld_exp_clamped on 8 lanes, after clamping below (compilers do not vectorise the
+ * exponent-bit trick by themselves). */
 static inline __m256 ld_exp8_nonpos(__m256 d) {
     d = _mm256_max_ps(d, _mm256_set1_ps(-87.0f));
     __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(d, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
