@@ -12,7 +12,7 @@ import os as _os
 from llamadiff.errors import (LlamaDiffError, ModelLoadError, UnsupportedModelError,
                               ContextError, DecodeError, DecodeAborted)
 from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, system_info,
-                             supports_gpu_offload, MASK_TOKEN_TEXTS)
+                             supports_gpu_offload, quantize, MASK_TOKEN_TEXTS)
 from llamadiff._remask import (RemaskPolicy, Sequential, LowConfidenceStatic,
                                LowConfidenceDynamic, EntropyBounded)
 from llamadiff.generator import (Generator, GenerationConfig, GenerationResult, StreamChunk,
@@ -24,7 +24,7 @@ __all__ = [
     "Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo",
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
-    "supports_gpu_offload", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
+    "supports_gpu_offload", "quantize", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted",
 ]
 

@@ -73,7 +73,7 @@ cdef class BlockDiffusion:
     cdef vector[int32_t] committed_log
     # telemetry
     cdef readonly long n_decode, n_decode_tokens
-    cdef readonly double decode_us, sample_us, prefill_us
+    cdef readonly double decode_us, sample_us, select_us, prefill_us, prefill_decode_us
     cdef readonly list steps_per_block
 
     def __init__(self, Context ctx not None, prompt, int n_generate, int block_length, int steps,
@@ -185,6 +185,7 @@ cdef class BlockDiffusion:
             if n > 0:
                 self._decode(n)
         self.prefill_us = C.llama_time_us() - t0
+        self.prefill_decode_us = self.decode_us
 
     def run_block(self, callback=None):
         """Denoise the next block to the end. Returns False when the callback asked to stop."""
@@ -193,7 +194,7 @@ cdef class BlockDiffusion:
         cdef int B = self.block_length
         cdef int s = self.next_block * B
         cdef int step, i, n, n_masked, count
-        cdef int64_t t0
+        cdef int64_t t0, t1
         cdef float * logits
         cdef StepView view
         cdef bint keep_going = True
@@ -230,6 +231,7 @@ cdef class BlockDiffusion:
                     self.x0[i] = self.rows[i].token
                     self.prob[i] = self.rows[i].prob
                     self.entropy[i] = self.rows[i].entropy
+                t1 = C.llama_time_us()
                 view.n_masked = n_masked
                 view.positions = self.positions.data()
                 view.x0 = self.x0.data()
@@ -251,7 +253,8 @@ cdef class BlockDiffusion:
                 for i in range(count):
                     self.x[s + self.positions[self.chosen[i]]] = self.x0[self.chosen[i]]
                 self.committed_log.push_back(count)
-            self.sample_us += C.llama_time_us() - t0
+            self.sample_us += t1 - t0
+            self.select_us += C.llama_time_us() - t1
 
             if callback is not None:
                 picked = [self.chosen[i] for i in range(count)]

@@ -136,6 +136,38 @@ def system_info():
     return C.llama_print_system_info().decode()
 
 
+_QUANT_TYPES = {
+    "f16": C.LLAMA_FTYPE_MOSTLY_F16, "q8_0": C.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "q4_k_m": C.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": C.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "q6_k": C.LLAMA_FTYPE_MOSTLY_Q6_K,
+}
+
+
+def quantize(src, dst, str ftype="q8_0", int n_threads=0):
+    """Write a quantised copy of a GGUF model with llama.cpp's quantizer.
+
+    ftype: one of ``f16``, ``q8_0``, ``q4_0``, ``q4_k_m``, ``q5_k_m``, ``q6_k``.
+    """
+    if ftype not in _QUANT_TYPES:
+        raise ValueError(f"ftype must be one of {sorted(_QUANT_TYPES)}, got {ftype!r}")
+    src = _validate_path(src)
+    cdef bytes bsrc = os.fsencode(src)
+    cdef bytes bdst = os.fsencode(os.fspath(dst))
+    cdef C.llama_model_quantize_params params = C.llama_model_quantize_default_params()
+    params.ftype = _QUANT_TYPES[ftype]
+    params.nthread = n_threads
+    cdef const char * csrc = bsrc
+    cdef const char * cdst = bdst
+    cdef uint32_t rc
+    _take_problems()
+    with nogil:
+        rc = C.llama_model_quantize(csrc, cdst, &params)
+    if rc != 0:
+        detail = "; ".join(_take_problems()[-3:]) or f"status {rc}"
+        raise ModelLoadError(f"llama.cpp could not quantize {src!r} to {ftype}: {detail}")
+    return os.fspath(dst)
+
+
 def supports_gpu_offload():
     return bool(C.llama_supports_gpu_offload())
 

@@ -50,6 +50,7 @@ class GenerationConfig:
     cache: bool = True
     progress: bool = False
     callback: Optional[Callable[[StepInfo], Any]] = None
+    profile: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -340,8 +341,9 @@ class Generator:
     def _stats(self, run, cfg, generated, wall_ms, context_ms) -> dict:
         decode_ms = run.decode_us / 1e3
         sample_ms = run.sample_us / 1e3
+        select_ms = run.select_us / 1e3
         committed = run.committed_per_step()
-        return {
+        stats = {
             "prompt_tokens": run.n_prompt,
             "generated_tokens": len(generated),
             "block_length": cfg.block_length,
@@ -353,12 +355,22 @@ class Generator:
             "decode_tokens": run.n_decode_tokens,
             "decode_ms": decode_ms,
             "sampling_ms": sample_ms,
+            "selection_ms": select_ms,
             "wall_ms": wall_ms,
             "steps_per_block": list(run.steps_per_block),
             "committed_per_step": committed,
             "tokens_per_step": (sum(committed) / len(committed)) if committed else 0.0,
             "tokens_per_second": len(generated) / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
         }
+        if cfg.profile:
+            # where the wall time went; "python" is everything else (batch filling,
+            # KV bookkeeping, stop checks, streaming, callbacks, the interpreter)
+            step_decode = (run.decode_us - run.prefill_decode_us) / 1e3
+            parts = {"context_ms": context_ms, "prefill_ms": run.prefill_us / 1e3,
+                     "decode_ms": step_decode, "sampling_ms": sample_ms, "selection_ms": select_ms}
+            parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
+            stats["profile"] = parts
+        return stats
 
 
 def _progress_bar(enabled: bool, total: int):

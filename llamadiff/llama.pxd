@@ -75,7 +75,10 @@ cdef extern from "llama.h" nogil:
         LLAMA_FTYPE_ALL_F32
         LLAMA_FTYPE_MOSTLY_F16
         LLAMA_FTYPE_MOSTLY_Q8_0
+        LLAMA_FTYPE_MOSTLY_Q4_0
         LLAMA_FTYPE_MOSTLY_Q4_K_M
+        LLAMA_FTYPE_MOSTLY_Q5_K_M
+        LLAMA_FTYPE_MOSTLY_Q6_K
         LLAMA_FTYPE_GUESSED
 
     const char * llama_ftype_name(llama_ftype ftype)
@@ -165,6 +168,17 @@ cdef extern from "llama.h" nogil:
     size_t llama_max_devices()
     size_t llama_max_parallel_sequences()
     int64_t llama_time_us()
+
+    cdef struct llama_model_quantize_params:
+        int32_t nthread
+        llama_ftype ftype
+        bint allow_requantize
+        bint quantize_output_tensor
+        bint pure
+
+    llama_model_quantize_params llama_model_quantize_default_params()
+    uint32_t llama_model_quantize(const char * fname_inp, const char * fname_out,
+                                  const llama_model_quantize_params * params) except +
 
     # ------------------------------------------------------------------ model and context lifetime
     llama_model * llama_model_load_from_file(const char * path_model, llama_model_params params)

@@ -568,15 +568,16 @@ def write_sdar_checkpoint(directory, *, shape: "ModelShape | None" = None, seed:
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shape = shape or ModelShape()
-    vocab = byte_vocab()
+    vocab = byte_vocab(shape.n_vocab_pad)
     # the weights: those of the equivalent GGUF, renamed
     with tempfile.TemporaryDirectory() as tmp:
         data = read_model(write_model(pathlib.Path(tmp) / "m.gguf", "qwen3", shape=shape, seed=seed))
     tensors = {hf_tensor_name(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in data.weights.items()}
     save_file(tensors, str(directory / "model.safetensors"))
 
-    n_base = len(vocab.tokens) - len(vocab.special)
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(vocab.tokens[:n_base])},
+    # every token keeps its GGUF id (specials and padding included); specials are then
+    # marked special, which keeps their ids since they are already in the vocabulary
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(vocab.tokens)},
                      merges=[tuple(m.split(" ")) for m in vocab.merges])
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

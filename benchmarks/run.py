@@ -1,0 +1,405 @@
+"""Benchmark harness: llamadiff side by side with the implementations users would pick instead.
+
+    python benchmarks/run.py [--suite quick|full] [--device cpu|cuda] [--runs N] [--out docs/BENCHMARKS.md]
+
+Method: random-weight models of realistic proportions written by ``llamadiff.testing``
+(F16, plus Q8_0 / Q4_K_M made with llama.cpp's quantizer); every participant runs in its own
+process (peak RSS is per process); one warm-up run per configuration is discarded; timed
+runs of the participants are interleaved (A B C, B C A, ...) and ratios are computed pair
+by pair, so machine drift cancels; tok/s counts generated tokens only.
+
+Participants:
+- llamadiff (``cache=True``), llamadiff without cache (``cache=False``), and the forward-pass
+  floor (the same llama_decode calls, nothing else);
+- the official PyTorch algorithm: SDAR's block-diffusion loop with a KV cache on
+  transformers' Qwen3ForCausalLM (``benchmarks/torch_sdar.py``), on the same random weights
+  (F32 safetensors; the GGUF holds them in F16); needs ``pip install .[bench]``;
+- upstream ``llama-diffusion-cli``, built from the vendored llama.cpp tree (cached in
+  ``build/llama.cpp-tools``), on a ``llada`` model of the same shape (it runs only llama.cpp's
+  diffusion architectures; llamadiff's full-diffusion rows arrive with that feature).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import llamadiff  # noqa: E402
+from llamadiff import testing  # noqa: E402
+
+SUITES = {
+    # ~25M params, vocab 32k: under 5 minutes on 2 cores
+    "quick": dict(shape=dict(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=768,
+                             tie_embeddings=True, n_vocab_pad=32000 - 276),
+                  prompt=32, gen=64, blocks=[4, 8], gen_lengths=[32, 64], runs=3,
+                  quants=["q8_0"], llada_block=32),
+    # ~103M params, Qwen-size vocab (151,936): the numbers in docs/BENCHMARKS.md
+    "full": dict(shape=dict(n_embd=512, n_layer=8, n_head=8, n_head_kv=4, head_dim=64, n_ff=1536,
+                            tie_embeddings=True, n_vocab_pad=151936 - 276),
+                 prompt=32, gen=256, blocks=[4, 8, 16], gen_lengths=[64, 128, 256], runs=5,
+                 quants=["q8_0", "q4_k_m"], llada_block=32),
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def prepare_models(suite: str, cfg: dict, torch_ok: bool) -> dict:
+    cache = ROOT / "build" / "bench-models" / suite
+    cache.mkdir(parents=True, exist_ok=True)
+    shape = testing.ModelShape(**cfg["shape"])
+    paths = {"f16": cache / "qwen3-f16.gguf", "llada": cache / "llada-f16.gguf", "hf": cache / "hf"}
+    if not paths["f16"].exists():
+        log(f"writing {paths['f16']}")
+        testing.write_model(paths["f16"], "qwen3", shape=shape, dtype="f16", seed=0)
+    for q in cfg["quants"]:
+        paths[q] = cache / f"qwen3-{q}.gguf"
+        if not paths[q].exists():
+            llamadiff.quantize(paths["f16"], paths[q], q)
+    if not paths["llada"].exists():
+        llada_shape = testing.ModelShape(**{**cfg["shape"], "n_head_kv": cfg["shape"]["n_head"]})
+        testing.write_model(paths["llada"], "llada", shape=llada_shape, dtype="f16", seed=0)
+    if torch_ok and not (paths["hf"] / "model.safetensors").exists():
+        log(f"writing {paths['hf']}")
+        testing.write_sdar_checkpoint(paths["hf"], shape=shape, seed=0)
+    return paths
+
+
+# --------------------------------------------------------------------------- upstream CLI
+
+
+def build_diffusion_cli() -> Path | None:
+    """Build (once) upstream llama-diffusion-cli from the vendored tree; None if impossible."""
+    src = ROOT / "vendor" / "llama.cpp"
+    build = ROOT / "build" / "llama.cpp-tools"
+    exe = build / "bin" / "llama-diffusion-cli"
+    if exe.exists():
+        return exe
+    if not (src / "examples" / "diffusion").is_dir() or not shutil.which("cmake"):
+        log("llama-diffusion-cli: no vendored llama.cpp tree (run pip install first) or no cmake; skipped")
+        return None
+    log("building llama-diffusion-cli from the vendored tree (once; a few minutes)")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                    "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_EXAMPLES=ON",
+                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                    "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-diffusion-cli", "-j", str(os.cpu_count())],
+                   check=True, stdout=subprocess.DEVNULL)
+    return exe
+
+
+def run_cli(exe: Path, model: Path, n_prompt: int, gen: int, block: int, threads: int) -> dict:
+    """One llama-diffusion-cli generation; its own timer (model load excluded) and peak RSS."""
+    total = n_prompt + gen
+    prompt = "a" * max(1, n_prompt - 1)      # ~n_prompt tokens with the byte vocab (+BOS)
+    # the CLI fills n_ubatch positions (prompt included) in blocks of `block`, and needs the
+    # step count to divide evenly across blocks: about one step per generated token
+    n_blocks = total // block
+    steps = n_blocks * -(-gen // n_blocks)
+    cmd = [str(exe), "-m", str(model), "-p", prompt, "--diffusion-steps", str(steps),
+           "--diffusion-block-length", str(block), "-ub", str(total), "-b", str(total), "-c", str(total + 64),
+           "-t", str(threads), "--temp", "0"]
+    with tempfile.TemporaryFile("w+") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)      # this child's own peak RSS
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log_file.seek(0)
+        text = log_file.read()
+    m = re.search(r"total time: ([0-9.]+)ms", text)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"llama-diffusion-cli failed ({proc.returncode}): {text[-500:]}")
+    return {"wall_ms": float(m.group(1)), "peak_rss_mb": usage.ru_maxrss / 1024, "steps": steps}
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class Worker:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = json.loads(self.proc.stdout.readline())
+        assert ready.get("ready"), ready
+
+    def run(self, **opts) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": "run", **opts}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.spec['impl']} died")
+        return json.loads(line)
+
+    def close(self) -> float:
+        self.proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+        self.proc.stdin.flush()
+        rss = json.loads(self.proc.stdout.readline())["peak_rss_mb"]
+        self.proc.wait()
+        return rss
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def summarise(times: list, gen: int) -> dict:
+    med = statistics.median(times)
+    return {"median_ms": med, "min_ms": min(times), "max_ms": max(times), "tok_s": gen / (med / 1e3),
+            "tok_s_range": (gen / (max(times) / 1e3), gen / (min(times) / 1e3))}
+
+
+def interleaved(workers: dict, configs: list, runs: int, gen_of) -> dict:
+    """{(name, config_index): [times]}, runs interleaved with a rotating order."""
+    results = {}
+    names = list(workers)
+    for ci, opts in enumerate(configs):
+        for name in names:                                    # warm-up, discarded
+            workers[name].run(**opts[name])
+        for r in range(runs):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                res = workers[name].run(**opts[name])
+                results.setdefault((name, ci), []).append(res)
+        log(f"  config {ci + 1}/{len(configs)} done")
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--runs", type=int, default=None, help="timed runs per configuration (>= 5 for reports)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default=None, help="markdown file to write the results section into")
+    ap.add_argument("--plot", default=None, help="PNG path for the plot (default: next to --out)")
+    ap.add_argument("--no-cli", action="store_true", help="skip the upstream llama-diffusion-cli peer")
+    args = ap.parse_args(argv)
+    cfg = SUITES[args.suite]
+    runs = args.runs or cfg["runs"]
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        torch_ok = True
+    except ImportError:
+        torch_ok = False
+        log("PyTorch peer skipped: pip install '.[bench]' (torch, transformers, safetensors)")
+    t_start = time.time()
+    paths = prepare_models(args.suite, cfg, torch_ok)
+    prompt = list(range(300, 300 + cfg["prompt"]))
+    mask_id = testing.byte_vocab().mask_id
+    n_gpu = -1 if args.device == "cuda" else 0
+    base = {"prompt": prompt, "threads": args.threads, "n_ctx": 4096, "n_gpu_layers": n_gpu}
+
+    workers = {"llamadiff": Worker({**base, "impl": "llamadiff", "model": str(paths["f16"])}),
+               "floor": Worker({**base, "impl": "floor", "model": str(paths["f16"])})}
+    if torch_ok:
+        workers["torch"] = Worker({**base, "impl": "torch", "checkpoint": str(paths["hf"]), "mask_id": mask_id,
+                                   "device": args.device})
+
+    # 1. block length sweep at the suite's generation length; no-cache through the same worker
+    gen = cfg["gen"]
+    configs = []
+    for block in cfg["blocks"]:
+        o = dict(max_new_tokens=gen, block_length=block, steps=block, strategy="low_confidence_static")
+        configs.append({"llamadiff": o, "floor": o, "torch": o, "nocache": {**o, "cache": False}})
+    workers_nc = dict(workers)
+    workers_nc["nocache"] = workers["llamadiff"]          # same process, other mode
+    log(f"block sweep: blocks {cfg['blocks']}, gen {gen}, {runs} runs each")
+    res = interleaved(workers_nc, configs, runs, None)
+
+    # 2. generated-length sweep at block 4 (cache on) and the quantised models
+    len_configs = []
+    for g in cfg["gen_lengths"]:
+        o = dict(max_new_tokens=g, block_length=4, steps=4, strategy="low_confidence_static")
+        len_configs.append({"llamadiff": o, "nocache": {**o, "cache": False}})
+    log(f"length sweep: {cfg['gen_lengths']}")
+    len_res = interleaved({"llamadiff": workers["llamadiff"], "nocache": workers["llamadiff"]},
+                          len_configs, runs, None)
+    rss = {name: w.close() for name, w in workers.items()}
+    quant = {}
+    for q in cfg["quants"]:
+        w = Worker({**base, "impl": "llamadiff", "model": str(paths[q])})
+        o = dict(max_new_tokens=gen, block_length=4, steps=4, strategy="low_confidence_static")
+        w.run(**o)
+        quant[q] = summarise([w.run(**o)["wall_ms"] for _ in range(runs)], gen)
+        quant[q]["rss"] = w.close()
+
+    # 3. upstream llama-diffusion-cli on a llada model of the same shape
+    cli = None
+    if not args.no_cli and args.device == "cpu":
+        exe = build_diffusion_cli()
+        if exe is not None:
+            run_cli(exe, paths["llada"], cfg["prompt"], gen, cfg["llada_block"], args.threads)   # warm-up
+            # it re-decodes everything each step (minutes per run at the full suite's size): 3 runs
+            cli_runs = [run_cli(exe, paths["llada"], cfg["prompt"], gen, cfg["llada_block"], args.threads)
+                        for _ in range(min(runs, 3))]
+            cli = summarise([r["wall_ms"] for r in cli_runs], gen)
+            cli["steps"] = cli_runs[0]["steps"]
+            rss["llama-diffusion-cli"] = max(r["peak_rss_mb"] for r in cli_runs)
+
+    # ---- report
+    rows = []
+    for ci, block in enumerate(cfg["blocks"]):
+        ours = [r["wall_ms"] for r in res[("llamadiff", ci)]]
+        row = {"block": block, "llamadiff": summarise(ours, gen),
+               "nocache": summarise([r["wall_ms"] for r in res[("nocache", ci)]], gen),
+               "floor": summarise([r["wall_ms"] for r in res[("floor", ci)]], gen),
+               "profile": {k: statistics.median(r["profile"][k] for r in res[("llamadiff", ci)])
+                           for k in res[("llamadiff", ci)][0]["profile"]}}
+        row["vs_nocache"] = statistics.median(n["wall_ms"] / o["wall_ms"] for n, o in zip(res[("nocache", ci)], res[("llamadiff", ci)]))
+        row["vs_floor"] = statistics.median(o["wall_ms"] / f["wall_ms"] for o, f in zip(res[("llamadiff", ci)], res[("floor", ci)]))
+        if torch_ok:
+            tr = res[("torch", ci)]
+            row["torch"] = summarise([r["wall_ms"] for r in tr], gen)
+            row["vs_torch"] = statistics.median(t["wall_ms"] / o["wall_ms"] for t, o in zip(tr, res[("llamadiff", ci)]))
+            row["same_tokens"] = sum(a == b for a, b in zip(tr[0]["tokens"], res[("llamadiff", ci)][0]["tokens"])) / gen
+        rows.append(row)
+    lengths = []
+    for i, g in enumerate(cfg["gen_lengths"]):
+        ours, nc = len_res[("llamadiff", i)], len_res[("nocache", i)]
+        s = summarise([r["wall_ms"] for r in ours], g)
+        s["nocache"] = summarise([r["wall_ms"] for r in nc], g)
+        s["ratio"] = statistics.median(n["wall_ms"] / o["wall_ms"] for n, o in zip(nc, ours))
+        lengths.append((g, s))
+
+    lines = report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, time.time() - t_start)
+    print("\n".join(lines))
+    if args.out:
+        write_section(Path(args.out), args.suite, lines)
+        plot_path = Path(args.plot) if args.plot else Path(args.out).with_name(f"benchmarks-{args.suite}.png")
+        if plot(plot_path, rows, lengths, torch_ok):
+            log(f"plot: {plot_path}")
+    return 0
+
+
+def report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, elapsed) -> list:
+    f = lambda s: f"{s['tok_s']:.1f} ({s['tok_s_range'][0]:.1f}-{s['tok_s_range'][1]:.1f})"  # noqa: E731
+    shape = cfg["shape"]
+    n_vocab = 276 + shape["n_vocab_pad"]
+    lines = [
+        f"### Harness, suite `{args.suite}` ({time.strftime('%Y-%m-%d')}, commit {git_commit()})",
+        "",
+        f"Command: `python benchmarks/run.py --suite {args.suite} --device {args.device}"
+        f"{' --runs ' + str(args.runs) if args.runs else ''}{' --out ' + args.out if args.out else ''}`. "
+        f"Machine: {machine()}, {args.threads} threads, device {args.device}. llama.cpp {llamadiff.llama_cpp_version()} "
+        f"(sdist llama-cpp-python 0.3.36). Wall time of the whole run: {elapsed / 60:.1f} min.",
+        "",
+        f"Model: random-weight qwen3, {shape['n_layer']} layers, n_embd {shape['n_embd']}, vocab {n_vocab}, "
+        f"F16 GGUF (the PyTorch peer loads the same weights in F32). Prompt {cfg['prompt']} tokens, "
+        f"gen {cfg['gen']}, steps = block, low_confidence_static, greedy. Median tok/s (min-max) of {runs} "
+        "interleaved runs after a warm-up; ratios are medians of per-pair ratios.",
+        "",
+        "| block | llamadiff | no cache | x vs no cache | decode floor | llamadiff / floor time |"
+        + (" SDAR loop on transformers | x vs transformers | same tokens |" if torch_ok else ""),
+        "|---|---|---|---|---|---|" + ("---|---|---|" if torch_ok else ""),
+    ]
+    for r in rows:
+        line = (f"| {r['block']} | {f(r['llamadiff'])} | {f(r['nocache'])} | x{r['vs_nocache']:.2f} | {f(r['floor'])} "
+                f"| {r['vs_floor']:.3f} |")
+        if torch_ok:
+            line += f" {f(r['torch'])} | x{r['vs_torch']:.2f} | {100 * r['same_tokens']:.0f}% |"
+        lines.append(line)
+    lines += ["", "Where llamadiff's time goes (`profile=True`, medians, ms):", "",
+              "| block | prefill | decode | sampling | selection | Python/other |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["profile"]
+        lines.append(f"| {r['block']} | {p['prefill_ms']:.1f} | {p['decode_ms']:.1f} | {p['sampling_ms']:.1f} "
+                     f"| {p['selection_ms']:.2f} | {p['python_ms']:.1f} |")
+    lines += ["", "Generated length at block 4 (cache vs no cache, speed-up pair by pair): "
+              + "; ".join(f"gen {g}: {s['tok_s']:.1f} vs {s['nocache']['tok_s']:.1f} tok/s, x{s['ratio']:.2f}"
+                          for g, s in lengths) + "."]
+    if quant:
+        lines += ["", "Quantised models (block 4, cache on): "
+                  + ", ".join(f"{q.upper()}: {s['tok_s']:.1f} tok/s, peak RSS {s['rss']:.0f} MiB" for q, s in quant.items())
+                  + f"; F16: {rows[0]['llamadiff']['tok_s']:.1f} tok/s."]
+    lines += ["", "Peak RSS per process (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+              + ("" if torch_ok else " (PyTorch peer not installed)") + "."]
+    if cli:
+        lines += ["", f"Upstream `llama-diffusion-cli` (llada of the same shape, block {cfg['llada_block']}, "
+                  f"{cli['steps']} steps over prompt + gen, gen {cfg['gen']}, its own timer, {min(runs, 3)} runs): {f(cli)} tok/s. It re-decodes the whole "
+                  "sequence every step; llamadiff's full-diffusion rows will stand next to it once that family lands."]
+    return lines + [""]
+
+
+def write_section(path: Path, suite: str, lines: list) -> None:
+    start, end = f"<!-- harness:{suite}:start -->", f"<!-- harness:{suite}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = "\n".join([start, *lines, end])
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def plot(path: Path, rows, lengths, torch_ok) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot")
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    blocks = [r["block"] for r in rows]
+    series = [("llamadiff", "llamadiff (cache)"), ("nocache", "llamadiff, no cache"), ("floor", "decode floor")]
+    if torch_ok:
+        series.append(("torch", "SDAR loop, transformers"))
+    for key, label in series:
+        a.plot(blocks, [r[key]["tok_s"] for r in rows], marker="o", label=label)
+    a.set_xlabel("block length (steps = block)")
+    a.set_ylabel("generated tok/s")
+    a.set_xscale("log", base=2)
+    a.legend()
+    b.plot([g for g, _ in lengths], [s["tok_s"] for _, s in lengths], marker="o", label="llamadiff (cache), block 4")
+    b.plot([g for g, _ in lengths], [s["nocache"]["tok_s"] for _, s in lengths], marker="o",
+           label="llamadiff, no cache, block 4")
+    b.set_ylim(bottom=0)
+    a.set_ylim(bottom=0)
+    b.set_xlabel("generated tokens")
+    b.set_ylabel("generated tok/s")
+    b.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
