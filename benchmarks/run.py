@@ -46,12 +46,12 @@ SUITES = {
     "quick": dict(shape=dict(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=768,
                              tie_embeddings=True, n_vocab_pad=32000 - 276),
                   prompt=32, gen=64, blocks=[4, 8], gen_lengths=[32, 64], runs=3,
-                  quants=["q8_0"], llada_block=32),
+                  quants=["q8_0"], llada_block=32, cli_archs=["llada", "dream"], cli_runs=3),
     # ~103M params, Qwen-size vocab (151,936): the numbers in docs/BENCHMARKS.md
     "full": dict(shape=dict(n_embd=512, n_layer=8, n_head=8, n_head_kv=4, head_dim=64, n_ff=1536,
                             tie_embeddings=True, n_vocab_pad=151936 - 276),
-                 prompt=32, gen=256, blocks=[4, 8, 16], gen_lengths=[64, 128, 256], runs=5,
-                 quants=["q8_0", "q4_k_m"], llada_block=32),
+                 prompt=32, gen=256, blocks=[4, 8], gen_lengths=[64, 128, 256], runs=5,
+                 quants=["q8_0", "q4_k_m"], llada_block=32, cli_archs=["llada"], cli_runs=2),
 }
 
 
@@ -66,7 +66,8 @@ def prepare_models(suite: str, cfg: dict, torch_ok: bool) -> dict:
     cache = ROOT / "build" / "bench-models" / suite
     cache.mkdir(parents=True, exist_ok=True)
     shape = testing.ModelShape(**cfg["shape"])
-    paths = {"f16": cache / "qwen3-f16.gguf", "llada": cache / "llada-f16.gguf", "hf": cache / "hf"}
+    paths = {"f16": cache / "qwen3-f16.gguf", "llada": cache / "llada-f16.gguf",
+             "dream": cache / "dream-f16.gguf", "hf": cache / "hf"}
     if not paths["f16"].exists():
         log(f"writing {paths['f16']}")
         testing.write_model(paths["f16"], "qwen3", shape=shape, dtype="f16", seed=0)
@@ -77,6 +78,11 @@ def prepare_models(suite: str, cfg: dict, torch_ok: bool) -> dict:
     if not paths["llada"].exists():
         llada_shape = testing.ModelShape(**{**cfg["shape"], "n_head_kv": cfg["shape"]["n_head"]})
         testing.write_model(paths["llada"], "llada", shape=llada_shape, dtype="f16", seed=0)
+    if not paths["dream"].exists():
+        # Dream sizes q and o as n_embd x n_embd: head_dim * n_head must equal n_embd
+        s = cfg["shape"]
+        dream_shape = testing.ModelShape(**{**s, "head_dim": s["n_embd"] // s["n_head"]})
+        testing.write_model(paths["dream"], "dream", shape=dream_shape, dtype="f16", seed=0)
     if torch_ok and not (paths["hf"] / "model.safetensors").exists():
         log(f"writing {paths['hf']}")
         testing.write_sdar_checkpoint(paths["hf"], shape=shape, seed=0)
@@ -109,26 +115,47 @@ def build_diffusion_cli() -> Path | None:
 
 
 def run_cli(exe: Path, model: Path, n_prompt: int, gen: int, block: int, threads: int) -> dict:
-    """One llama-diffusion-cli generation; its own timer (model load excluded) and peak RSS."""
+    """One llama-diffusion-cli generation; its own timer (model load excluded) and peak RSS.
+
+    block > 0: LLaDA's block schedule; block == 0: Dream's timestep (eps) schedule.
+    """
     total = n_prompt + gen
     prompt = "a" * max(1, n_prompt - 1)      # ~n_prompt tokens with the byte vocab (+BOS)
-    # the CLI fills n_ubatch positions (prompt included) in blocks of `block`, and needs the
-    # step count to divide evenly across blocks: about one step per generated token
-    n_blocks = total // block
-    steps = n_blocks * -(-gen // n_blocks)
-    cmd = [str(exe), "-m", str(model), "-p", prompt, "--diffusion-steps", str(steps),
-           "--diffusion-block-length", str(block), "-ub", str(total), "-b", str(total), "-c", str(total + 64),
-           "-t", str(threads), "--temp", "0"]
-    with tempfile.TemporaryFile("w+") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)      # this child's own peak RSS
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    if block:
+        # the CLI fills n_ubatch positions (prompt included) in blocks of `block`, and needs
+        # the step count to divide evenly across blocks: about one step per generated token
+        n_blocks = total // block
+        steps = n_blocks * -(-gen // n_blocks)
+        schedule = ["--diffusion-block-length", str(block)]
+    else:
+        steps = gen
+        schedule = ["--diffusion-eps", "0.001"]
+    cmd = [str(exe), "-m", str(model), "-p", prompt, "--diffusion-steps", str(steps), *schedule,
+           "-ub", str(total), "-b", str(total), "-c", str(total + 64), "-t", str(threads), "--temp", "0"]
+    with tempfile.TemporaryFile("w+b") as log_file:
+        # started from a tiny launcher so that the child's ru_maxrss is its own (Linux carries
+        # the parent's high-water mark across fork + exec)
+        proc = subprocess.run([sys.executable, "-S", "-c", RSS_LAUNCHER, *cmd], stdout=log_file,
+                              stderr=subprocess.STDOUT)
         log_file.seek(0)
-        text = log_file.read()
+        text = log_file.read().decode("utf-8", "replace")   # the generated text is arbitrary bytes
     m = re.search(r"total time: ([0-9.]+)ms", text)
-    if proc.returncode != 0 or not m:
+    rss = re.search(r"LLAMADIFF_PEAK_RSS_KB=(\d+)", text)
+    if proc.returncode != 0 or not m or not rss:
         raise RuntimeError(f"llama-diffusion-cli failed ({proc.returncode}): {text[-500:]}")
-    return {"wall_ms": float(m.group(1)), "peak_rss_mb": usage.ru_maxrss / 1024, "steps": steps}
+    return {"wall_ms": float(m.group(1)), "peak_rss_mb": int(rss.group(1)) / 1024, "steps": steps}
+
+
+RSS_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stdout.flush()
+print(f"LLAMADIFF_PEAK_RSS_KB={usage.ru_maxrss}", flush=True)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 # --------------------------------------------------------------------------- workers
@@ -212,12 +239,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = SUITES[args.suite]
     runs = args.runs or cfg["runs"]
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        torch_ok = True
-    except ImportError:
-        torch_ok = False
+    # (found, not imported: the harness process stays small)
+    from importlib.util import find_spec
+    torch_ok = all(find_spec(m) is not None for m in ("torch", "transformers", "safetensors"))
+    if not torch_ok:
         log("PyTorch peer skipped: pip install '.[bench]' (torch, transformers, safetensors)")
     t_start = time.time()
     paths = prepare_models(args.suite, cfg, torch_ok)
@@ -260,18 +285,19 @@ def main(argv=None) -> int:
         quant[q] = summarise([w.run(**o)["wall_ms"] for _ in range(runs)], gen)
         quant[q]["rss"] = w.close()
 
-    # 3. upstream llama-diffusion-cli on a llada model of the same shape
-    cli = None
+    # 3. upstream llama-diffusion-cli on llada (block schedule) and dream (eps schedule) models
+    cli = {}
     if not args.no_cli and args.device == "cpu":
         exe = build_diffusion_cli()
-        if exe is not None:
-            run_cli(exe, paths["llada"], cfg["prompt"], gen, cfg["llada_block"], args.threads)   # warm-up
-            # it re-decodes everything each step (minutes per run at the full suite's size): 3 runs
-            cli_runs = [run_cli(exe, paths["llada"], cfg["prompt"], gen, cfg["llada_block"], args.threads)
-                        for _ in range(min(runs, 3))]
-            cli = summarise([r["wall_ms"] for r in cli_runs], gen)
-            cli["steps"] = cli_runs[0]["steps"]
-            rss["llama-diffusion-cli"] = max(r["peak_rss_mb"] for r in cli_runs)
+        for arch in cfg["cli_archs"] if exe is not None else ():
+            block = cfg["llada_block"] if arch == "llada" else 0
+            run_cli(exe, paths[arch], cfg["prompt"], min(gen, 64), block, args.threads)   # warm-up
+            # it re-decodes everything at every step (minutes per run at the full suite's size)
+            cli_runs = [run_cli(exe, paths[arch], cfg["prompt"], gen, block, args.threads)
+                        for _ in range(min(runs, cfg["cli_runs"]))]
+            cli[arch] = summarise([r["wall_ms"] for r in cli_runs], gen)
+            cli[arch].update(steps=cli_runs[0]["steps"], block=block, n_runs=len(cli_runs))
+            rss[f"llama-diffusion-cli ({arch})"] = max(r["peak_rss_mb"] for r in cli_runs)
 
     # ---- report
     rows = []
@@ -317,8 +343,8 @@ def report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, elapsed) -
         "",
         f"Command: `python benchmarks/run.py --suite {args.suite} --device {args.device}"
         f"{' --runs ' + str(args.runs) if args.runs else ''}{' --out ' + args.out if args.out else ''}`. "
-        f"Machine: {machine()}, {args.threads} threads, device {args.device}. llama.cpp {llamadiff.llama_cpp_version()} "
-        f"(sdist llama-cpp-python 0.3.36). Wall time of the whole run: {elapsed / 60:.1f} min.",
+        f"Machine: {machine()}, {args.threads} threads, device {args.device}. llama.cpp commit 0c1e570 "
+        f"(library version {llamadiff.llama_cpp_version()}, from the sdist llama-cpp-python 0.3.36). Wall time of the whole run: {elapsed / 60:.1f} min.",
         "",
         f"Model: random-weight qwen3, {shape['n_layer']} layers, n_embd {shape['n_embd']}, vocab {n_vocab}, "
         f"F16 GGUF (the PyTorch peer loads the same weights in F32). Prompt {cfg['prompt']} tokens, "
@@ -350,10 +376,13 @@ def report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, elapsed) -
                   + f"; F16: {rows[0]['llamadiff']['tok_s']:.1f} tok/s."]
     lines += ["", "Peak RSS per process (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
               + ("" if torch_ok else " (PyTorch peer not installed)") + "."]
+    for arch, c in cli.items():
+        schedule = f"block {c['block']}" if c["block"] else "eps schedule"
+        lines += ["", f"Upstream `llama-diffusion-cli` on {arch} of the same shape ({schedule}, {c['steps']} steps, "
+                  f"gen {cfg['gen']}, its own timer, {c['n_runs']} runs): {f(c)} tok/s."]
     if cli:
-        lines += ["", f"Upstream `llama-diffusion-cli` (llada of the same shape, block {cfg['llada_block']}, "
-                  f"{cli['steps']} steps over prompt + gen, gen {cfg['gen']}, its own timer, {min(runs, 3)} runs): {f(cli)} tok/s. It re-decodes the whole "
-                  "sequence every step; llamadiff's full-diffusion rows will stand next to it once that family lands."]
+        lines += ["", "It re-decodes the whole sequence at every step; llamadiff's full-diffusion rows will "
+                  "stand next to it once that family lands."]
     return lines + [""]
 
 

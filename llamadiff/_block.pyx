@@ -135,6 +135,12 @@ cdef class BlockDiffusion:
         """The whole sequence so far (prompt, committed tokens, mask ids elsewhere)."""
         return [self.x[i] for i in range(self.n_total)]
 
+    def tokens_between(self, int start, int end):
+        """Tokens at positions [start, end) (clamped to the sequence)."""
+        start = max(0, start)
+        end = min(end, self.n_total)
+        return [self.x[i] for i in range(start, end)]
+
     def committed_per_step(self):
         return [self.committed_log[i] for i in range(self.committed_log.size())]
 

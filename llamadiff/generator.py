@@ -307,7 +307,7 @@ class Generator:
                         stop_reason = "cancelled"
                         break
                     start = max(block * B, n_prompt)
-                    new = run.tokens[start:(block + 1) * B]
+                    new = run.tokens_between(start, (block + 1) * B)
                     room = cfg.max_new_tokens - len(generated)
                     new = new[:room]
                     cut = stops.first_stop(self.model, generated + new)

@@ -118,3 +118,24 @@ def test_vocab_only_model(qwen3_path):
     assert m.architecture == "qwen3" and m.metadata
     with pytest.raises(ValueError, match="vocab_only"):
         Context(m, n_ctx=32)
+
+
+def test_quantize(tmp_path, qwen3_path):
+    import numpy as np
+    from llamadiff import ModelLoadError, quantize
+
+    out = quantize(qwen3_path, tmp_path / "q8.gguf", "q8_0")
+    q8 = Model(out)
+    assert "Q8_0" in q8.file_type and q8.size < Model(qwen3_path).size
+    logits = []
+    for m in (Model(qwen3_path), q8):
+        with Context(m, n_ctx=64) as ctx:
+            ctx.decode([5, 6, 7, 8])
+            logits.append(ctx.logits.copy())
+    assert np.max(np.abs(logits[0] - logits[1])) / np.max(np.abs(logits[0])) < 0.05
+    with pytest.raises(ValueError, match="ftype"):
+        quantize(qwen3_path, tmp_path / "x.gguf", "q9_9")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError):
+        quantize(bad, tmp_path / "y.gguf")
