@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -40,6 +39,7 @@ sys.path.insert(0, str(HERE))
 
 import llamadiff  # noqa: E402
 from llamadiff import testing  # noqa: E402
+from llamadiff.bench import commit, machine  # noqa: E402
 
 SUITES = {
     # ~25M params, vocab 32k: under 5 minutes on 2 cores
@@ -185,24 +185,8 @@ class Worker:
         return rss
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
-
-
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    return commit(ROOT)
 
 
 def summarise(times: list, gen: int) -> dict:

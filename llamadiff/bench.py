@@ -46,10 +46,11 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
 
 
-def commit():
+def commit(directory=None):
+    """Short git commit of ``directory`` (default: the working directory), or 'unknown'."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path.cwd()).stdout.strip() or "unknown"
+                              cwd=directory or Path.cwd()).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
 
