@@ -340,6 +340,6 @@ def cython_extensions(names: list[str]) -> list[Extension]:
 
 
 setup(
-    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block"]),
+    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block", "_full"]),
     cmdclass={"build_ext": BuildExt},
 )

@@ -4,7 +4,8 @@ The core objects:
 
 - :class:`Model` -- a GGUF file loaded by llama.cpp (vocabulary, metadata, weights).
 - :class:`Context` -- an inference context: KV memory, decode calls, zero-copy logits.
-- :class:`Generator` -- block-diffusion generation (SDAR family) with an exact KV cache.
+- :class:`Generator` -- diffusion generation: block diffusion (SDAR family) with an exact KV
+  cache, and full diffusion (LLaDA, Dream) with optional prefix / dual caches.
 """
 
 import os as _os

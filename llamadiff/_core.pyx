@@ -736,6 +736,11 @@ cdef class Context(_Resource):
         the cached prefix (block diffusion).
     flash_attn: "auto", True or False.
     type_k, type_v: KV cache element types ("f16", "f32", "bf16", "q8_0", "q4_0").
+    diffusion_kv: full-diffusion architectures (LLaDA, Dream, ...) have no KV memory
+        upstream; True gives them one (vendor/patches/0004), still non-causal, so the
+        prefix / dual caches can keep key-values between steps. Such a context accepts
+        decodes that refill positions removed with ``memory_remove``. Ignored for other
+        architectures.
     """
 
     def __cinit__(self):
@@ -748,7 +753,8 @@ cdef class Context(_Resource):
 
     def __init__(self, Model model not None, *, n_ctx=4096, n_batch=None, n_ubatch=None,
                  int n_seq_max=1, n_threads=None, n_threads_batch=None, bint causal=True,
-                 flash_attn="auto", str type_k="f16", str type_v="f16", bint offload_kqv=True):
+                 flash_attn="auto", str type_k="f16", str type_v="f16", bint offload_kqv=True,
+                 bint diffusion_kv=False):
         if self.ptr != NULL:
             raise RuntimeError("Context is already initialised")
         model._check_open()
@@ -781,6 +787,7 @@ cdef class Context(_Resource):
         params.no_perf = False
         params.abort_callback = _abort_requested
         params.abort_callback_data = &self._abort_flag
+        params.diffusion_kv_cache = diffusion_kv and model.is_diffusion
 
         cdef llama_context * ctx
         _take_problems()
@@ -934,6 +941,9 @@ cdef class Context(_Resource):
         self.batch.n_tokens = n_tokens
         for i in range(n_tokens):
             n_out += self.batch.logits[i] != 0
+        if self.mem == NULL:
+            # without memory llama_decode runs llama_encode, which outputs every row
+            n_out = n_tokens
         self._abort_flag = 0
         rc = C.llama_decode(self.ptr, self.batch)
         self.n_outputs = n_out if rc == 0 else 0

@@ -1,5 +1,9 @@
 """The Python API: ``Generator``, ``GenerationConfig``, results and streaming.
 
+One ``Generator`` serves both families: block diffusion (SDAR: causal architectures with a
+mask token, exact KV cache) and full diffusion (LLaDA, Dream, RND1: architectures for which
+``llama_model_is_diffusion`` is true). Options that only one family reads are marked so.
+
 A ``Generator`` owns one llama.cpp context, made on first use and reused by every later
 call (its memory is cleared between prompts); it is re-made only when a call needs a
 larger batch than it has. Calls on one Generator are serialised by a lock, so a
@@ -17,6 +21,7 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from llamadiff._block import BlockDiffusion, StepInfo
+from llamadiff._full import ALGORITHMS, CACHE_MODES, DEFAULT_EPS, PARALLEL_MODES, FullDiffusion
 from llamadiff._core import Context, Model, default_threads
 from llamadiff._remask import RemaskPolicy, STRATEGIES, make_policy
 from llamadiff.errors import UnsupportedModelError
@@ -30,24 +35,45 @@ Prompt = Union[str, Sequence[int], Sequence[dict]]
 class GenerationConfig:
     """Options of one generation, validated on creation (and by ``replace``).
 
-    ``block_length=None`` takes the model's trained block length (GGUF key
-    ``diffusion.block_length``) or 4; ``steps=None`` means one step per position
-    (``steps = block_length``). ``steps`` may not exceed ``block_length``: a step that
-    has no position to commit would be a wasted forward pass.
+    Block diffusion (SDAR): ``block_length=None`` takes the model's trained block length
+    (GGUF key ``diffusion.block_length``) or 4; ``steps`` counts steps *per block*
+    (``None``: one per position) and may not exceed ``block_length``. ``strategy``,
+    ``threshold`` and ``eb_gamma`` pick the remasking policy; ``cache`` is True (exact KV
+    cache) or False (recompute, the reference behaviour).
+
+    Full diffusion (LLaDA, Dream; names as in llama-diffusion-cli): one schedule, either
+    ``block_length`` (LLaDA-style blocks) or ``eps`` (Dream-style timesteps) -- neither takes
+    the architecture's default (llada: blocks of 32; dream / rnd1: eps 1e-3); ``steps``
+    counts *all* steps (``None``: one per new token) and is spread over the blocks.
+    ``algorithm`` (origin, entropy, margin, random, confidence), ``alg_temp``,
+    ``cfg_scale``, ``add_gumbel_noise``, ``shift_logits`` (None: GGUF metadata, else True),
+    ``cache`` ("none", "prefix", "dual"), ``parallel`` (None, "threshold", "factor") with
+    ``threshold`` / ``factor``, and ``rng`` ("counter", or "llama.cpp" to reproduce
+    llama-diffusion-cli draw for draw). See docs/GENERATION.md.
     """
 
     max_new_tokens: int = 256
     block_length: Optional[int] = None
     steps: Optional[int] = None
     strategy: Union[str, RemaskPolicy] = "low_confidence_dynamic"
-    threshold: float = 0.85
+    threshold: Optional[float] = None   # block: 0.85 (dynamic remasking); full: 0.9 (parallel)
     eb_gamma: float = 0.35
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
     stop: Optional[Sequence[Union[str, int]]] = None
-    cache: bool = True
+    cache: Union[bool, str, None] = None    # block: True / False; full: "none" / "prefix" / "dual"
+    # full diffusion only
+    eps: Optional[float] = None
+    algorithm: str = "confidence"
+    alg_temp: float = 0.0
+    cfg_scale: float = 0.0
+    add_gumbel_noise: bool = False
+    shift_logits: Optional[bool] = None
+    parallel: Optional[str] = None
+    factor: float = 1.0
+    rng: str = "counter"
     progress: bool = False
     callback: Optional[Callable[[StepInfo], Any]] = None
     profile: bool = False
@@ -73,14 +99,31 @@ class GenerationConfig:
             integer("block_length", self.block_length, 1)
         if self.steps is not None:
             integer("steps", self.steps, 1)
-            if self.block_length is not None and self.steps > self.block_length:
-                raise ValueError(f"steps ({self.steps}) cannot exceed block_length "
-                                 f"({self.block_length}): each step commits at least one token")
         if not isinstance(self.strategy, RemaskPolicy) and self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
                              f"{sorted(STRATEGIES)} or pass a RemaskPolicy")
-        if not (0.0 < float(self.threshold) <= 1.0):
+        if self.threshold is not None and not (0.0 < float(self.threshold) <= 1.0):
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.eps is not None and not (0.0 < float(self.eps) < 1.0):
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if not float(self.alg_temp) >= 0.0:
+            raise ValueError(f"alg_temp must be >= 0, got {self.alg_temp}")
+        if not float(self.cfg_scale) >= 0.0:
+            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.parallel is not None and self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"unknown parallel mode {self.parallel!r}; choose None or one of "
+                             f"{', '.join(PARALLEL_MODES)}")
+        if not float(self.factor) > 0.0:
+            raise ValueError(f"factor must be > 0, got {self.factor}")
+        if self.rng not in ("counter", "llama.cpp"):
+            raise ValueError(f"rng must be 'counter' or 'llama.cpp', got {self.rng!r}")
+        if self.cache is not None and not isinstance(self.cache, bool) and self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be True/False (block diffusion) or one of "
+                             f"{', '.join(CACHE_MODES)} (full diffusion), got {self.cache!r}")
+        if self.shift_logits is not None and not isinstance(self.shift_logits, bool):
+            raise TypeError("shift_logits must be None, True or False")
         if not float(self.eb_gamma) > 0.0:
             raise ValueError(f"eb_gamma must be > 0, got {self.eb_gamma}")
         if not float(self.temperature) >= 0.0:
@@ -151,12 +194,14 @@ class _StopMatcher:
 
 
 class Generator:
-    """Block-diffusion text generation (SDAR family) on a GGUF model.
+    """Diffusion text generation on a GGUF model: block diffusion (SDAR family) or full
+    diffusion (LLaDA, Dream, RND1), picked from the model's architecture.
 
     Parameters
     ----------
     model: a path to a GGUF file or a loaded ``Model``. Omitted: not yet available.
-    n_ctx: KV cache size: prompt + generated tokens (rounded up to whole blocks) must fit.
+    n_ctx: KV cache size: prompt + generated tokens (rounded up to whole blocks for block
+        diffusion) must fit.
     n_gpu_layers, n_threads: passed to llama.cpp (n_threads defaults to all usable cores).
     n_batch: tokens per decode call; prompts longer than this are prefilled in chunks.
     flash_attn, type_k, type_v: llama.cpp context settings.
@@ -194,17 +239,20 @@ class Generator:
             return 4
         return value if value > 0 else 4
 
-    def _context(self, block_length: int) -> tuple:
-        """The reusable context; made (or re-made, for a larger batch) only when needed."""
-        # the fused store pass decodes two blocks at once; llama.cpp caps batches at n_ctx
-        need = min(max(self.n_batch, 2 * block_length), self.n_ctx)
-        if self._ctx is not None and not self._ctx.closed and self._ctx.n_ubatch >= need:
-            return self._ctx, 0.0
-        if self._ctx is not None:
-            self._ctx.close()
+    def _context(self, need: int, diffusion_kv: bool = False) -> tuple:
+        """The reusable context; made (or re-made, for a larger batch or another memory
+        kind) only when needed."""
+        need = min(need, self.n_ctx)
+        ctx = self._ctx
+        if (ctx is not None and not ctx.closed and ctx.n_ubatch >= need
+                and (not self.model.is_diffusion or ctx.has_memory == diffusion_kv)):
+            return ctx, 0.0
+        if ctx is not None:
+            ctx.close()
         t0 = time.perf_counter()
         self._ctx = Context(self.model, n_ctx=self.n_ctx, n_batch=need, n_ubatch=need,
-                            n_threads=self.n_threads, causal=False, **self._context_args)
+                            n_threads=self.n_threads, causal=False, diffusion_kv=diffusion_kv,
+                            **self._context_args)
         return self._ctx, (time.perf_counter() - t0) * 1e3
 
     def close(self) -> None:
@@ -247,11 +295,50 @@ class Generator:
             raise TypeError("config must be a GenerationConfig")
         if overrides:
             cfg = cfg.replace(**overrides)
+        if self.model.family == "full":
+            return self._config_full(cfg)
         block = cfg.block_length or self.default_block_length
         steps = cfg.steps or block
         if steps > block:
-            raise ValueError(f"steps ({steps}) cannot exceed block_length ({block})")
-        return cfg.replace(block_length=block, steps=steps)
+            raise ValueError(f"steps ({steps}) cannot exceed block_length ({block}): each step "
+                             "commits at least one token")
+        cache = cfg.cache
+        if cache is None or cache == "none":
+            cache = cache is None
+        elif not isinstance(cache, bool):
+            raise ValueError(f"cache={cache!r} is for full-diffusion models; block diffusion "
+                             "takes cache=True (exact KV cache) or False")
+        if cfg.eps is not None:
+            raise ValueError("eps (a timestep schedule) is for full-diffusion models; "
+                             "block diffusion uses block_length")
+        threshold = 0.85 if cfg.threshold is None else cfg.threshold
+        return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold)
+
+    def _config_full(self, cfg: GenerationConfig) -> GenerationConfig:
+        """Resolve full-diffusion defaults: the schedule, steps, cache, shift_logits."""
+        if cfg.block_length is not None and cfg.eps is not None:
+            raise ValueError("give one schedule: block_length (LLaDA-style blocks) or eps "
+                             "(Dream-style timesteps), not both")
+        block, eps = cfg.block_length, cfg.eps
+        if block is None and eps is None:
+            if self.model.architecture in ("dream", "rnd1"):
+                eps = DEFAULT_EPS
+            else:
+                block = 32
+        steps = cfg.steps or cfg.max_new_tokens
+        cache = cfg.cache
+        if cache is None or cache is False:
+            cache = "none"
+        elif cache is True:
+            raise ValueError("full diffusion has no exact cache: choose cache='none' (exact), "
+                             "'prefix' or 'dual' (approximate)")
+        shift = cfg.shift_logits
+        if shift is None:
+            meta = self.model.meta("diffusion.shift_logits")
+            shift = True if meta is None else str(meta).strip().lower() in ("true", "1")
+        threshold = 0.9 if cfg.threshold is None else cfg.threshold
+        return cfg.replace(block_length=block, eps=eps, steps=steps, cache=cache,
+                           shift_logits=shift, threshold=threshold)
 
     # -- generation ------------------------------------------------------------------
 
@@ -271,13 +358,15 @@ class Generator:
                 yield item
 
     def _run(self, prompt, config, chat, options, stream=False):
-        if self.model.family != "block":
-            family = self.model.family
+        family = self.model.family
+        if family == "full":
+            yield from self._run_full(prompt, config, chat, options, stream)
+            return
+        if family != "block":
             raise UnsupportedModelError(
-                f"this model ({self.model.architecture}, family {family!r}) is not a "
-                "block-diffusion model: the block loop needs a causal-architecture model with a "
-                "mask token (SDAR-style)" + ("; full-diffusion models (LLaDA, Dream) are not "
-                                             "supported by this loop" if family == "full" else ""))
+                f"this model ({self.model.architecture}) is not a diffusion model: block diffusion "
+                "needs a causal-architecture model with a mask token (SDAR-style), full diffusion "
+                "a diffusion architecture (llada, llada-moe, dream, rnd1) with a mask token")
         cfg = self._config(config, options)
         prompt_ids = self.prompt_tokens(prompt, chat=chat)
         stops = _StopMatcher(self.model, cfg.stop)
@@ -289,7 +378,8 @@ class Generator:
 
         with self._lock:
             t_start = time.perf_counter()
-            ctx, context_ms = self._context(B)
+            # the fused store pass decodes two blocks at once
+            ctx, context_ms = self._context(max(self.n_batch, 2 * B))
             run = BlockDiffusion(ctx, prompt_ids, cfg.max_new_tokens, B, cfg.steps,
                                  make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma),
                                  temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
@@ -336,6 +426,108 @@ class Generator:
                 yield StreamChunk(decoder.decode(b"", final=True), [], run.next_block, stop_reason)
             wall_ms = (time.perf_counter() - t_start) * 1e3
             stats = self._stats(run, cfg, generated, wall_ms, context_ms)
+        yield GenerationResult(self.model.detokenize(generated), generated, stop_reason, stats, prompt_ids)
+
+    def _run_full(self, prompt, config, chat, options, stream):
+        """Full diffusion (LLaDA, Dream): see llamadiff/_full.pyx for the loop.
+
+        Regions (blocks of the block schedule, or the whole sequence) finish left to right;
+        a finished block never changes again, so the text before a stop token found in a
+        finished block is final and the remaining blocks are skipped.
+        """
+        if self.model.mask_token_id is None:
+            raise UnsupportedModelError(
+                f"this {self.model.architecture} model has no mask token "
+                "(tokenizer.ggml.mask_token_id): full diffusion cannot run without one")
+        cfg = self._config(config, options)
+        prompt_ids = self.prompt_tokens(prompt, chat=chat)
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
+        stops = _StopMatcher(self.model, cfg.stop)
+        n_prompt = len(prompt_ids)
+        total = n_prompt + cfg.max_new_tokens
+        if total > self.n_ctx:
+            raise ValueError(f"prompt ({n_prompt} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
+                             f"= {total} exceeds n_ctx={self.n_ctx}")
+
+        with self._lock:
+            t_start = time.perf_counter()
+            # the whole sequence is one non-causal batch; round up so that nearby lengths reuse it
+            ctx, context_ms = self._context(-(-total // 64) * 64, diffusion_kv=cfg.cache != "none")
+            run = FullDiffusion(ctx, prompt_ids, cfg.max_new_tokens, steps=cfg.steps,
+                                block_length=cfg.block_length or 0, eps=cfg.eps or 0.0,
+                                algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
+                                threshold=cfg.threshold, factor=cfg.factor, cfg_scale=cfg.cfg_scale,
+                                alg_temp=cfg.alg_temp, add_gumbel_noise=cfg.add_gumbel_noise,
+                                shift_logits=cfg.shift_logits, temperature=cfg.temperature,
+                                top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, rng=cfg.rng,
+                                n_threads=self.n_threads)
+            bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
+            generated: list = []
+            stop_reason = None
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            try:
+                while not run.done:
+                    region = run.region
+                    if not run.run_region(cfg.callback):
+                        stop_reason = "cancelled"
+                        break
+                    start, end = run.region_bounds(region)
+                    new = run.tokens[max(start, n_prompt):end]
+                    cut = stops.first_stop(self.model, generated + new)
+                    if cut is not None:
+                        new = new[:max(0, cut - len(generated))]
+                        stop_reason = "stop"
+                    elif run.done:
+                        stop_reason = "length"
+                    generated += new
+                    if bar is not None:
+                        bar.update(end - max(start, n_prompt))
+                    if stream:
+                        text = decoder.decode(b"".join(self.model.token_bytes(t, special=False) for t in new),
+                                              final=stop_reason is not None)
+                        yield StreamChunk(text, new, region, stop_reason)
+                    if stop_reason is not None:
+                        break
+            except KeyboardInterrupt:
+                stop_reason = "interrupted"
+            finally:
+                if bar is not None:
+                    bar.close()
+            if stop_reason is None:
+                stop_reason = "length"
+            if stream and stop_reason in ("cancelled", "interrupted"):
+                yield StreamChunk(decoder.decode(b"", final=True), [], run.region, stop_reason)
+            wall_ms = (time.perf_counter() - t_start) * 1e3
+            committed = run.committed_per_step()
+            stats = {
+                "prompt_tokens": n_prompt,
+                "generated_tokens": len(generated),
+                "schedule": "block" if cfg.block_length else "timestep",
+                "block_length": cfg.block_length,
+                "eps": cfg.eps,
+                "steps": cfg.steps,
+                "algorithm": cfg.algorithm,
+                "cache": cfg.cache,
+                "parallel": cfg.parallel,
+                "context_created": context_ms > 0,
+                "context_ms": context_ms,
+                "decode_calls": run.n_decode,
+                "decode_tokens": run.n_decode_tokens,
+                "decode_ms": run.decode_us / 1e3,
+                "sampling_ms": run.sample_us / 1e3,
+                "wall_ms": wall_ms,
+                "steps_per_block": list(run.steps_per_region),
+                "committed_per_step": committed,
+                "tokens_per_step": (sum(committed) / len(committed)) if committed else 0.0,
+                "tokens_per_second": len(generated) / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
+                "sequence": run.tokens,
+            }
+            if cfg.profile:
+                parts = {"context_ms": context_ms, "decode_ms": run.decode_us / 1e3,
+                         "sampling_ms": run.sample_us / 1e3}
+                parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
+                stats["profile"] = parts
         yield GenerationResult(self.model.detokenize(generated), generated, stop_reason, stats, prompt_ids)
 
     def _stats(self, run, cfg, generated, wall_ms, context_ms) -> dict:

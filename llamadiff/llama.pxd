@@ -150,6 +150,7 @@ cdef extern from "llama.h" nogil:
         bint no_perf
         bint op_offload
         bint kv_unified
+        bint diffusion_kv_cache   # [llamadiff patch 0004] KV cache for diffusion archs
 
     ctypedef struct llama_chat_message:
         const char * role
@@ -292,3 +293,33 @@ cdef extern from "llama.h" nogil:
 
     llama_perf_context_data llama_perf_context(const llama_context * ctx)
     void llama_perf_context_reset(llama_context * ctx)
+
+    # ------------------------------------------------------------------ samplers
+    # llama.cpp's own CPU samplers: used only by the llama-diffusion-cli compatible mode of
+    # full diffusion (rng="llama.cpp"), which must draw exactly what upstream draws.
+    ctypedef struct llama_token_data:
+        llama_token id
+        float logit
+        float p
+
+    ctypedef struct llama_token_data_array:
+        llama_token_data * data
+        size_t size
+        int64_t selected
+        bint sorted
+
+    cdef struct llama_sampler:
+        pass
+
+    cdef struct llama_sampler_chain_params:
+        bint no_perf
+
+    llama_sampler_chain_params llama_sampler_chain_default_params()
+    llama_sampler * llama_sampler_chain_init(llama_sampler_chain_params params)
+    void llama_sampler_chain_add(llama_sampler * chain, llama_sampler * smpl)
+    llama_sampler * llama_sampler_init_dist(uint32_t seed)
+    llama_sampler * llama_sampler_init_top_k(int32_t k)
+    llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep)
+    llama_sampler * llama_sampler_init_temp(float t)
+    void llama_sampler_apply(llama_sampler * smpl, llama_token_data_array * cur_p) nogil
+    void llama_sampler_free(llama_sampler * smpl)

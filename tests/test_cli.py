@@ -64,9 +64,18 @@ def test_errors_are_one_line(args, match, qwen3_path, llada_path):
     assert len(lines) == 1 and lines[0].startswith("llamadiff: error:") and match in lines[0]
 
 
-def test_full_family_generate_is_a_clear_error(llada_path):
-    rc, _, err = cli("generate", "-m", llada_path, "-p", "x", "-n", "4")
-    assert rc == 1 and "block-diffusion" in err
+def test_full_family_generate(llada_path, dream_path):
+    rc, out, err = cli("generate", "-m", llada_path, "-p", "x", "-n", "16", "--diffusion-block-length", "8",
+                       "--cache", "dual", "--parallel", "threshold", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["stats"]["cache"] == "dual" and res["stats"]["parallel"] == "threshold"
+    assert res["stats"]["steps_per_block"] and res["stats"]["schedule"] == "block"
+    rc, out, err = cli("generate", "-m", dream_path, "-p", "x", "-n", "8", "--visual")
+    assert rc == 0, err
+    assert "[block 0 step 7]" in out and "░" in out
+    rc, _, err = cli("generate", "-m", llada_path, "-p", "x", "-n", "8", "-b", "8", "--eps", "0.01")
+    assert rc == 1 and "not both" in err
 
 
 def test_chat_session(qwen3_path):

@@ -8,6 +8,7 @@ import pytest
 from llamadiff import (Context, GenerationConfig, Generator, UnsupportedModelError,
                        testing)
 from llamadiff._sampling import sample_logits
+from llamadiff import Model, testing
 from llamadiff.testing import read_model
 
 from numpy_reference import block_causal_allowed, block_diffusion_generate, forward
@@ -251,10 +252,14 @@ def test_bad_prompts_and_types(gen):
         gen.generate(list(range(50)) * 10, max_new_tokens=64)
 
 
-def test_full_family_model_is_refused(llada_model):
-    with Generator(llada_model, n_ctx=128) as g:
-        with pytest.raises(UnsupportedModelError, match="block"):
-            g.generate("hello", max_new_tokens=4)
+def test_model_without_mask_token_is_refused(tmp_path):
+    tokens = [("<|unused|>" if t == "<|MASK|>" else t) for t in testing.byte_vocab().tokens]
+    path = testing.write_model(tmp_path / "plain.gguf", "qwen3", metadata={"tokenizer.ggml.tokens": tokens})
+    with Model(path) as model:
+        assert model.family is None
+        with Generator(model, n_ctx=128) as g:
+            with pytest.raises(UnsupportedModelError, match="not a diffusion model"):
+                g.generate("hello", max_new_tokens=4)
 
 
 def test_progress_bar(gen, capsys):
