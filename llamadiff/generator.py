@@ -20,6 +20,7 @@ from llamadiff._block import BlockDiffusion, StepInfo
 from llamadiff._core import Context, Model, default_threads
 from llamadiff._remask import RemaskPolicy, STRATEGIES, make_policy
 from llamadiff.errors import UnsupportedModelError
+from llamadiff.samplers import make_row_sampler
 
 __all__ = ["Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo"]
 
@@ -160,12 +161,15 @@ class Generator:
     n_gpu_layers, n_threads: passed to llama.cpp (n_threads defaults to all usable cores).
     n_batch: tokens per decode call; prompts longer than this are prefilled in chunks.
     flash_attn, type_k, type_v: llama.cpp context settings.
+    sampler: where the logits rows are sampled: "auto" (GPU when built with CUDA and a device
+        is usable, else CPU), "cpu", "cuda", "backend" (greedy, inside llama.cpp's graph) or a
+        RowSampler; see ``llamadiff.samplers``.
     """
 
     def __init__(self, model: Union[str, os.PathLike, Model], *, n_ctx: int = 4096,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
-                 use_mmap: bool = True):
+                 use_mmap: bool = True, sampler="auto"):
         if isinstance(model, Model):
             self.model = model
         else:
@@ -180,6 +184,7 @@ class Generator:
         if self.n_batch < 2:
             raise ValueError("n_batch must be >= 2")
         self._context_args = dict(flash_attn=flash_attn, type_k=type_k, type_v=type_v)
+        self.sampler = make_row_sampler(sampler, n_threads=self.n_threads, model=self.model)
         self._ctx: Optional[Context] = None
         self._lock = threading.Lock()
         self.default_block_length = self._model_block_length()
@@ -205,6 +210,8 @@ class Generator:
         t0 = time.perf_counter()
         self._ctx = Context(self.model, n_ctx=self.n_ctx, n_batch=need, n_ubatch=need,
                             n_threads=self.n_threads, causal=False, **self._context_args)
+        if not self.sampler.uses_host_logits:
+            self.sampler.attach(self._ctx)      # the backend route samples inside this context
         return self._ctx, (time.perf_counter() - t0) * 1e3
 
     def close(self) -> None:
@@ -293,7 +300,8 @@ class Generator:
             run = BlockDiffusion(ctx, prompt_ids, cfg.max_new_tokens, B, cfg.steps,
                                  make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma),
                                  temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                 seed=cfg.seed, cache=cfg.cache, n_threads=self.n_threads)
+                                 seed=cfg.seed, cache=cfg.cache, n_threads=self.n_threads,
+                                 sampler=self.sampler)
             bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
             generated: list = []
             stop_reason = None
@@ -347,6 +355,7 @@ class Generator:
             "prompt_tokens": run.n_prompt,
             "generated_tokens": len(generated),
             "block_length": cfg.block_length,
+            "sampler": run.sampler.name,
             "steps": cfg.steps,
             "context_created": context_ms > 0,
             "context_ms": context_ms,
