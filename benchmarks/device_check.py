@@ -25,11 +25,24 @@ import statistics
 import sys
 import time
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
-from llamadiff import Context, Generator, Model, cuda, testing
-from llamadiff._sampling import RowSampler
 
+def _standalone_testing():
+    """llamadiff/testing.py without importing the package (the model is written while the
+    package is still being built)."""
+    spec = importlib.util.spec_from_file_location(
+        "llamadiff_testing_standalone", Path(__file__).resolve().parent.parent / "llamadiff" / "testing.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+testing = _standalone_testing()
 VOCAB = 151936
 SDAR_1_7B = testing.ModelShape(n_embd=2048, n_layer=28, n_head=16, n_head_kv=8, head_dim=128, n_ff=6144,
                                n_ctx_train=4096, tie_embeddings=True, n_vocab_pad=VOCAB - 276)
@@ -181,6 +194,10 @@ def main(argv=None):
         print(f"[model] wrote {args.model} in {time.perf_counter() - t:.0f} s", flush=True)
         if args.write_model_only:
             return 0
+
+    global Context, Generator, Model, cuda, RowSampler
+    from llamadiff import Context, Generator, Model, cuda
+    from llamadiff._sampling import RowSampler
 
     info = {"device": cuda.device_name(0) if cuda.device_count() else None, "cuda_runtime": cuda.runtime_version(),
             "cuda_driver": cuda.driver_version(), "ggml_cuda": cuda.ggml_cuda_built(), "cpus": os.cpu_count(),
