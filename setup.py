@@ -16,7 +16,12 @@ rebuilds only the extension):
 Environment knobs (documented in README.md):
   LLAMADIFF_LLAMA_CPP_DIR   build from this llama.cpp tree instead of downloading
   LLAMADIFF_NATIVE          1/0: CPU-specific flags (GGML_NATIVE); default 1
-  LLAMADIFF_CUDA            1/0: build ggml with CUDA (GGML_CUDA); default 0
+  LLAMADIFF_CUDA            1/0: build ggml with CUDA (GGML_CUDA) and the GPU sampler; default 0
+  LLAMADIFF_CUDA_ARCHS      CUDA architectures, e.g. "90" or "80;86;89;90"; default: the local
+                            GPU's, else DEFAULT_CUDA_ARCHS
+  LLAMADIFF_CUDA_SAMPLER    1/0: build the GPU sampler (llamadiff.cuda._sampler) even without a
+                            CUDA ggml (CI: checks that it compiles, links and fails cleanly
+                            without a driver); default: LLAMADIFF_CUDA
   LLAMADIFF_BUILD_TYPE      CMake build type; default Release
   LLAMADIFF_CACHE_DIR       where the downloaded sdist is kept; default ~/.cache/llamadiff
   CMAKE_ARGS                extra arguments passed to CMake's configure step
@@ -52,6 +57,12 @@ SDIST_PREFIX = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
 
 # The shared libraries the extension needs at run time, by SONAME.
 LIB_GLOBS = ["libllama.so*", "libggml*.so*"]
+
+# CUDA architectures when LLAMADIFF_CUDA_ARCHS is unset and no GPU is visible: Ampere
+# (A100 80, RTX 30xx 86), Ada (L4/L40/RTX 40xx 89), Hopper (H100/H200 90). Each one adds
+# roughly a full ggml-cuda compile to the build time (one took 28 minutes on 2 cores).
+DEFAULT_CUDA_ARCHS = "80;86;89;90"
+SAMPLER_CU = ROOT / "llamadiff" / "cuda" / "sampler.cu"
 
 
 def log(msg: str) -> None:
@@ -197,6 +208,145 @@ def build_variant() -> str:
     return "cuda" if env_flag("LLAMADIFF_CUDA", False) else "cpu"
 
 
+# --------------------------------------------------------------------------- CUDA
+
+
+def cuda_enabled() -> bool:
+    return env_flag("LLAMADIFF_CUDA", False)
+
+
+def cuda_sampler_enabled() -> bool:
+    return env_flag("LLAMADIFF_CUDA_SAMPLER", cuda_enabled())
+
+
+def find_nvcc() -> str:
+    for candidate in (os.environ.get("CUDACXX"), shutil.which("nvcc"),
+                      os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise SystemExit("llamadiff: LLAMADIFF_CUDA=1 needs nvcc (CUDA toolkit) on PATH, in $CUDACXX "
+                     "or under $CUDA_HOME")
+
+
+def cuda_home(nvcc: str) -> Path:
+    """The toolkit directory of nvcc (follows wrapper scripts such as /usr/local/bin/nvcc)."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"llamadiff: {nvcc} --version failed:\n{out.stdout}{out.stderr}")
+    env_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if env_home and (Path(env_home) / "include" / "cuda_runtime.h").is_file():
+        return Path(env_home)
+    real = Path(nvcc).resolve()
+    if real.parent.name == "bin" and (real.parent.parent / "include" / "cuda_runtime.h").is_file():
+        return real.parent.parent
+    # a wrapper script: look for the exec line
+    try:
+        text = Path(nvcc).read_text(errors="ignore")
+        for token in shlex.split(text.replace("\n", " ")):
+            if token.endswith("/bin/nvcc") and Path(token).is_file():
+                return Path(token).resolve().parent.parent
+    except (OSError, ValueError):
+        pass
+    return Path("/usr/local/cuda")
+
+
+def local_cuda_archs() -> str | None:
+    """Compute capabilities of the visible GPUs (nvidia-smi), e.g. "90"; None without a GPU."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    caps = sorted({line.strip().replace(".", "") for line in out.stdout.splitlines()
+                   if line.strip() and line.strip().replace(".", "").isdigit()})
+    return ";".join(caps) if out.returncode == 0 and caps else None
+
+
+def cuda_archs() -> str:
+    explicit = os.environ.get("LLAMADIFF_CUDA_ARCHS", "").strip()
+    if explicit:
+        return explicit.replace(",", ";")
+    for arg in shlex.split(os.environ.get("CMAKE_ARGS", "")):
+        if arg.startswith("-DCMAKE_CUDA_ARCHITECTURES="):
+            return arg.split("=", 1)[1]
+    return local_cuda_archs() or DEFAULT_CUDA_ARCHS
+
+
+def pip_cublas() -> dict[str, Path] | None:
+    """cuBLAS from the PyPI package nvidia-cublas (a build box with nvcc but no cuBLAS)."""
+    for base in map(Path, sys.path):
+        for sub in ("nvidia/cu13", "nvidia/cublas", "nvidia/cu12"):
+            lib = base / sub / "lib"
+            inc = base / sub / "include"
+            cublas = sorted(lib.glob("libcublas.so*")) if lib.is_dir() else []
+            cublaslt = sorted(lib.glob("libcublasLt.so*")) if lib.is_dir() else []
+            if cublas and cublaslt and (inc / "cublas_v2.h").is_file():
+                return {"lib": lib, "include": inc, "cublas": cublas[-1], "cublasLt": cublaslt[-1]}
+    return None
+
+
+def cuda_cmake_args() -> list[str]:
+    """Arguments for a CUDA ggml: architectures, and cuBLAS from PyPI when the toolkit lacks it."""
+    nvcc = find_nvcc()
+    home = cuda_home(nvcc)
+    real_nvcc = home / "bin" / "nvcc"
+    args = [f"-DCMAKE_CUDA_COMPILER={real_nvcc if real_nvcc.is_file() else nvcc}"]
+    if not any(a.startswith("-DCMAKE_CUDA_ARCHITECTURES=") for a in shlex.split(os.environ.get("CMAKE_ARGS", ""))):
+        args.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs()}")
+    has_cublas = any(home.glob("lib64/libcublas.so*")) or any(home.glob("targets/*/lib/libcublas.so*"))
+    user = os.environ.get("CMAKE_ARGS", "")
+    if not has_cublas and "CUDA_cublas_LIBRARY" not in user:
+        found = pip_cublas()
+        if found is None:
+            raise SystemExit(
+                f"llamadiff: the CUDA toolkit at {home} has no cuBLAS and the PyPI package "
+                "nvidia-cublas is not installed; `pip install nvidia-cublas` (13.x for CUDA 13) or "
+                "pass -DCUDA_cublas_LIBRARY=... -DCUDA_cublasLt_LIBRARY=... in CMAKE_ARGS")
+        log(f"cuBLAS from the PyPI package nvidia-cublas: {found['lib']}")
+        args += [f"-DCUDA_cublas_LIBRARY={found['cublas']}", f"-DCUDA_cublasLt_LIBRARY={found['cublasLt']}",
+                 f"-DCMAKE_CUDA_FLAGS=-I{found['include']}", f"-DCMAKE_CXX_FLAGS=-I{found['include']}"]
+    return args
+
+
+def cuda_runtime_dirs() -> list[str]:
+    """Directories added to the rpath of a CUDA build, so libggml-cuda finds cudart / cuBLAS."""
+    home = cuda_home(find_nvcc())
+    dirs = [str(d) for d in (home / "lib64", home / "targets" / "x86_64-linux" / "lib") if d.is_dir()]
+    found = pip_cublas()
+    if found is not None:
+        dirs.append(str(found["lib"]))
+    dirs += [d for d in os.environ.get("LLAMADIFF_CUDA_RPATH", "").split(":") if d]
+    return list(dict.fromkeys(dirs))
+
+
+def compile_sampler(nvcc: str, archs: str) -> Path:
+    """nvcc -c llamadiff/cuda/sampler.cu for `archs` (machine code for each, PTX for the
+    newest, so later GPUs can JIT it); reused while the sources and flags are unchanged."""
+    arch_list = [a.strip() for a in archs.split(";") if a.strip()]
+    flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-lineinfo"]
+    for arch in arch_list:
+        real = arch.split("-")[0]          # "90-real" / "90-virtual" spellings of CMake
+        if not arch.endswith("-virtual"):
+            flags += ["-gencode", f"arch=compute_{real},code=sm_{real}"]
+    newest = max((a.split("-")[0] for a in arch_list), key=lambda a: int("".join(c for c in a if c.isdigit()) or 0))
+    flags += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
+    sources = [SAMPLER_CU, SAMPLER_CU.with_suffix(".h"), ROOT / "llamadiff" / "_kernels.h"]
+    digest = hashlib.sha256(" ".join([nvcc] + flags).encode())
+    for src in sources:
+        digest.update(src.read_bytes())
+    out_dir = ROOT / "build" / "cuda-sampler"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj = out_dir / f"sampler-{digest.hexdigest()[:12]}.o"
+    if not obj.is_file():
+        cmd = [nvcc, "-c", str(SAMPLER_CU), "-o", str(obj)] + flags
+        log(" ".join(shlex.quote(c) for c in cmd))
+        subprocess.run(cmd, check=True)
+    return obj
+
+
 def cmake_configure_args(build_dir: Path) -> list[str]:
     args = [
         f"-DCMAKE_BUILD_TYPE={os.environ.get('LLAMADIFF_BUILD_TYPE', 'Release')}",
@@ -213,8 +363,13 @@ def cmake_configure_args(build_dir: Path) -> list[str]:
         "-DLLAMA_OPENSSL=OFF",
         "-DLLAMA_CURL=OFF",
         f"-DGGML_NATIVE={'ON' if env_flag('LLAMADIFF_NATIVE', True) else 'OFF'}",
-        f"-DGGML_CUDA={'ON' if env_flag('LLAMADIFF_CUDA', False) else 'OFF'}",
+        f"-DGGML_CUDA={'ON' if cuda_enabled() else 'OFF'}",
     ]
+    if cuda_enabled():
+        args += cuda_cmake_args()
+        rpath = ";".join(["$ORIGIN"] + cuda_runtime_dirs())
+        args = [a if not a.startswith("-DCMAKE_INSTALL_RPATH=") else f"-DCMAKE_INSTALL_RPATH={rpath}"
+                for a in args]
     ninja = shutil.which("ninja")
     if ninja:
         # Pin the generator program on every configure: a build environment made by pip
@@ -284,6 +439,15 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.include_dirs = include_dirs + list(ext.include_dirs)
             ext.library_dirs = [str(lib_dir)] + list(ext.library_dirs)
+            if ext.name == "llamadiff.cuda._sampler":
+                nvcc = find_nvcc()
+                home = cuda_home(nvcc)
+                ext.extra_objects = [str(compile_sampler(nvcc, cuda_archs()))]
+                ext.include_dirs.append(str(home / "include"))
+                ext.library_dirs += [str(d) for d in (home / "lib64", home / "targets" / "x86_64-linux" / "lib")
+                                     if d.is_dir()]
+            if cuda_enabled():
+                ext.runtime_library_dirs = list(ext.runtime_library_dirs) + cuda_runtime_dirs()
 
         super().run()
 
@@ -315,6 +479,19 @@ class BuildExt(build_ext):
 
 
 def extension(name: str) -> Extension:
+    if name == "cuda._sampler":
+        # the GPU sampler: sampler.cu is compiled by nvcc in BuildExt and linked in, with the
+        # static CUDA runtime (no libcudart to find at run time; a missing driver is an error
+        # code, not a failed import)
+        return Extension(
+            "llamadiff.cuda._sampler",
+            ["llamadiff/cuda/_sampler.pyx"],
+            language="c++",
+            libraries=["cudart_static", "dl", "rt", "pthread"],
+            runtime_library_dirs=["$ORIGIN/.."],
+            include_dirs=["llamadiff", "llamadiff/cuda"],
+            extra_compile_args=["-O3", "-std=c++17", "-Wno-unused-function"],
+        )
     return Extension(
         f"llamadiff.{name}",
         [f"llamadiff/{name}.pyx"],
@@ -340,6 +517,7 @@ def cython_extensions(names: list[str]) -> list[Extension]:
 
 
 setup(
-    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block", "_full"]),
+    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block", "_full", "_backend"]
+                                  + (["cuda._sampler"] if cuda_sampler_enabled() else [])),
     cmdclass={"build_ext": BuildExt},
 )

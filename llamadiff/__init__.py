@@ -11,7 +11,8 @@ The core objects:
 import os as _os
 
 from llamadiff.errors import (LlamaDiffError, ModelLoadError, UnsupportedModelError,
-                              ContextError, DecodeError, DecodeAborted)
+                              ContextError, DecodeError, DecodeAborted, CudaError,
+                              CudaUnavailableError)
 from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, system_info,
                              supports_gpu_offload, quantize, MASK_TOKEN_TEXTS)
 from llamadiff._remask import (RemaskPolicy, Sequential, LowConfidenceStatic,
@@ -26,7 +27,8 @@ __all__ = [
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
     "supports_gpu_offload", "quantize", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
-    "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted",
+    "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted", "CudaError",
+    "CudaUnavailableError",
 ]
 
 

@@ -24,7 +24,7 @@ from cpython.exc cimport PyErr_CheckSignals
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
-from llamadiff._sampling cimport SamplingParams, RowResult, Candidate, sample_rows
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
 from llamadiff._remask cimport RemaskPolicy, StepView
 
 
@@ -58,6 +58,7 @@ cdef class BlockDiffusion:
     cdef Context ctx
     cdef Model model
     cdef RemaskPolicy policy
+    cdef readonly RowSampler sampler
     cdef SamplingParams sp
     cdef vector[int32_t] x
     cdef readonly int n_prompt, block_length, steps, n_total, n_blocks, next_block, mask_id
@@ -69,7 +70,6 @@ cdef class BlockDiffusion:
     cdef vector[float] prob, entropy
     cdef vector[RowResult] rows
     cdef vector[uint64_t] counters
-    cdef vector[Candidate] scratch
     cdef vector[int32_t] committed_log
     # telemetry
     cdef readonly long n_decode, n_decode_tokens
@@ -78,7 +78,8 @@ cdef class BlockDiffusion:
 
     def __init__(self, Context ctx not None, prompt, int n_generate, int block_length, int steps,
                  RemaskPolicy policy not None, *, float temperature=0.0, int top_k=0,
-                 float top_p=1.0, unsigned long long seed=0, bint cache=True, int n_threads=1):
+                 float top_p=1.0, unsigned long long seed=0, bint cache=True, int n_threads=1,
+                 RowSampler sampler=None):
         cdef int i
         self.ctx = ctx
         self.model = ctx.model
@@ -119,8 +120,9 @@ cdef class BlockDiffusion:
         self.entropy.resize(block_length)
         self.rows.resize(block_length)
         self.counters.resize(block_length)
-        if (0 < top_k < self.n_vocab) or top_p < 1.0:
-            self.scratch.resize(<size_t> block_length * self.n_vocab)
+        # the row sampler: CPU by default; llamadiff.cuda / llamadiff._backend provide others
+        self.sampler = sampler if sampler is not None else RowSampler(n_threads)
+        self.sampler.reserve(block_length, self.n_vocab, &self.sp)
         self.steps_per_block = []
         self.store_pending = False
 
@@ -231,8 +233,8 @@ cdef class BlockDiffusion:
                 logits = C.llama_get_logits(self.ctx.ptr)
                 for i in range(n_masked):
                     self.counters[i] = (<uint64_t> (s + self.positions[i]) << 16) | <uint64_t> step
-                sample_rows(logits, self.n_vocab, n_masked, &self.sp, self.counters.data(),
-                            self.scratch.data(), self.rows.data(), self.n_threads)
+                self.sampler.sample(logits, self.n_vocab, n_masked, &self.sp, self.counters.data(),
+                                    self.rows.data())
                 for i in range(n_masked):
                     self.x0[i] = self.rows[i].token
                     self.prob[i] = self.rows[i].prob

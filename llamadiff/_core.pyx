@@ -778,6 +778,7 @@ cdef class Context(_Resource):
         params.n_batch = n_batch
         params.n_ubatch = n_ubatch
         params.n_seq_max = n_seq_max
+        params.n_outputs_max_per_seq = 0   # backend sampling: every output row of a sequence
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.flash_attn_type = _flash_attn_type(flash_attn)

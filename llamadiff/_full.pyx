@@ -47,7 +47,7 @@ from cpython.exc cimport PyErr_CheckSignals
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
-from llamadiff._sampling cimport SamplingParams, RowResult, Candidate, sample_rows
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
 from llamadiff._block import StepInfo
 
 
@@ -147,7 +147,7 @@ cdef class FullDiffusion:
     cdef vector[float] conf, key
     cdef vector[RowResult] res
     cdef vector[uint64_t] counters
-    cdef vector[Candidate] scratch
+    cdef readonly RowSampler sampler
     cdef vector[float] rowbuf
     cdef vector[Scored] scored
     # llama-diffusion-cli compatible mode
@@ -177,7 +177,8 @@ cdef class FullDiffusion:
                  parallel=None, float threshold=0.9, float factor=1.0, float cfg_scale=0.0,
                  float alg_temp=0.0, bint add_gumbel_noise=False, bint shift_logits=True,
                  float temperature=0.0, int top_k=0, float top_p=1.0,
-                 unsigned long long seed=0, str rng="counter", int n_threads=1):
+                 unsigned long long seed=0, str rng="counter", int n_threads=1,
+                 RowSampler sampler=None):
         cdef int i
         self.ctx = ctx
         self.model = ctx.model
@@ -277,8 +278,11 @@ cdef class FullDiffusion:
         self.counters.resize(self.rows_cap)
         self.scored.resize(self.rows_cap)
         self.n_transfer.resize(max(steps, 1) + 1)
-        if (0 < top_k < self.n_vocab) or top_p < 1.0:
-            self.scratch.resize(<size_t> self.rows_cap * self.n_vocab)
+        # the row sampler: CPU by default, or the GPU one of llamadiff.cuda (host logits)
+        self.sampler = sampler if sampler is not None else RowSampler(n_threads)
+        if not self.sampler.uses_host_logits:
+            raise ValueError("full diffusion samples llama.cpp's host logits: use the 'cpu' or 'cuda' sampler")
+        self.sampler.reserve(self.rows_cap, self.n_vocab, &self.sp)
         if cfg_scale > 0:
             self.rowbuf.resize(<size_t> self.rows_cap * self.n_vocab)   # the conditional rows
         if self.compat:
@@ -431,7 +435,7 @@ cdef class FullDiffusion:
             k += 1
         return k
 
-    cdef void _score(self, const float * logits, int r, int n_masked) noexcept nogil:
+    cdef int _score(self, const float * logits, int r, int n_masked) except -1 nogil:
         """x0 and a confidence per masked position (counter RNG, reference semantics)."""
         cdef int i
         cdef const float * row
@@ -442,8 +446,8 @@ cdef class FullDiffusion:
         for i in range(n_masked):
             self.counters[i] = (<uint64_t> self.positions[i] << 32) | <uint64_t> self.global_step
         if self.rows_lo < 0:
-            sample_rows(logits, self.n_vocab, n_masked, &self.sp, self.counters.data(),
-                        self.scratch.data(), self.res.data(), self.n_threads)
+            self.sampler.sample(logits, self.n_vocab, n_masked, &self.sp, self.counters.data(),
+                                self.res.data())
         else:
             # every row was computed: sample each run of consecutive masked positions
             run = 0
@@ -451,9 +455,8 @@ cdef class FullDiffusion:
                 n = 1
                 while run + n < n_masked and self.positions[run + n] == self.positions[run] + n:
                     n += 1
-                sample_rows(self._row_ptr(logits, run), self.n_vocab, n, &self.sp, self.counters.data() + run,
-                            self.scratch.data() + (<size_t> run * self.n_vocab if self.scratch.size() else 0),
-                            self.res.data() + run, self.n_threads)
+                self.sampler.sample(self._row_ptr(logits, run), self.n_vocab, n, &self.sp,
+                                    self.counters.data() + run, self.res.data() + run)
                 run += n
         for i in range(n_masked):
             self.x0[i] = self.res[i].token
@@ -470,35 +473,12 @@ cdef class FullDiffusion:
             elif self.algorithm == ALG_ENTROPY:
                 self.conf[i] = -self.res[i].entropy
             elif self.algorithm == ALG_MARGIN:
-                self.conf[i] = self._margin(row, i)
+                self.conf[i] = self.res[i].margin
             elif self.algorithm == ALG_RANDOM:
                 self.conf[i] = <float> ld_uniform(self.sp.seed, self.counters[i], STREAM_RANDOM)
             else:
                 self.conf[i] = 0.0
-
-    cdef float _margin(self, const float * row, int i) noexcept nogil:
-        """p(top-1) - p(top-2) of the sampling distribution (Dream's margin confidence)."""
-        cdef float l1 = -INFINITY, l2 = -INFINITY, v
-        cdef float s = 1.0 / self.sp.temperature if self.sp.temperature > 0 else 1.0
-        cdef int64_t j
-        cdef double zf, p2
-        for j in range(self.n_vocab):
-            v = row[j]
-            if j == self.mask_id or isnan(v):
-                continue
-            if v > l1:
-                l2 = l1
-                l1 = v
-            elif v > l2:
-                l2 = v
-        # normaliser of the (filtered) sampling distribution, from p(x0)
-        zf = ld_expf(s * (row[self.x0[i]] - l1)) / self.res[i].prob
-        p2 = 0.0
-        if self.sp.top_k != 1 and l2 > -INFINITY:
-            p2 = ld_expf(s * (l2 - l1))
-            if zf < 1.0 + 0.5 * p2:     # the filter kept one token only
-                p2 = 0.0
-        return <float> ((1.0 - p2) / zf)
+        return 0
 
     cdef int _select(self, int r, int step, int n_masked) noexcept nogil:
         """Fill self.chosen with the indices (into positions) to commit; return their count."""

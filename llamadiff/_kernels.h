@@ -12,9 +12,17 @@
 #include <math.h>
 #include <stdint.h>
 
+/* The exp and RNG helpers are also compiled for the GPU (llamadiff/cuda/sampler.cu), so the
+ * CUDA sampler computes the same weights and draws the same uniforms as this file. */
+#if defined(__CUDACC__)
+#define LD_HD __host__ __device__
+#else
+#define LD_HD
+#endif
+
 /* exp(x) for x already clamped to [-87, 88]: exp(x) = 2^n * exp(r), n = round(x / ln2),
  * |r| <= ln2/2, exp(r) by a degree-7 polynomial, 2^n built in the exponent bits. */
-static inline float ld_exp_clamped(float x) {
+static inline LD_HD float ld_exp_clamped(float x) {
     float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -30,7 +38,7 @@ static inline float ld_exp_clamped(float x) {
 }
 
 /* exp(x) for any x: exactly 0 below -87 (so -inf logits weigh nothing), saturating above 88. */
-static inline float ld_expf(float x) {
+static inline LD_HD float ld_expf(float x) {
     float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     float y = ld_exp_clamped(xc);
     return x < -87.0f ? 0.0f : y;
@@ -71,7 +79,7 @@ static inline void ld_row_argmax(const float *row, int64_t n, int64_t skip, floa
 }
 
 /* exp(d) for d <= 0, clamped below at -87 (exp(-87) ~ 1.6e-38 stands for 0). */
-static inline float ld_expf_nonpos(float d) {
+static inline LD_HD float ld_expf_nonpos(float d) {
     return ld_exp_clamped(d < -87.0f ? -87.0f : d);
 }
 
@@ -165,7 +173,7 @@ static inline int64_t ld_row_draw(const float *row, int64_t n, int64_t skip, flo
 
 /* splitmix64: a counter-based generator, so a draw depends only on (seed, counter) and
  * not on thread scheduling. */
-static inline uint64_t ld_mix64(uint64_t x) {
+static inline LD_HD uint64_t ld_mix64(uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
@@ -173,7 +181,7 @@ static inline uint64_t ld_mix64(uint64_t x) {
 }
 
 /* Uniform double in [0, 1) from (seed, a, b). */
-static inline double ld_uniform(uint64_t seed, uint64_t a, uint64_t b) {
+static inline LD_HD double ld_uniform(uint64_t seed, uint64_t a, uint64_t b) {
     uint64_t h = ld_mix64(seed ^ ld_mix64(a * 0x100000001B3ull + ld_mix64(b)));
     return (double) (h >> 11) * (1.0 / 9007199254740992.0);
 }

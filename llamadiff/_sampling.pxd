@@ -1,8 +1,10 @@
 # cython: language_level=3
 """Per-row CPU sampling kernels (nogil): softmax statistics, argmax, p(x0), entropy,
-temperature / top-k / top-p draws with a counter-based RNG."""
+temperature / top-k / top-p draws with a counter-based RNG; ``RowSampler``, the object the
+denoising loops sample through (CPU here, the GPU in ``llamadiff.cuda``)."""
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
+from libcpp.vector cimport vector
 
 
 cdef struct SamplingParams:
@@ -17,6 +19,7 @@ cdef struct RowResult:
     int32_t token          # x0
     float prob             # p(x0) under the sampling distribution
     float entropy          # entropy of the sampling distribution (nats)
+    float margin           # p(top1) - p(top2) under the sampling distribution
 
 
 cdef struct Candidate:
@@ -30,3 +33,20 @@ cdef void sample_row(const float * row, int64_t n_vocab, const SamplingParams * 
 cdef void sample_rows(const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
                       const uint64_t * counters, Candidate * scratch, RowResult * out,
                       int n_threads) noexcept nogil
+
+
+cdef class RowSampler:
+    """Samples the rows of a block's logits: x0, p(x0), entropy and margin per row.
+
+    This class is the CPU implementation (``sample_rows`` on ``n_threads`` threads); a
+    subclass may compute the same anywhere (``llamadiff.cuda.CudaRowSampler`` on the GPU,
+    ``llamadiff._backend.BackendRowSampler`` inside llama.cpp's graph).
+    """
+    cdef readonly int n_threads
+    cdef vector[Candidate] scratch
+    # reads the logits from llama_get_logits (False: the sampler gets its rows elsewhere)
+    cdef readonly bint uses_host_logits
+
+    cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1
+    cdef int sample(self, const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
+                    const uint64_t * counters, RowResult * out) except -1 nogil

@@ -22,6 +22,7 @@ import numpy as np
 
 cdef extern from "_kernels.h" nogil:
     float ld_expf(float x)
+    float ld_range_max(const float * row, int64_t lo, int64_t hi)
     void ld_row_argmax(const float * row, int64_t n, int64_t skip, float * max_out, int64_t * arg_out)
     void ld_row_softmax_stats(const float * row, int64_t n, int64_t skip, float m, float s,
                               double * z_out, double * e_out)
@@ -117,11 +118,26 @@ cdef void _sample_filtered(const float * row, int64_t n_vocab, const SamplingPar
     out.token = scratch[pick].token
     out.prob = <float> (ld_expf(s * (scratch[pick].logit - m)) / z)
     out.entropy = <float> (log(z) - h / z)
+    w = ld_expf(s * (scratch[1].logit - m)) if kept >= 2 else 0.0
+    out.margin = <float> ((1.0 - w) / z)
+
+
+cdef inline float _second_max(const float * row, int64_t n, int64_t skip, int64_t arg) noexcept nogil:
+    """Largest value of row outside indices arg and skip (-inf if none): the runner-up."""
+    cdef int64_t a = arg, b = skip
+    if b < 0 or b >= n or b == a:
+        b = a
+    if a > b:
+        a, b = b, a
+    cdef float best = ld_range_max(row, 0, a)
+    if b > a:
+        best = max(best, ld_range_max(row, a + 1, b))
+    return max(best, ld_range_max(row, b + 1, n))
 
 
 cdef void sample_row(const float * row, int64_t n_vocab, const SamplingParams * sp,
                      uint64_t counter, Candidate * scratch, RowResult * out) noexcept nogil:
-    """x0, p(x0) and entropy for one row of logits."""
+    """x0, p(x0), entropy and margin for one row of logits."""
     if (0 < sp.top_k < n_vocab) or sp.top_p < 1.0:
         _sample_filtered(row, n_vocab, sp, counter, scratch, out)
         return
@@ -138,6 +154,7 @@ cdef void sample_row(const float * row, int64_t n_vocab, const SamplingParams * 
     out.token = <int32_t> pick
     out.prob = <float> (ld_expf(s * (row[pick] - m)) / z)
     out.entropy = <float> (log(z) - e / z)
+    out.margin = <float> ((1.0 - ld_expf(s * (_second_max(row, n_vocab, sp.skip_token, arg) - m))) / z)
 
 
 cdef void sample_rows(const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
@@ -161,13 +178,64 @@ cdef void sample_rows(const float * logits, int64_t n_vocab, int n_rows, const S
 
 
 def sample_logits(logits, *, float temperature=0.0, int top_k=0, float top_p=1.0,
-                  unsigned long long seed=0, int skip_token=-1, counters=None, int n_threads=1):
-    """Python entry point to the row sampler (tests, tools): returns (tokens, probs, entropies).
+                  unsigned long long seed=0, int skip_token=-1, counters=None, int n_threads=1,
+                  bint with_margin=False):
+    """Python entry point to the row sampler (tests, tools): returns (tokens, probs, entropies),
+    and the margins too with ``with_margin=True``.
 
     ``logits``: float32 array (rows, n_vocab). ``counters``: one RNG counter per row
     (default: the row index).
     """
-    cdef float[:, ::1] view = np.ascontiguousarray(logits, dtype=np.float32)
+    result = RowSampler(n_threads).sample_logits(
+        logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        skip_token=skip_token, counters=counters)
+    return result if with_margin else result[:3]
+
+
+cdef class RowSampler:
+    """CPU row sampler: ``sample_rows`` with its scratch space and thread count."""
+
+    def __init__(self, int n_threads=1):
+        if n_threads < 1:
+            raise ValueError("n_threads must be >= 1")
+        self.n_threads = n_threads
+        self.uses_host_logits = True
+
+    @property
+    def name(self):
+        return "cpu"
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1:
+        """Make room for n_rows rows (no allocation in sample() afterwards)."""
+        if ((0 < sp.top_k < n_vocab) or sp.top_p < 1.0) and \
+                self.scratch.size() < <size_t> n_rows * <size_t> n_vocab:
+            self.scratch.resize(<size_t> n_rows * <size_t> n_vocab)
+        return 0
+
+    cdef int sample(self, const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
+                    const uint64_t * counters, RowResult * out) except -1 nogil:
+        if ((0 < sp.top_k < n_vocab) or sp.top_p < 1.0) and \
+                self.scratch.size() < <size_t> n_rows * <size_t> n_vocab:
+            with gil:
+                self.reserve(n_rows, n_vocab, sp)
+        sample_rows(logits, n_vocab, n_rows, sp, counters, self.scratch.data(), out, self.n_threads)
+        return 0
+
+    def sample_logits(self, logits, *, float temperature=0.0, int top_k=0, float top_p=1.0,
+                      unsigned long long seed=0, int skip_token=-1, counters=None):
+        """Sample a (rows, n_vocab) float32 array: returns (tokens, probs, entropies, margins).
+
+        ``counters``: one RNG counter per row (default: the row index).
+        """
+        return _sample_array(self, logits, temperature, top_k, top_p, seed, skip_token, counters)
+
+
+cdef _sample_array(RowSampler sampler, logits, float temperature, int top_k, float top_p,
+                   unsigned long long seed, int skip_token, counters):
+    cdef const float[:, ::1] view = np.ascontiguousarray(logits, dtype=np.float32)
     cdef int n_rows = view.shape[0]
     cdef int64_t n_vocab = view.shape[1]
     if n_vocab < 1 or n_rows < 1:
@@ -184,13 +252,11 @@ def sample_logits(logits, *, float temperature=0.0, int top_k=0, float top_p=1.0
     sp.top_p = top_p
     sp.seed = seed
     sp.skip_token = skip_token
-    scratch = np.empty(n_rows * n_vocab * 2, dtype=np.int32)   # Candidate = 8 bytes
-    cdef int32_t[::1] scratch_view = scratch
-    out = np.empty(n_rows * 3, dtype=np.float32)              # RowResult = 12 bytes
+    sampler.reserve(n_rows, n_vocab, &sp)
+    out = np.empty(n_rows * 4, dtype=np.float32)              # RowResult = 16 bytes
     cdef float[::1] out_view = out
     with nogil:
-        sample_rows(&view[0, 0], n_vocab, n_rows, &sp, &ctr[0],
-                    <Candidate *> &scratch_view[0], <RowResult *> &out_view[0], n_threads)
-    res = out.reshape(n_rows, 3)
+        sampler.sample(&view[0, 0], n_vocab, n_rows, &sp, &ctr[0], <RowResult *> &out_view[0])
+    res = out.reshape(n_rows, 4)
     tokens = res[:, 0].view(np.int32).copy()
-    return tokens, res[:, 1].copy(), res[:, 2].copy()
+    return tokens, res[:, 1].copy(), res[:, 2].copy(), res[:, 3].copy()

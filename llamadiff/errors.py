@@ -28,3 +28,12 @@ class DecodeError(LlamaDiffError, RuntimeError):
 
 class DecodeAborted(DecodeError):
     """llama_decode stopped early because an abort was requested."""
+
+
+class CudaError(LlamaDiffError, RuntimeError):
+    """A CUDA call of llamadiff's GPU sampler failed (no device, out of memory, a kernel error)."""
+
+
+class CudaUnavailableError(CudaError):
+    """CUDA was asked for, but this installation or machine cannot provide it (built without
+    CUDA, no driver, no device)."""

@@ -25,6 +25,7 @@ from llamadiff._full import ALGORITHMS, CACHE_MODES, DEFAULT_EPS, PARALLEL_MODES
 from llamadiff._core import Context, Model, default_threads
 from llamadiff._remask import RemaskPolicy, STRATEGIES, make_policy
 from llamadiff.errors import UnsupportedModelError
+from llamadiff.samplers import make_row_sampler
 
 __all__ = ["Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo"]
 
@@ -205,12 +206,15 @@ class Generator:
     n_gpu_layers, n_threads: passed to llama.cpp (n_threads defaults to all usable cores).
     n_batch: tokens per decode call; prompts longer than this are prefilled in chunks.
     flash_attn, type_k, type_v: llama.cpp context settings.
+    sampler: where the logits rows are sampled: "auto" (GPU when built with CUDA and a device
+        is usable, else CPU), "cpu", "cuda", "backend" (greedy, inside llama.cpp's graph) or a
+        RowSampler; see ``llamadiff.samplers``.
     """
 
     def __init__(self, model: Union[str, os.PathLike, Model], *, n_ctx: int = 4096,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
-                 use_mmap: bool = True):
+                 use_mmap: bool = True, sampler="auto"):
         if isinstance(model, Model):
             self.model = model
         else:
@@ -225,6 +229,8 @@ class Generator:
         if self.n_batch < 2:
             raise ValueError("n_batch must be >= 2")
         self._context_args = dict(flash_attn=flash_attn, type_k=type_k, type_v=type_v)
+        self.sampler = make_row_sampler(sampler, n_threads=self.n_threads, model=self.model)
+        self._cpu_sampler = None
         self._ctx: Optional[Context] = None
         self._lock = threading.Lock()
         self.default_block_length = self._model_block_length()
@@ -253,6 +259,8 @@ class Generator:
         self._ctx = Context(self.model, n_ctx=self.n_ctx, n_batch=need, n_ubatch=need,
                             n_threads=self.n_threads, causal=False, diffusion_kv=diffusion_kv,
                             **self._context_args)
+        if not self.sampler.uses_host_logits and not self.model.is_diffusion:
+            self.sampler.attach(self._ctx)      # the backend route samples inside this context
         return self._ctx, (time.perf_counter() - t0) * 1e3
 
     def close(self) -> None:
@@ -383,7 +391,8 @@ class Generator:
             run = BlockDiffusion(ctx, prompt_ids, cfg.max_new_tokens, B, cfg.steps,
                                  make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma),
                                  temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                 seed=cfg.seed, cache=cfg.cache, n_threads=self.n_threads)
+                                 seed=cfg.seed, cache=cfg.cache, n_threads=self.n_threads,
+                                 sampler=self.sampler)
             bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
             generated: list = []
             stop_reason = None
@@ -428,6 +437,14 @@ class Generator:
             stats = self._stats(run, cfg, generated, wall_ms, context_ms)
         yield GenerationResult(self.model.detokenize(generated), generated, stop_reason, stats, prompt_ids)
 
+    def _full_sampler(self):
+        """Full diffusion samples host logits: the backend route falls back to the CPU."""
+        if self.sampler.uses_host_logits:
+            return self.sampler
+        if self._cpu_sampler is None:
+            self._cpu_sampler = make_row_sampler("cpu", n_threads=self.n_threads)
+        return self._cpu_sampler
+
     def _run_full(self, prompt, config, chat, options, stream):
         """Full diffusion (LLaDA, Dream): see llamadiff/_full.pyx for the loop.
 
@@ -461,7 +478,7 @@ class Generator:
                                 alg_temp=cfg.alg_temp, add_gumbel_noise=cfg.add_gumbel_noise,
                                 shift_logits=cfg.shift_logits, temperature=cfg.temperature,
                                 top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, rng=cfg.rng,
-                                n_threads=self.n_threads)
+                                n_threads=self.n_threads, sampler=self._full_sampler())
             bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
             generated: list = []
             stop_reason = None
@@ -522,6 +539,7 @@ class Generator:
                 "tokens_per_step": (sum(committed) / len(committed)) if committed else 0.0,
                 "tokens_per_second": len(generated) / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
                 "sequence": run.tokens,
+                "sampler": run.sampler.name,
             }
             if cfg.profile:
                 parts = {"context_ms": context_ms, "decode_ms": run.decode_us / 1e3,
@@ -539,6 +557,7 @@ class Generator:
             "prompt_tokens": run.n_prompt,
             "generated_tokens": len(generated),
             "block_length": cfg.block_length,
+            "sampler": run.sampler.name,
             "steps": cfg.steps,
             "context_created": context_ms > 0,
             "context_ms": context_ms,

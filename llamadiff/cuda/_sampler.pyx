@@ -1,0 +1,155 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# distutils: language = c++
+"""The GPU row sampler (llamadiff/cuda/sampler.cu) as a RowSampler: built only with
+LLAMADIFF_CUDA=1 (or LLAMADIFF_CUDA_SAMPLER=1)."""
+
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
+
+from llamadiff.errors import CudaError, CudaUnavailableError
+
+
+cdef extern from "sampler.h" nogil:
+    ctypedef struct ld_cuda_params:
+        float temperature
+        int32_t top_k
+        float top_p
+        uint64_t seed
+        int32_t skip_token
+    ctypedef struct ld_cuda_result:
+        int32_t token
+        float prob
+        float entropy
+        float margin
+    ctypedef struct ld_cuda_timing:
+        double upload_us
+        double kernel_us
+        int direct
+    ctypedef struct ld_cuda_sampler:
+        pass
+    int ld_cuda_device_count()
+    int ld_cuda_runtime_version()
+    int ld_cuda_driver_version()
+    const char * ld_cuda_error_string(int code)
+    int ld_cuda_device_name(int device, char * buf, size_t size)
+    int ld_cuda_sampler_create(int device, ld_cuda_sampler ** out)
+    void ld_cuda_sampler_destroy(ld_cuda_sampler * s)
+    int ld_cuda_sampler_sample(ld_cuda_sampler * s, const float * logits, int64_t n_vocab, int n_rows,
+                               const ld_cuda_params * params, const uint64_t * counters,
+                               ld_cuda_result * out)
+    int ld_cuda_sampler_sample_device(ld_cuda_sampler * s, const float * d_logits, int64_t n_vocab,
+                                      int n_rows, const ld_cuda_params * params,
+                                      const uint64_t * counters, ld_cuda_result * out)
+    int ld_cuda_sampler_device_buffer(ld_cuda_sampler * s, size_t n, float ** d_out)
+    int ld_cuda_upload(ld_cuda_sampler * s, float * d_dst, const float * src, size_t n)
+    void ld_cuda_sampler_last_timing(const ld_cuda_sampler * s, ld_cuda_timing * out)
+
+
+def device_count():
+    """CUDA devices visible to the runtime; 0 without a driver or device (never raises)."""
+    return ld_cuda_device_count()
+
+
+def runtime_version():
+    return ld_cuda_runtime_version()
+
+
+def driver_version():
+    return ld_cuda_driver_version()
+
+
+def device_name(int device=0):
+    cdef char buf[256]
+    cdef int rc = ld_cuda_device_name(device, buf, sizeof(buf))
+    if rc:
+        raise CudaError(f"CUDA device {device}: {ld_cuda_error_string(rc).decode()} (error {rc})")
+    return buf.decode(errors="replace")
+
+
+cdef inline int _check(int rc, str what) except -1 nogil:
+    if rc != 0:
+        with gil:
+            raise CudaError(f"CUDA sampler: {what} failed: {ld_cuda_error_string(rc).decode()} (error {rc})")
+    return 0
+
+
+cdef class CudaRowSampler(RowSampler):
+    """Samples rows on a CUDA device (same results as the CPU RowSampler; see sampler.h).
+
+    Raises ``llamadiff.CudaError`` when there is no usable device or a CUDA call fails.
+    """
+    cdef ld_cuda_sampler * ptr
+    cdef readonly int device
+    cdef ld_cuda_params params
+
+    def __init__(self, int device=0):
+        RowSampler.__init__(self, 1)
+        self.device = device
+        cdef int n = ld_cuda_device_count()
+        if n == 0:
+            raise CudaUnavailableError("no CUDA device is available (no GPU, or no NVIDIA driver)")
+        if not 0 <= device < n:
+            raise CudaUnavailableError(f"CUDA device {device} does not exist ({n} visible)")
+        _check(ld_cuda_sampler_create(device, &self.ptr), f"initialisation on device {device}")
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            ld_cuda_sampler_destroy(self.ptr)
+            self.ptr = NULL
+
+    @property
+    def name(self):
+        return "cuda"
+
+    cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1:
+        return 0
+
+    cdef int sample(self, const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
+                    const uint64_t * counters, RowResult * out) except -1 nogil:
+        self.params.temperature = sp.temperature
+        self.params.top_k = sp.top_k
+        self.params.top_p = sp.top_p
+        self.params.seed = sp.seed
+        self.params.skip_token = sp.skip_token
+        # RowResult and ld_cuda_result have the same layout (int32, 3 x float)
+        _check(ld_cuda_sampler_sample(self.ptr, logits, n_vocab, n_rows, &self.params, counters,
+                                      <ld_cuda_result *> out), "sampling")
+        return 0
+
+    def last_timing(self):
+        """(upload_us, kernel_us, direct) of the last call: host-clock phases; direct = pinned input."""
+        cdef ld_cuda_timing t
+        ld_cuda_sampler_last_timing(self.ptr, &t)
+        return t.upload_us, t.kernel_us, bool(t.direct)
+
+    def bench_device(self, logits, int repeats=50, *, float temperature=0.0, int top_k=0,
+                     float top_p=1.0, int skip_token=-1):
+        """Median microseconds of sampling ``logits`` already on the device (kernel + results
+        back), after uploading them once. For benchmarks."""
+        import numpy as np
+        import time
+        cdef const float[:, ::1] view = np.ascontiguousarray(logits, dtype=np.float32)
+        cdef int n_rows = view.shape[0]
+        cdef int64_t n_vocab = view.shape[1]
+        cdef float * d = NULL
+        _check(ld_cuda_sampler_device_buffer(self.ptr, <size_t> n_rows * n_vocab, &d), "allocation")
+        _check(ld_cuda_upload(self.ptr, d, &view[0, 0], <size_t> n_rows * n_vocab), "upload")
+        cdef ld_cuda_params p
+        p.temperature = temperature
+        p.top_k = top_k
+        p.top_p = top_p
+        p.seed = 0
+        p.skip_token = skip_token
+        cdef uint64_t[::1] ctr = np.arange(n_rows, dtype=np.uint64)
+        out = np.empty(n_rows * 4, dtype=np.float32)
+        cdef float[::1] ov = out
+        times = []
+        for _ in range(repeats + 3):
+            t0 = time.perf_counter()
+            with nogil:
+                _check(ld_cuda_sampler_sample_device(self.ptr, d, n_vocab, n_rows, &p, &ctr[0],
+                                                     <ld_cuda_result *> &ov[0]), "sampling")
+            times.append((time.perf_counter() - t0) * 1e6)
+        times = sorted(times[3:])
+        return times[len(times) // 2]
