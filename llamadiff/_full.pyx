@@ -19,8 +19,11 @@ How many positions a step commits:
   for the largest k with c_i >= 1 - factor / (i + 1) for every i <= k (Fast-dLLM).
 
 Where the logits come from (``cache``):
-- ``"none"``: every step decodes the whole sequence (what upstream llama-diffusion-cli does);
-  only the rows of masked positions are computed. Exact.
+- ``"none"``: every step decodes the whole sequence from scratch (what upstream
+  llama-diffusion-cli does). Exact. On a context with a KV cache (``diffusion_kv=True``, the
+  Generator's choice) the cache is cleared first and only the rows of masked positions go
+  through the output layer -- upstream computes all of them, which for a 150k vocabulary is
+  most of the work.
 - ``"prefix"``: at the start of a region the whole sequence is decoded into the KV cache
   (vendor/patches/0004); later steps decode the region and everything after it, attending to
   the cached prefix. Approximate: the prefix's key-values are those of the region's start.
@@ -368,6 +371,10 @@ cdef class FullDiffusion:
         cdef const float * unc
         cdef float scale
         if self.cache_mode == CACHE_NONE:
+            # exact: the whole sequence from scratch. With a KV cache (cleared first) only the
+            # rows of masked positions reach the output layer; without one llama.cpp computes
+            # every row (what upstream does)
+            self.ctx.memory_clear()
             self._decode(0, self.n_total, n_masked, False, False)
             self.rows_lo = 0 if self.ctx.mem == NULL else -1
             if self.cfg_scale <= 0:
@@ -375,6 +382,7 @@ cdef class FullDiffusion:
             # classifier-free guidance: un + (cfg + 1) * (cond - un), prompt masked in `un`
             cond = self.rowbuf.data()
             self._gather(C.llama_get_logits(self.ctx.ptr), n_masked, cond)
+            self.ctx.memory_clear()
             self._decode(0, self.n_total, n_masked, False, True)
             unc = C.llama_get_logits(self.ctx.ptr)
             scale = self.cfg_scale + 1.0

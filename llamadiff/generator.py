@@ -470,7 +470,9 @@ class Generator:
         with self._lock:
             t_start = time.perf_counter()
             # the whole sequence is one non-causal batch; round up so that nearby lengths reuse it
-            ctx, context_ms = self._context(-(-total // 64) * 64, diffusion_kv=cfg.cache != "none")
+            # a KV cache serves the caches and lets exact mode skip the output layer for
+            # committed rows; rng="llama.cpp" runs upstream's way (no memory, every row)
+            ctx, context_ms = self._context(-(-total // 64) * 64, diffusion_kv=cfg.rng != "llama.cpp")
             run = FullDiffusion(ctx, prompt_ids, cfg.max_new_tokens, steps=cfg.steps,
                                 block_length=cfg.block_length or 0, eps=cfg.eps or 0.0,
                                 algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,

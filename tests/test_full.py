@@ -27,6 +27,17 @@ def models(llada_model, dream_model):
 
 @pytest.fixture(scope="module")
 def gens(models):
+    # F32 KV cache: exact mode compares to references that decode without one
+    out = {arch: Generator(m, n_ctx=256, n_threads=2, type_k="f32", type_v="f32", flash_attn=False)
+           for arch, m in models.items()}
+    yield out
+    for g in out.values():
+        g.close()
+
+
+@pytest.fixture(scope="module")
+def upstream_gens(models):
+    """Default settings, as llama-diffusion-cli runs (flash attention auto)."""
     out = {arch: Generator(m, n_ctx=256, n_threads=2) for arch, m in models.items()}
     yield out
     for g in out.values():
@@ -75,12 +86,12 @@ def parity_cases():
 
 
 @pytest.mark.parametrize("arch,algorithm,temperature", list(parity_cases()))
-def test_llama_cpp_rng_mode_matches_upstream(arch, algorithm, temperature, models, gens,
+def test_llama_cpp_rng_mode_matches_upstream(arch, algorithm, temperature, models, upstream_gens,
                                              llada_path, dream_path):
     """rng='llama.cpp' with cache='none' gives upstream's tokens: checked against the built
     llama-diffusion-cli when it exists (benchmarks/run.py builds it), and always against the
     NumPy port of upstream's loop (which the CLI check validates)."""
-    model, gen = models[arch], gens[arch]
+    model, gen = models[arch], upstream_gens[arch]
     prompt_text = "The cat sat"
     # the CLI always applies the chat template (ChatML when the model has none), then
     # tokenizes with special tokens added and parsed
