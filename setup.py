@@ -17,6 +17,7 @@ Environment knobs (documented in README.md):
   LLAMADIFF_LLAMA_CPP_DIR   build from this llama.cpp tree instead of downloading
   LLAMADIFF_NATIVE          1/0: CPU-specific flags (GGML_NATIVE); default 1
   LLAMADIFF_CUDA            1/0: build ggml with CUDA (GGML_CUDA) and the GPU sampler; default 0
+  LLAMADIFF_RPC             1/0: the ggml RPC backend and rpc-server (GGML_RPC); default 1
   LLAMADIFF_CUDA_ARCHS      CUDA architectures, e.g. "90" or "80;86;89;90"; default: the local
                             GPU's, else DEFAULT_CUDA_ARCHS
   LLAMADIFF_CUDA_SAMPLER    1/0: build the GPU sampler (llamadiff.cuda._sampler) even without a
@@ -364,6 +365,7 @@ def cmake_configure_args(build_dir: Path) -> list[str]:
         "-DLLAMA_CURL=OFF",
         f"-DGGML_NATIVE={'ON' if env_flag('LLAMADIFF_NATIVE', True) else 'OFF'}",
         f"-DGGML_CUDA={'ON' if cuda_enabled() else 'OFF'}",
+        f"-DGGML_RPC={'ON' if rpc_enabled() else 'OFF'}",
     ]
     if cuda_enabled():
         args += cuda_cmake_args()
@@ -377,6 +379,31 @@ def cmake_configure_args(build_dir: Path) -> list[str]:
         args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
     args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
     return args
+
+
+def rpc_enabled() -> bool:
+    """The ggml RPC backend (models split across machines) and its rpc-server; default on."""
+    return env_flag("LLAMADIFF_RPC", True)
+
+
+def build_rpc_server(source: Path, lib_dir: Path) -> Path | None:
+    """Compile llama.cpp's tools/rpc/rpc-server.cpp against the shared ggml libraries (one
+    file: cheaper than configuring llama.cpp's tools tree); rebuilt only when stale."""
+    src = source / "tools" / "rpc" / "rpc-server.cpp"
+    exe = lib_dir / "llamadiff-rpc-server"
+    libs = sorted(lib_dir.glob("libggml*.so*"))
+    if exe.exists() and all(exe.stat().st_mtime >= f.stat().st_mtime for f in [src, *libs]):
+        return exe
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        log("no C++ compiler for rpc-server; skipped")
+        return None
+    cmd = [cxx, "-O2", "-std=c++17", str(src), "-I", str(source / "ggml" / "include"),
+           "-L", str(lib_dir), "-lggml", "-lggml-base", "-lggml-rpc", "-Wl,-rpath,$ORIGIN", "-pthread",
+           "-o", str(exe)]
+    log(" ".join(shlex.quote(a) for a in cmd))
+    subprocess.run(cmd, check=True)
+    return exe
 
 
 def cmake_build(source: Path) -> Path:
@@ -470,6 +497,11 @@ class BuildExt(build_ext):
                 if not (headers / header.name).exists() or \
                         (headers / header.name).read_bytes() != header.read_bytes():
                     shutil.copyfile(header, headers / header.name)
+        if rpc_enabled():
+            server = build_rpc_server(source, lib_dir)
+            if server is not None and (not (package_dir / server.name).exists()
+                                       or (package_dir / server.name).stat().st_mtime < server.stat().st_mtime):
+                shutil.copy2(server, package_dir / server.name)
         for soname, path in runtime_libraries(lib_dir):
             target = package_dir / soname
             if not target.exists() or target.stat().st_mtime < path.stat().st_mtime \
@@ -517,7 +549,7 @@ def cython_extensions(names: list[str]) -> list[Extension]:
 
 
 setup(
-    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block", "_full", "_backend"]
+    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block", "_full", "_batch", "_backend"]
                                   + (["cuda._sampler"] if cuda_sampler_enabled() else [])),
     cmdclass={"build_ext": BuildExt},
 )

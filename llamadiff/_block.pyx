@@ -35,14 +35,15 @@ cdef inline int transfer_count(int block_length, int steps, int step) noexcept n
 
 class StepInfo:
     """What the callback sees after each denoising step."""
-    __slots__ = ("block_index", "step", "positions", "tokens", "n_masked_left")
+    __slots__ = ("block_index", "step", "positions", "tokens", "n_masked_left", "index")
 
-    def __init__(self, block_index, step, positions, tokens, n_masked_left):
+    def __init__(self, block_index, step, positions, tokens, n_masked_left, index=None):
         self.block_index = block_index
         self.step = step
         self.positions = positions          # absolute positions committed at this step
         self.tokens = tokens                # the tokens committed there
         self.n_masked_left = n_masked_left  # masks left in the active block
+        self.index = index                  # the prompt's index in a batch (None: one prompt)
 
     def __repr__(self):
         return (f"StepInfo(block={self.block_index}, step={self.step}, committed={len(self.positions)}, "

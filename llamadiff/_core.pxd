@@ -24,6 +24,7 @@ cdef class Model(_Resource):
     cdef readonly str path
     cdef readonly int n_vocab
     cdef readonly bint vocab_only  # loaded without weights: no hyper-parameters, no decoding
+    cdef readonly bint uses_rpc    # layers on ggml RPC servers (llamadiff.rpc)
     cdef dict _metadata_cache
 
     cdef int _check_open(self) except -1

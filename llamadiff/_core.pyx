@@ -19,6 +19,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 
+from libcpp.vector cimport vector
 cimport llamadiff.llama as C
 from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_batch,
                               llama_token, llama_pos, llama_seq_id, ggml_log_level)
@@ -276,6 +277,53 @@ cdef class _Resource:
 # --------------------------------------------------------------------------- Model
 
 
+ctypedef C.ggml_backend_reg_t (*rpc_add_server_fn)(const char * endpoint) noexcept nogil
+
+
+cdef int _add_rpc_devices(str endpoint, vector[C.ggml_backend_dev_t] & devices) except -1:
+    """Connect to a ggml RPC server (llama.cpp keeps one connection per endpoint) and append
+    its devices."""
+    cdef C.ggml_backend_reg_t rpc = C.ggml_backend_reg_by_name(b"RPC")
+    if rpc == NULL:
+        raise RuntimeError("this build of llamadiff has no RPC backend; reinstall with LLAMADIFF_RPC=1")
+    cdef rpc_add_server_fn add = <rpc_add_server_fn> C.ggml_backend_reg_get_proc_address(
+        rpc, b"ggml_backend_rpc_add_server")
+    if add == NULL:
+        raise RuntimeError("the RPC backend has no ggml_backend_rpc_add_server")
+    cdef bytes bend = endpoint.encode()
+    cdef const char * cend = bend
+    cdef C.ggml_backend_reg_t reg
+    with nogil:
+        reg = add(cend)
+    if reg == NULL:
+        raise ConnectionError(f"RPC server {endpoint} reports no devices")
+    # not ggml_backend_register()ed: registered devices are offered to every later model
+    # (and probed when it loads), so a server that goes away would break unrelated models;
+    # the devices reach llama.cpp through llama_model_params.devices only
+    cdef size_t i
+    for i in range(C.ggml_backend_reg_dev_count(reg)):
+        devices.push_back(C.ggml_backend_reg_dev_get(reg, i))
+    return 0
+
+
+ctypedef cbool (*rpc_failed_fn)() noexcept nogil
+cdef rpc_failed_fn _rpc_failed = NULL
+
+
+cdef bint rpc_connection_failed() noexcept:
+    """True once an RPC connection of this process was lost (vendor/patches/0005)."""
+    global _rpc_failed
+    cdef C.ggml_backend_reg_t rpc
+    if _rpc_failed == NULL:
+        rpc = C.ggml_backend_reg_by_name(b"RPC")
+        if rpc == NULL:
+            return False
+        _rpc_failed = <rpc_failed_fn> C.ggml_backend_reg_get_proc_address(rpc, b"ggml_backend_rpc_connection_failed")
+        if _rpc_failed == NULL:
+            return False
+    return _rpc_failed()
+
+
 cdef class Model(_Resource):
     """A GGUF model loaded by llama.cpp.
 
@@ -291,11 +339,22 @@ cdef class Model(_Resource):
         self.ptr = NULL
         self.vocab = NULL
 
-    def __init__(self, path, *, int n_gpu_layers=0, bint use_mmap=True, bint vocab_only=False):
+    def __init__(self, path, *, int n_gpu_layers=0, bint use_mmap=True, bint vocab_only=False,
+                 rpc_servers=None):
         if self.ptr != NULL:
             raise RuntimeError("Model is already initialised")
         self.path = _validate_path(path)
         cdef C.llama_model_params params = C.llama_model_default_params()
+        cdef vector[C.ggml_backend_dev_t] devices
+        if rpc_servers:
+            # the model's layers go to these servers only (llamadiff.rpc checked them first)
+            from llamadiff import rpc
+            for endpoint in rpc.check_servers(rpc_servers):
+                _add_rpc_devices(endpoint, devices)
+            devices.push_back(NULL)
+            params.devices = devices.data()
+            if n_gpu_layers == 0:
+                n_gpu_layers = -1
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE
         params.vocab_only = vocab_only
@@ -306,10 +365,16 @@ cdef class Model(_Resource):
         with nogil:
             model = C.llama_model_load_from_file(cpath, params)
         problems = _take_problems()
+        if rpc_servers and rpc_connection_failed():
+            if model != NULL:
+                C.llama_model_free(model)
+            raise ConnectionError(f"lost the connection to an RPC server while loading {self.path!r}: "
+                                  + ("; ".join(problems[-3:]) or "no reason given"))
         if model == NULL:
             detail = "; ".join(problems[-4:]) or "llama.cpp gave no reason"
             raise ModelLoadError(f"llama.cpp could not load {self.path!r}: {detail}")
         self.ptr = model
+        self.uses_rpc = bool(rpc_servers)
         self.vocab = C.llama_model_get_vocab(model)
         if self.vocab == NULL or C.llama_vocab_type_of(self.vocab) == C.LLAMA_VOCAB_TYPE_NONE:
             self._free()
@@ -736,6 +801,8 @@ cdef class Context(_Resource):
         the cached prefix (block diffusion).
     flash_attn: "auto", True or False.
     type_k, type_v: KV cache element types ("f16", "f32", "bf16", "q8_0", "q4_0").
+    kv_unified: one KV buffer shared by all sequences (n_seq_max > 1): sequences of different
+        lengths then fit in n_ctx together, and one batch may mix them freely.
     diffusion_kv: full-diffusion architectures (LLaDA, Dream, ...) have no KV memory
         upstream; True gives them one (vendor/patches/0004), still non-causal, so the
         prefix / dual caches can keep key-values between steps. Such a context accepts
@@ -754,7 +821,7 @@ cdef class Context(_Resource):
     def __init__(self, Model model not None, *, n_ctx=4096, n_batch=None, n_ubatch=None,
                  int n_seq_max=1, n_threads=None, n_threads_batch=None, bint causal=True,
                  flash_attn="auto", str type_k="f16", str type_v="f16", bint offload_kqv=True,
-                 bint diffusion_kv=False):
+                 bint diffusion_kv=False, bint kv_unified=False):
         if self.ptr != NULL:
             raise RuntimeError("Context is already initialised")
         model._check_open()
@@ -789,6 +856,7 @@ cdef class Context(_Resource):
         params.abort_callback = _abort_requested
         params.abort_callback_data = &self._abort_flag
         params.diffusion_kv_cache = diffusion_kv and model.is_diffusion
+        params.kv_unified = kv_unified
 
         cdef llama_context * ctx
         _take_problems()
@@ -951,6 +1019,9 @@ cdef class Context(_Resource):
         return rc
 
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1:
+        if self.model.uses_rpc and rpc_connection_failed():
+            raise ConnectionError("an RPC server holding this model's layers stopped answering; "
+                                  "this process can no longer use it (see llamadiff.rpc)")
         if rc == 0:
             return 0
         problems = _take_problems()

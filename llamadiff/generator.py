@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
+from llamadiff._batch import BatchedBlockDiffusion
 from llamadiff._block import BlockDiffusion, StepInfo
 from llamadiff._full import ALGORITHMS, CACHE_MODES, DEFAULT_EPS, PARALLEL_MODES, FullDiffusion
 from llamadiff._core import Context, Model, default_threads
@@ -149,9 +150,10 @@ class GenerationConfig:
 class GenerationResult:
     text: str
     tokens: list            # generated token ids, cut at the first stop
-    stop_reason: str        # "stop", "length", "cancelled" or "interrupted"
+    stop_reason: str        # "stop", "length", "cancelled", "interrupted" or "error"
     stats: dict
     prompt_tokens: list
+    error: Optional[str] = None   # why this prompt of a batch failed (stop_reason "error")
 
 
 @dataclasses.dataclass
@@ -160,6 +162,7 @@ class StreamChunk:
     tokens: list            # token ids added by this block
     block_index: int
     stop_reason: Optional[str] = None   # set on the last chunk
+    index: Optional[int] = None         # the prompt's index when streaming a list of prompts
 
 
 class _StopMatcher:
@@ -206,6 +209,9 @@ class Generator:
     n_gpu_layers, n_threads: passed to llama.cpp (n_threads defaults to all usable cores).
     n_batch: tokens per decode call; prompts longer than this are prefilled in chunks.
     flash_attn, type_k, type_v: llama.cpp context settings.
+    rpc_servers: ["host:port", ...] of llama.cpp rpc-server processes that hold the model's
+        layers (ggml RPC backend; see ``llamadiff.rpc``). Checked with a bounded handshake
+        first: an unreachable or silent server raises ConnectionError.
     sampler: where the logits rows are sampled: "auto" (GPU when built with CUDA and a device
         is usable, else CPU), "cpu", "cuda", "backend" (greedy, inside llama.cpp's graph) or a
         RowSampler; see ``llamadiff.samplers``.
@@ -214,11 +220,15 @@ class Generator:
     def __init__(self, model: Union[str, os.PathLike, Model], *, n_ctx: int = 4096,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
-                 use_mmap: bool = True, sampler="auto"):
+                 use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None):
         if isinstance(model, Model):
+            if rpc_servers:
+                raise ValueError("rpc_servers places the layers while loading: pass a path, not a loaded Model")
             self.model = model
+            self._owns_model = False
         else:
-            self.model = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap)
+            self.model = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, rpc_servers=rpc_servers)
+            self._owns_model = True
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx <= 0:
             raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
         self.n_ctx = n_ctx
@@ -232,6 +242,7 @@ class Generator:
         self.sampler = make_row_sampler(sampler, n_threads=self.n_threads, model=self.model)
         self._cpu_sampler = None
         self._ctx: Optional[Context] = None
+        self._batch_ctx: Optional[Context] = None
         self._lock = threading.Lock()
         self.default_block_length = self._model_block_length()
 
@@ -264,10 +275,15 @@ class Generator:
         return self._ctx, (time.perf_counter() - t0) * 1e3
 
     def close(self) -> None:
+        """Free the contexts, and the model when this Generator loaded it from a path (a
+        Model passed in stays open). Safe to call twice."""
         with self._lock:
-            if self._ctx is not None:
-                self._ctx.close()
-                self._ctx = None
+            for ctx in (self._ctx, self._batch_ctx):
+                if ctx is not None:
+                    ctx.close()
+            self._ctx = self._batch_ctx = None
+            if self._owns_model:
+                self.model.close()
 
     def __enter__(self):
         return self
@@ -350,20 +366,53 @@ class Generator:
 
     # -- generation ------------------------------------------------------------------
 
-    def generate(self, prompt: Prompt, config: Optional[GenerationConfig] = None, *,
-                 chat: bool = False, **options) -> GenerationResult:
-        """Generate a completion. Options are GenerationConfig's fields."""
+    def generate(self, prompt, config: Optional[GenerationConfig] = None, *,
+                 chat: bool = False, n_parallel: Optional[int] = None, **options):
+        """Generate a completion. Options are GenerationConfig's fields.
+
+        A list of prompts (strings, token-id lists or chat-message lists) returns a list of
+        results, in order; see ``generate_batch``.
+        """
+        if _is_prompt_list(prompt):
+            return self.generate_batch(prompt, config, chat=chat, n_parallel=n_parallel, **options)
+        if n_parallel is not None:
+            raise TypeError("n_parallel applies to a list of prompts")
         result = None
         for chunk in self._run(prompt, config, chat, options):
             result = chunk
         return result
 
-    def stream(self, prompt: Prompt, config: Optional[GenerationConfig] = None, *,
-               chat: bool = False, **options) -> Iterator[StreamChunk]:
-        """Yield one StreamChunk per finalised block; the last one carries stop_reason."""
+    def stream(self, prompt, config: Optional[GenerationConfig] = None, *,
+               chat: bool = False, n_parallel: Optional[int] = None, **options) -> Iterator[StreamChunk]:
+        """Yield one StreamChunk per finalised block; the last one carries stop_reason.
+
+        Over a list of prompts, chunks of all prompts interleave, each tagged with ``index``.
+        """
+        if _is_prompt_list(prompt):
+            for item in self._run_batch(list(prompt), config, chat, options, n_parallel, stream=True):
+                if isinstance(item, StreamChunk):
+                    yield item
+            return
         for item in self._run(prompt, config, chat, options, stream=True):
             if isinstance(item, StreamChunk):
                 yield item
+
+    def generate_batch(self, prompts: Sequence, config: Optional[GenerationConfig] = None, *,
+                       chat: bool = False, n_parallel: Optional[int] = None, **options) -> list:
+        """Generate for many prompts; returns one GenerationResult per prompt, in order.
+
+        Block diffusion: up to ``n_parallel`` sequences (default: min(len(prompts), 16))
+        decode together, one llama_decode per step carrying every active sequence's block;
+        a sequence that stops frees its slot (and its KV cells) for the next queued prompt.
+        Greedy tokens equal generating each prompt alone. A prompt that cannot run (too long,
+        bad token ids) gets a result with ``stop_reason="error"`` and ``error``; the others
+        still run. Full diffusion: the prompts run one after another.
+        """
+        results = None
+        for item in self._run_batch(list(prompts), config, chat, options, n_parallel):
+            if isinstance(item, list):
+                results = item
+        return results
 
     def _run(self, prompt, config, chat, options, stream=False):
         family = self.model.family
@@ -550,6 +599,156 @@ class Generator:
                 stats["profile"] = parts
         yield GenerationResult(self.model.detokenize(generated), generated, stop_reason, stats, prompt_ids)
 
+    # -- many prompts ----------------------------------------------------------------
+
+    def _batch_context(self, n_parallel: int, capacity: int, block_length: int) -> tuple:
+        """A context for batched block diffusion: one KV buffer for n_parallel slots of
+        ``capacity`` positions each; kept for later calls of the same or smaller shape."""
+        need_ubatch = max(2 * block_length * n_parallel, min(self.n_batch, capacity))
+        ctx = self._batch_ctx
+        if (ctx is not None and not ctx.closed and ctx.n_seq_max >= n_parallel
+                and ctx.n_ctx >= n_parallel * capacity and ctx.n_ubatch >= need_ubatch):
+            return ctx, 0.0
+        if ctx is not None:
+            ctx.close()
+        t0 = time.perf_counter()
+        self._batch_ctx = Context(self.model, n_ctx=n_parallel * capacity, n_batch=need_ubatch,
+                                  n_ubatch=need_ubatch, n_seq_max=n_parallel, kv_unified=True,
+                                  n_threads=self.n_threads, causal=False, **self._context_args)
+        return self._batch_ctx, (time.perf_counter() - t0) * 1e3
+
+    def _run_batch(self, prompts: list, config, chat, options, n_parallel, stream=False):
+        if not prompts:
+            raise ValueError("the list of prompts is empty")
+        if n_parallel is None:
+            n_parallel = min(len(prompts), 16)
+        if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
+            raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
+        if self.model.family != "block":
+            # full diffusion (or an unsupported model, which raises on the first prompt)
+            results = []
+            for index, prompt in enumerate(prompts):
+                for item in self._run(prompt, config, chat, options, stream=stream):
+                    if isinstance(item, StreamChunk):
+                        item.index = index
+                        yield item
+                    else:
+                        results.append(item)
+            yield results
+            return
+        cfg = self._config(config, options)
+        if not cfg.cache:
+            raise ValueError("batched generation runs with the KV cache: cache=False is for "
+                             "single prompts")
+        if isinstance(cfg.strategy, RemaskPolicy):
+            policy = cfg.strategy
+        else:
+            policy = make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma)
+        B = cfg.block_length
+        results: list = [None] * len(prompts)
+        ids: dict = {}
+        for index, prompt in enumerate(prompts):
+            try:
+                toks = self.prompt_tokens(prompt, chat=chat)
+                total = -(-(len(toks) + cfg.max_new_tokens) // B) * B
+                if total > self.n_ctx:
+                    raise ValueError(f"prompt ({len(toks)} tokens) + max_new_tokens ({cfg.max_new_tokens}), "
+                                     f"rounded up to whole blocks of {B} ({total}), exceeds n_ctx={self.n_ctx} "
+                                     "(the bound per sequence)")
+                ids[index] = toks
+            except (ValueError, TypeError) as exc:
+                results[index] = GenerationResult("", [], "error", {}, [], error=str(exc))
+        stops = _StopMatcher(self.model, cfg.stop)
+        with self._lock:
+            t_start = time.perf_counter()
+            n_slots = min(n_parallel, max(1, len(ids)))
+            capacity = max([-(-(len(t) + cfg.max_new_tokens) // B) * B for t in ids.values()] or [B])
+            ctx, context_ms = self._batch_context(n_slots, capacity, B)
+            sampler = self.sampler if self.sampler.uses_host_logits else self._full_sampler()
+            run = BatchedBlockDiffusion(ctx, n_slots, capacity, B, cfg.steps, policy,
+                                        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                        seed=cfg.seed, sampler=sampler, n_threads=self.n_threads)
+            ctx.set_block_causal(B)
+            queue = list(ids)
+            slot_of: dict = {}                 # slot -> prompt index
+            state: dict = {}
+            callback = None
+            if cfg.callback is not None:
+                def callback(slot, block, step, positions, tokens, left):
+                    cfg.callback(StepInfo(block, step, positions, tokens, left, slot_of[slot]))
+            stop_reason_all = None
+            try:
+                while queue or slot_of:
+                    for slot in range(n_slots):
+                        if slot in slot_of or not queue:
+                            continue
+                        index = queue.pop(0)
+                        try:
+                            run.admit(slot, ids[index], cfg.max_new_tokens)
+                        except (ValueError, TypeError) as exc:
+                            results[index] = GenerationResult("", [], "error", {}, ids[index], error=str(exc))
+                            continue
+                        slot_of[slot] = index
+                        state[index] = {"generated": [], "t0": time.perf_counter(), "slot": slot,
+                                        "decoder": codecs.getincrementaldecoder("utf-8")("replace")}
+                    if not slot_of:
+                        continue
+                    for slot in run.tick(callback):
+                        index = slot_of[slot]
+                        st = state[index]
+                        n_prompt = len(ids[index])
+                        block = run.next_block(slot) - 1
+                        new = run.tokens_between(slot, max(block * B, n_prompt), (block + 1) * B)
+                        new = new[:cfg.max_new_tokens - len(st["generated"])]
+                        reason = None
+                        cut = stops.first_stop(self.model, st["generated"] + new)
+                        if cut is not None:
+                            new = new[:max(0, cut - len(st["generated"]))]
+                            reason = "stop"
+                        elif len(st["generated"]) + len(new) >= cfg.max_new_tokens or run.is_done(slot):
+                            reason = "length"
+                        st["generated"] += new
+                        if stream:
+                            text = st["decoder"].decode(
+                                b"".join(self.model.token_bytes(t, special=False) for t in new),
+                                final=reason is not None)
+                            yield StreamChunk(text, new, block, reason, index=index)
+                        if reason is not None:
+                            wall = (time.perf_counter() - st["t0"]) * 1e3
+                            gen_toks = st["generated"]
+                            results[index] = GenerationResult(
+                                self.model.detokenize(gen_toks), gen_toks, reason,
+                                {"prompt_tokens": n_prompt, "generated_tokens": len(gen_toks),
+                                 "block_length": B, "steps": cfg.steps, "slot": slot,
+                                 "committed": run.committed(slot), "wall_ms": wall,
+                                 "tokens_per_second": len(gen_toks) / (wall / 1e3) if wall > 0 else 0.0},
+                                ids[index])
+                            run.release(slot)
+                            del slot_of[slot]
+            except KeyboardInterrupt:
+                stop_reason_all = "interrupted"
+            finally:
+                for slot in list(slot_of):
+                    run.release(slot)
+            for index, st in state.items():
+                if results[index] is None:     # interrupted mid-way: what it had
+                    gen_toks = st["generated"]
+                    results[index] = GenerationResult(self.model.detokenize(gen_toks), gen_toks,
+                                                      stop_reason_all or "interrupted", {}, ids[index])
+            wall_ms = (time.perf_counter() - t_start) * 1e3
+            n_gen = sum(len(r.tokens) for r in results)
+            totals = {"prompts": len(prompts), "n_parallel": n_slots, "generated_tokens": n_gen,
+                      "wall_ms": wall_ms, "context_ms": context_ms,
+                      "tokens_per_second": n_gen / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
+                      "decode_calls": run.n_decode, "decode_tokens": run.n_decode_tokens,
+                      "steps": run.n_ticks, "decode_ms": run.decode_us / 1e3,
+                      "sampling_ms": run.sample_us / 1e3, "selection_ms": run.select_us / 1e3,
+                      "prefill_ms": run.prefill_us / 1e3, "kv_tokens_peak": run.kv_tokens_peak,
+                      "kv_tokens_per_sequence_max": capacity, "errors": sum(r.stop_reason == "error" for r in results)}
+            for r in results:
+                r.stats["batch"] = totals
+        yield results
+
     def _stats(self, run, cfg, generated, wall_ms, context_ms) -> dict:
         decode_ms = run.decode_us / 1e3
         sample_ms = run.sample_us / 1e3
@@ -584,6 +783,13 @@ class Generator:
             parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
             stats["profile"] = parts
         return stats
+
+
+def _is_prompt_list(prompt) -> bool:
+    """A list of prompts (vs one prompt given as token ids or chat messages)."""
+    if isinstance(prompt, (str, bytes)) or not isinstance(prompt, (list, tuple)):
+        return False
+    return len(prompt) == 0 or all(isinstance(p, (str, list, tuple)) for p in prompt)
 
 
 def _progress_bar(enabled: bool, total: int):

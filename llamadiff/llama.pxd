@@ -30,6 +30,22 @@ cdef extern from "ggml.h" nogil:
     ctypedef cbool (*ggml_abort_callback)(void * data) noexcept
 
 
+cdef extern from "ggml-backend.h" nogil:
+    # backend registry: used to add ggml RPC servers as devices (llamadiff.rpc)
+    ctypedef struct ggml_backend_reg:
+        pass
+    ctypedef struct ggml_backend_device:
+        pass
+    ctypedef ggml_backend_reg * ggml_backend_reg_t
+    ctypedef ggml_backend_device * ggml_backend_dev_t
+    ggml_backend_reg_t ggml_backend_reg_by_name(const char * name)
+    void * ggml_backend_reg_get_proc_address(ggml_backend_reg_t reg, const char * name)
+    size_t ggml_backend_reg_dev_count(ggml_backend_reg_t reg)
+    ggml_backend_dev_t ggml_backend_reg_dev_get(ggml_backend_reg_t reg, size_t index)
+    void ggml_backend_register(ggml_backend_reg_t reg)
+    const char * ggml_backend_dev_name(ggml_backend_dev_t device)
+
+
 cdef extern from "llama.h" nogil:
     # ------------------------------------------------------------------ basic types
     cdef struct llama_vocab:
@@ -119,6 +135,7 @@ cdef extern from "llama.h" nogil:
     ctypedef cbool (*llama_progress_callback)(float progress, void * user_data) noexcept
 
     cdef struct llama_model_params:
+        ggml_backend_dev_t * devices   # NULL-terminated; NULL: all available devices
         int32_t n_gpu_layers
         llama_split_mode split_mode
         llama_load_mode load_mode
