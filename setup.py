@@ -391,6 +391,9 @@ def build_rpc_server(source: Path, lib_dir: Path) -> Path | None:
     file: cheaper than configuring llama.cpp's tools tree); rebuilt only when stale."""
     src = source / "tools" / "rpc" / "rpc-server.cpp"
     exe = lib_dir / "llamadiff-rpc-server"
+    if not src.is_file():
+        log(f"{src} is missing (a trimmed llama.cpp tree): no rpc-server")
+        return None
     libs = sorted(lib_dir.glob("libggml*.so*"))
     if exe.exists() and all(exe.stat().st_mtime >= f.stat().st_mtime for f in [src, *libs]):
         return exe

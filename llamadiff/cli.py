@@ -5,6 +5,7 @@
     llamadiff info model.gguf
     llamadiff convert SDAR_HF_DIR -o model.gguf [--outtype f16|q8_0]
     llamadiff bench [--quick]
+    llamadiff rpc-server [--host H] [--port P] [--threads N]
 
 Errors print one line (``llamadiff: error: ...``) and exit with status 1.
 """
@@ -103,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
     conv.add_argument("--block-length", type=int, default=None,
                       help="trained block length to record (default: config.json, else 4)")
+
+    srv = sub.add_parser("rpc-server", help="serve this machine's CPU to Generators elsewhere (ggml RPC)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; the protocol "
+                                                          "is unauthenticated: trusted networks only)")
+    srv.add_argument("--port", type=int, default=50052)
+    srv.add_argument("--threads", type=int, default=None)
 
     bench = sub.add_parser("bench", help="run the block-generation benchmark")
     bench.add_argument("--quick", action="store_true")
@@ -275,8 +282,19 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_rpc_server(args) -> int:
+    from llamadiff import rpc
+
+    cmd = [str(rpc.server_path()), "-H", args.host, "-p", str(args.port)]
+    if args.threads:
+        cmd += ["-t", str(args.threads)]
+    print(f"llamadiff: serving on {args.host}:{args.port} (Ctrl-C to stop); use it with "
+          f"Generator(..., rpc_servers=['{args.host}:{args.port}'])", file=sys.stderr, flush=True)
+    os.execv(cmd[0], cmd)
+
+
 COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "bench": cmd_bench,
-            "convert": cmd_convert}
+            "convert": cmd_convert, "rpc-server": cmd_rpc_server}
 
 
 def main(argv: Optional[list] = None) -> int:

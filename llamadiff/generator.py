@@ -96,6 +96,10 @@ class GenerationConfig:
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
+        for name in ("threshold", "eb_gamma", "temperature", "top_p", "eps", "alg_temp", "cfg_scale", "factor"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TypeError(f"{name} must be a number, not {type(value).__name__}")
         integer("max_new_tokens", self.max_new_tokens, 1)
         if self.block_length is not None:
             integer("block_length", self.block_length, 1)
@@ -350,6 +354,9 @@ class Generator:
             else:
                 block = 32
         steps = cfg.steps or cfg.max_new_tokens
+        if steps > 4 * cfg.max_new_tokens:
+            raise ValueError(f"steps ({steps}) is more than 4 per new token ({cfg.max_new_tokens}): "
+                             "the extra steps would commit nothing")
         cache = cfg.cache
         if cache is None or cache is False:
             cache = "none"

@@ -329,6 +329,12 @@ def test_parallel_modes(parallel, extra, gens, models):
     (dict(rng="mersenne"), ValueError, "rng"),
     (dict(alg_temp=-0.5), ValueError, "alg_temp"),
     (dict(max_new_tokens=1000), ValueError, "n_ctx"),
+    (dict(steps=10 ** 9), ValueError, "per new token"),
+    (dict(factor=0.0, parallel="factor"), ValueError, "factor"),
+    (dict(threshold=float("nan"), parallel="threshold"), ValueError, "threshold"),
+    (dict(algorithm=3), ValueError, "algorithm"),
+    (dict(shift_logits="yes"), TypeError, "shift_logits"),
+    (dict(eps="0.1"), TypeError, "eps must be a number"),
 ])
 def test_bad_options(opts, exc, match, gens):
     kw = dict(max_new_tokens=16)
