@@ -365,8 +365,8 @@ def report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, elapsed) -
         lines += ["", f"Upstream `llama-diffusion-cli` on {arch} of the same shape ({schedule}, {c['steps']} steps, "
                   f"gen {cfg['gen']}, its own timer, {c['n_runs']} runs): {f(c)} tok/s."]
     if cli:
-        lines += ["", "It re-decodes the whole sequence at every step; llamadiff's full-diffusion rows will "
-                  "stand next to it once that family lands."]
+        lines += ["", "It re-decodes the whole sequence at every step; llamadiff's full-diffusion modes against "
+                  "it: the full-diffusion section below (`benchmarks/full_diffusion.py`)."]
     return lines + [""]
 
 

@@ -201,6 +201,40 @@ class _StopMatcher:
         return cut
 
 
+class _Output:
+    """The generated tokens of one sequence, taken a finished block at a time: cut at the
+    first stop, capped at max_new_tokens, and decoded to text safely across blocks."""
+
+    def __init__(self, model: Model, stops: _StopMatcher, max_new_tokens: int):
+        self.model = model
+        self.stops = stops
+        self.max_new_tokens = max_new_tokens
+        self.tokens: list = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add(self, new: list, last: bool) -> tuple:
+        """Take a finished block's tokens; returns (tokens kept, stop reason or None).
+        ``last``: the sequence has no more blocks."""
+        new = new[:self.max_new_tokens - len(self.tokens)]
+        reason = None
+        cut = self.stops.first_stop(self.model, self.tokens + new)
+        if cut is not None:
+            new = new[:max(0, cut - len(self.tokens))]
+            reason = "stop"
+        elif last or len(self.tokens) + len(new) >= self.max_new_tokens:
+            reason = "length"
+        self.tokens += new
+        return new, reason
+
+    def text(self, new: list, final: bool) -> str:
+        """Text of tokens just added (an incomplete UTF-8 sequence waits for the next block)."""
+        return self._decoder.decode(b"".join(self.model.token_bytes(t, special=False) for t in new),
+                                    final=final)
+
+    def result(self, reason: str, stats: dict, prompt_ids: list) -> GenerationResult:
+        return GenerationResult(self.model.detokenize(self.tokens), self.tokens, reason, stats, prompt_ids)
+
+
 class Generator:
     """Diffusion text generation on a GGUF model: block diffusion (SDAR family) or full
     diffusion (LLaDA, Dream, RND1), picked from the model's architecture.
@@ -450,9 +484,8 @@ class Generator:
                                  seed=cfg.seed, cache=cfg.cache, n_threads=self.n_threads,
                                  sampler=self.sampler)
             bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
-            generated: list = []
+            out = _Output(self.model, stops, cfg.max_new_tokens)
             stop_reason = None
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
             n_prompt = len(prompt_ids)
             try:
                 run.prefill()
@@ -461,23 +494,12 @@ class Generator:
                     if not run.run_block(cfg.callback):
                         stop_reason = "cancelled"
                         break
-                    start = max(block * B, n_prompt)
-                    new = run.tokens_between(start, (block + 1) * B)
-                    room = cfg.max_new_tokens - len(generated)
-                    new = new[:room]
-                    cut = stops.first_stop(self.model, generated + new)
-                    if cut is not None:
-                        new = new[:max(0, cut - len(generated))]
-                        stop_reason = "stop"
-                    elif len(generated) + len(new) >= cfg.max_new_tokens:
-                        stop_reason = "length"
-                    generated += new
+                    new = run.tokens_between(max(block * B, n_prompt), (block + 1) * B)
+                    new, stop_reason = out.add(new, last=run.done)
                     if bar is not None:
                         bar.update(len(new))
                     if stream:
-                        text = decoder.decode(b"".join(self.model.token_bytes(t, special=False) for t in new),
-                                              final=stop_reason is not None)
-                        yield StreamChunk(text, new, block, stop_reason)
+                        yield StreamChunk(out.text(new, stop_reason is not None), new, block, stop_reason)
                     if stop_reason is not None:
                         break
             except KeyboardInterrupt:
@@ -488,10 +510,10 @@ class Generator:
             if stop_reason is None:
                 stop_reason = "length"
             if stream and stop_reason in ("cancelled", "interrupted"):
-                yield StreamChunk(decoder.decode(b"", final=True), [], run.next_block, stop_reason)
+                yield StreamChunk(out.text([], True), [], run.next_block, stop_reason)
             wall_ms = (time.perf_counter() - t_start) * 1e3
-            stats = self._stats(run, cfg, generated, wall_ms, context_ms)
-        yield GenerationResult(self.model.detokenize(generated), generated, stop_reason, stats, prompt_ids)
+            stats = self._stats(run, cfg, out.tokens, wall_ms, context_ms)
+        yield out.result(stop_reason, stats, prompt_ids)
 
     def _full_sampler(self):
         """Full diffusion samples host logits: the backend route falls back to the CPU."""
@@ -538,9 +560,8 @@ class Generator:
                                 top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, rng=cfg.rng,
                                 n_threads=self.n_threads, sampler=self._full_sampler())
             bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
-            generated: list = []
+            out = _Output(self.model, stops, cfg.max_new_tokens)
             stop_reason = None
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
             try:
                 while not run.done:
                     region = run.region
@@ -548,20 +569,11 @@ class Generator:
                         stop_reason = "cancelled"
                         break
                     start, end = run.region_bounds(region)
-                    new = run.tokens[max(start, n_prompt):end]
-                    cut = stops.first_stop(self.model, generated + new)
-                    if cut is not None:
-                        new = new[:max(0, cut - len(generated))]
-                        stop_reason = "stop"
-                    elif run.done:
-                        stop_reason = "length"
-                    generated += new
+                    new, stop_reason = out.add(run.tokens[max(start, n_prompt):end], last=run.done)
                     if bar is not None:
                         bar.update(end - max(start, n_prompt))
                     if stream:
-                        text = decoder.decode(b"".join(self.model.token_bytes(t, special=False) for t in new),
-                                              final=stop_reason is not None)
-                        yield StreamChunk(text, new, region, stop_reason)
+                        yield StreamChunk(out.text(new, stop_reason is not None), new, region, stop_reason)
                     if stop_reason is not None:
                         break
             except KeyboardInterrupt:
@@ -572,7 +584,8 @@ class Generator:
             if stop_reason is None:
                 stop_reason = "length"
             if stream and stop_reason in ("cancelled", "interrupted"):
-                yield StreamChunk(decoder.decode(b"", final=True), [], run.region, stop_reason)
+                yield StreamChunk(out.text([], True), [], run.region, stop_reason)
+            generated = out.tokens
             wall_ms = (time.perf_counter() - t_start) * 1e3
             committed = run.committed_per_step()
             stats = {
@@ -604,7 +617,7 @@ class Generator:
                          "sampling_ms": run.sample_us / 1e3}
                 parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
                 stats["profile"] = parts
-        yield GenerationResult(self.model.detokenize(generated), generated, stop_reason, stats, prompt_ids)
+        yield out.result(stop_reason, stats, prompt_ids)
 
     # -- many prompts ----------------------------------------------------------------
 
@@ -696,39 +709,24 @@ class Generator:
                             results[index] = GenerationResult("", [], "error", {}, ids[index], error=str(exc))
                             continue
                         slot_of[slot] = index
-                        state[index] = {"generated": [], "t0": time.perf_counter(), "slot": slot,
-                                        "decoder": codecs.getincrementaldecoder("utf-8")("replace")}
+                        state[index] = (_Output(self.model, stops, cfg.max_new_tokens), time.perf_counter())
                     if not slot_of:
                         continue
                     for slot in run.tick(callback):
                         index = slot_of[slot]
-                        st = state[index]
+                        out, t0 = state[index]
                         n_prompt = len(ids[index])
                         block = run.next_block(slot) - 1
                         new = run.tokens_between(slot, max(block * B, n_prompt), (block + 1) * B)
-                        new = new[:cfg.max_new_tokens - len(st["generated"])]
-                        reason = None
-                        cut = stops.first_stop(self.model, st["generated"] + new)
-                        if cut is not None:
-                            new = new[:max(0, cut - len(st["generated"]))]
-                            reason = "stop"
-                        elif len(st["generated"]) + len(new) >= cfg.max_new_tokens or run.is_done(slot):
-                            reason = "length"
-                        st["generated"] += new
+                        new, reason = out.add(new, last=run.is_done(slot))
                         if stream:
-                            text = st["decoder"].decode(
-                                b"".join(self.model.token_bytes(t, special=False) for t in new),
-                                final=reason is not None)
-                            yield StreamChunk(text, new, block, reason, index=index)
+                            yield StreamChunk(out.text(new, reason is not None), new, block, reason, index=index)
                         if reason is not None:
-                            wall = (time.perf_counter() - st["t0"]) * 1e3
-                            gen_toks = st["generated"]
-                            results[index] = GenerationResult(
-                                self.model.detokenize(gen_toks), gen_toks, reason,
-                                {"prompt_tokens": n_prompt, "generated_tokens": len(gen_toks),
-                                 "block_length": B, "steps": cfg.steps, "slot": slot,
-                                 "committed": run.committed(slot), "wall_ms": wall,
-                                 "tokens_per_second": len(gen_toks) / (wall / 1e3) if wall > 0 else 0.0},
+                            wall = (time.perf_counter() - t0) * 1e3
+                            results[index] = out.result(reason, {
+                                "prompt_tokens": n_prompt, "generated_tokens": len(out.tokens), "block_length": B,
+                                "steps": cfg.steps, "slot": slot, "committed": run.committed(slot), "wall_ms": wall,
+                                "tokens_per_second": len(out.tokens) / (wall / 1e3) if wall > 0 else 0.0},
                                 ids[index])
                             run.release(slot)
                             del slot_of[slot]
@@ -737,11 +735,9 @@ class Generator:
             finally:
                 for slot in list(slot_of):
                     run.release(slot)
-            for index, st in state.items():
+            for index, (out, _) in state.items():
                 if results[index] is None:     # interrupted mid-way: what it had
-                    gen_toks = st["generated"]
-                    results[index] = GenerationResult(self.model.detokenize(gen_toks), gen_toks,
-                                                      stop_reason_all or "interrupted", {}, ids[index])
+                    results[index] = out.result(stop_reason_all or "interrupted", {}, ids[index])
             wall_ms = (time.perf_counter() - t_start) * 1e3
             n_gen = sum(len(r.tokens) for r in results)
             totals = {"prompts": len(prompts), "n_parallel": n_slots, "generated_tokens": n_gen,
