@@ -1,41 +1,35 @@
-"""Generate text with a block-diffusion model, and show what the denoising loop did.
+"""Generate with a block-diffusion model, and show what the denoising loop did.
 
     python examples/quickstart.py [model.gguf] [prompt]
 
-Without a model path, a tiny random-weight block-diffusion model (qwen3 body with a
-<|MASK|> token) is written to a temporary directory first, so this runs anywhere -- its
-text is gibberish, but every step of the loop is real.
+Without a model path it uses the tiny block-diffusion model shipped with llamadiff
+(``llamadiff.default_model()``), trained on small checkable tasks -- sums, sorting,
+reversing, copying, lookups -- so the answers can be checked by eye.
 """
 
 import sys
-import tempfile
-from pathlib import Path
 
-from llamadiff import Generator, testing
+from llamadiff import Generator, default_model
+
+PROMPTS = ["47+38=", "sort 93715=", "rev python=", "copy k9x2=", "a1b7c4:b="]
 
 
 def main(argv):
-    if len(argv) > 1:
-        path = Path(argv[1])
-    else:
-        path = testing.write_qwen3(Path(tempfile.mkdtemp()) / "tiny-qwen3.gguf", seed=0)
-        print(f"no model given: wrote a tiny random-weight test model to {path}")
-    prompt = argv[2] if len(argv) > 2 else "The sum of 12 and 30 is"
+    path = argv[1] if len(argv) > 1 else default_model()
+    prompts = [argv[2]] if len(argv) > 2 else PROMPTS
 
     with Generator(path, n_ctx=1024) as gen:
         model = gen.model
+        print(f"model: {path}")
         print(f"architecture: {model.architecture}   family: {model.family}   vocab: {model.n_vocab}   "
-              f"params: {model.n_params:,}   mask token: {model.token_to_piece(model.mask_token_id)!r}")
-        out = gen.generate(prompt, max_new_tokens=32, block_length=4, steps=4,
-                           strategy="low_confidence_dynamic", threshold=0.85)
-        print(f"prompt: {prompt!r}")
-        print(f"output: {out.text!r}  ({len(out.tokens)} tokens, stop: {out.stop_reason})")
-        s = out.stats
-        print(f"{s['decode_calls']} decodes, {s['tokens_per_step']:.2f} tokens committed per step, "
-              f"{s['tokens_per_second']:.0f} tok/s (decode {s['decode_ms']:.1f} ms, "
-              f"sampling {s['sampling_ms']:.1f} ms)")
+              f"params: {model.n_params:,}   block length: {gen.default_block_length}")
+        for prompt in prompts:
+            out = gen.generate(prompt, max_new_tokens=32, strategy="low_confidence_dynamic", threshold=0.9)
+            s = out.stats
+            print(f"{prompt!r:>16} -> {out.text!r:<10} ({len(out.tokens)} tokens, stop: {out.stop_reason}, "
+                  f"{s['decode_calls']} decodes, {s['tokens_per_step']:.2f} tokens per step)")
         print("streaming, one chunk per finished block:")
-        for chunk in gen.stream(prompt, max_new_tokens=12, block_length=4):
+        for chunk in gen.stream(prompts[0], max_new_tokens=12):
             print(f"  block {chunk.block_index}: {chunk.tokens} {chunk.text!r}")
 
 

@@ -32,6 +32,18 @@ __all__ = [
 ]
 
 
+def default_model(kind: str = "block") -> str:
+    """Path of a tiny model shipped with llamadiff, trained by ``training/train.py`` on the
+    tasks of ``llamadiff.tasks`` (sums, sorting, reversal, copying, lookup):
+    ``"block"`` (qwen3 body, block diffusion, block length 4) or ``"full"`` (llada body)."""
+    if kind not in ("block", "full"):
+        raise ValueError("kind must be 'block' or 'full'")
+    path = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "models", f"{kind}-tiny.gguf")
+    if not _os.path.isfile(path):
+        raise FileNotFoundError(f"the default {kind} model is missing from this installation: {path}")
+    return path
+
+
 def get_include():
     """Include directories for Cython extensions that ``cimport llamadiff``.
 

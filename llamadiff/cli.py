@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Optional
 
 from llamadiff.errors import LlamaDiffError
@@ -27,7 +28,8 @@ _GENERATION_OPTIONS = ("max_new_tokens", "block_length", "steps", "strategy", "t
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="path of a GGUF model")
+    p.add_argument("-m", "--model", default=None,
+                   help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
     p.add_argument("-c", "--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU")
@@ -144,18 +146,30 @@ class _Visual:
         self.tty = out.isatty()
 
     def __call__(self, info) -> None:
+        if info.step == 0:
+            # the block as it starts: everything this step commits is still masked
+            self.end = max(getattr(self, "end", 0),
+                           max([*self.tokens, *info.positions], default=self.n_prompt) + 1 + info.n_masked_left)
+            self._draw(f"[block {info.block_index} start]")
         for pos, tok in zip(info.positions, info.tokens):
             self.tokens[pos] = tok
+        # up to the active block: what is decided so far plus the masks still open in it
+        self.end = max(getattr(self, "end", 0), max(self.tokens, default=self.n_prompt) + 1 + info.n_masked_left)
+        self._draw(f"[block {info.block_index} step {info.step}]")
+
+    def _draw(self, label: str) -> None:
         pieces = []
-        for pos in range(self.n_prompt, self.n_prompt + self.n_new):
+        for pos in range(self.n_prompt, min(self.n_prompt + self.n_new, self.end)):
             tok = self.tokens.get(pos)
             if tok is None:
                 pieces.append(self.MASK)
             else:
                 pieces.append(self.model.token_to_piece(tok, special=True).replace("\n", "⏎"))
-        line = f"[block {info.block_index} step {info.step}] " + "".join(pieces)
+        line = f"{label} " + "".join(pieces)
         if self.tty:
             self.out.write("\r\x1b[2K" + line[-(os.get_terminal_size(self.out.fileno()).columns - 1):])
+            self.out.flush()
+            time.sleep(0.1)              # slow enough for an eye to follow the masks resolving
         else:
             self.out.write(line + "\n")
         self.out.flush()

@@ -241,7 +241,8 @@ class Generator:
 
     Parameters
     ----------
-    model: a path to a GGUF file or a loaded ``Model``. Omitted: not yet available.
+    model: a path to a GGUF file or a loaded ``Model``. Omitted: the tiny block-diffusion
+        model shipped with llamadiff (``llamadiff.default_model()``).
     n_ctx: KV cache size: prompt + generated tokens (rounded up to whole blocks for block
         diffusion) must fit.
     n_gpu_layers, n_threads: passed to llama.cpp (n_threads defaults to all usable cores).
@@ -255,10 +256,13 @@ class Generator:
         RowSampler; see ``llamadiff.samplers``.
     """
 
-    def __init__(self, model: Union[str, os.PathLike, Model], *, n_ctx: int = 4096,
+    def __init__(self, model: Union[str, os.PathLike, Model, None] = None, *, n_ctx: int = 4096,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None):
+        if model is None:
+            from llamadiff import default_model
+            model = default_model("block")
         if isinstance(model, Model):
             if rpc_servers:
                 raise ValueError("rpc_servers places the layers while loading: pass a path, not a loaded Model")

@@ -292,6 +292,7 @@ def write_model(
     metadata: Mapping[str, Any] | None = None,
     mask_id_in_metadata: bool | None = None,
     block_length: int | None = None,
+    tensors: Mapping[str, np.ndarray] | None = None,
 ) -> pathlib.Path:
     """Write a random-weight GGUF model and return its path.
 
@@ -302,6 +303,8 @@ def write_model(
     ``mask_id_in_metadata`` writes ``tokenizer.ggml.mask_token_id``; it
     defaults to False for qwen3 and True for llada and dream.
     ``block_length`` is written as ``diffusion.block_length`` (uint32).
+    ``tensors`` gives the weights (GGUF names, numpy layout ``(out, in)``) instead of
+    random ones -- how trained models are exported; every tensor of the plan must be there.
     ``metadata`` adds or replaces key/values after the defaults: a plain
     value gets an inferred type (non-negative int -> uint32, float ->
     float32, bool, str, list), a ``(value, GGUFValueType)`` pair an explicit
@@ -394,6 +397,12 @@ def write_model(
             kv[key] = _infer_value(key, value)
 
     plan = _tensor_plan(arch, shape, n_vocab, qkv_bias)
+    if tensors is not None:
+        for t in plan:
+            if t.name not in tensors:
+                raise ValueError(f"tensors lacks {t.name}")
+            if tuple(np.shape(tensors[t.name])) != t.shape:
+                raise ValueError(f"{t.name} has shape {np.shape(tensors[t.name])}, expected {t.shape}")
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +422,12 @@ def write_model(
         # Tensors are generated and written one at a time, so a large model
         # never has to fit in memory at once.
         for t in plan:
-            writer.write_tensor_data(_make_tensor(t, seed, gain, wtype))
+            if tensors is None:
+                data = _make_tensor(t, seed, gain, wtype)
+            else:
+                tt = wtype if t.kind in ("matrix", "embedding") else np.dtype(np.float32)
+                data = np.ascontiguousarray(np.asarray(tensors[t.name]), dtype=tt)
+            writer.write_tensor_data(data)
     finally:
         writer.close()
     return path

@@ -19,8 +19,9 @@ def run(script, cwd, *args, timeout=300):
 
 def test_quickstart(tmp_path):
     out = run(EXAMPLES / "quickstart.py", tmp_path)
-    assert "family: block" in out
-    assert "output:" in out and "block " in out
+    assert "family: block" in out and "block length: 4" in out
+    assert "'47+38=' -> '85'" in out           # the default model's answers are checkable
+    assert "  block " in out
 
 
 def test_streaming(tmp_path):
