@@ -34,7 +34,7 @@ from training.model import TinyLM
 
 SEQ_LEN = 24
 BLOCK = 4
-DEFAULT_STEPS = {"block": 8000, "full": 12000}
+DEFAULT_STEPS = {"block": 8000, "full": 18000}
 # the harder tasks (lookup needs content-based retrieval, sums carry) get more of the data
 TASK_WEIGHTS_BY_NAME = {"add": 2, "sort": 1, "rev": 1, "copy": 1, "get": 3}
 TASK_NAMES = list(TASK_WEIGHTS_BY_NAME)
