@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE))
 
 import llamadiff  # noqa: E402
 from llamadiff import testing  # noqa: E402
+from llamadiff import bench  # noqa: E402
 from llamadiff.bench import commit, machine  # noqa: E402
 
 SUITES = {
@@ -371,14 +372,8 @@ def report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, elapsed) -
 
 
 def write_section(path: Path, suite: str, lines: list) -> None:
-    start, end = f"<!-- harness:{suite}:start -->", f"<!-- harness:{suite}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join([start, *lines, end])
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    """The harness's section of a suite (markers ``harness:SUITE``)."""
+    bench.write_section(path, f"harness:{suite}", lines)
 
 
 def plot(path: Path, rows, lengths, torch_ok) -> bool:

@@ -184,3 +184,17 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def write_section(path, marker: str, lines: list) -> None:
+    """Write ``lines`` into the markdown file ``path`` between ``<!-- MARKER:start -->`` and
+    ``<!-- MARKER:end -->``, replacing an earlier section of that name, else appending it."""
+    path = Path(path)
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = "\n".join([start, *lines, end])
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -79,7 +79,7 @@ def accuracy(gen: Generator, n: int = 200, seed: int = 1, **options) -> dict:
 
 def main(argv=None) -> int:
     from llamadiff import default_model
-    from llamadiff.bench import machine
+    from llamadiff.bench import machine, write_section
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200)
@@ -105,16 +105,7 @@ def main(argv=None) -> int:
                 lines.append(line)
     lines.append("")
     if args.out:
-        from pathlib import Path
-        path = Path(args.out)
-        start, end = "<!-- quality:start -->", "<!-- quality:end -->"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        block = "\n".join([start, *lines, end])
-        if start in text and end in text:
-            text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-        path.write_text(text)
+        write_section(args.out, "quality", lines)
     else:
         print("\n".join(lines))
     return 0
