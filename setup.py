@@ -4,7 +4,8 @@ Steps (each skipped when its output is already up to date, so an edit of a .pyx
 rebuilds only the extension):
 
 1. ``vendor/llama.cpp`` is filled from the PyPI sdist ``llama-cpp-python==0.3.36``
-   (downloaded with pip, sha256-checked, only its ``vendor/llama.cpp/`` extracted), or
+   (downloaded with ``python -m pip download``, so the user's index, proxy and certificate
+   settings apply; sha256-checked; only its ``vendor/llama.cpp/`` extracted), or
    copied from ``$LLAMADIFF_LLAMA_CPP_DIR``. A stamp file records the source and the
    patch set, so the tree is re-made only when either changes.
 2. ``vendor/patches/*.patch`` are applied in name order.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.util
 import os
 import shlex
 import shutil
@@ -108,6 +110,31 @@ def cache_dir() -> Path:
     return Path(base) / "llamadiff"
 
 
+def pip_download_command(dest: str) -> list[str]:
+    """`python -m pip download` of the pinned sdist into `dest`.
+
+    pip is the route because it is the one a user has already configured: its index
+    (PIP_INDEX_URL, pip.conf), proxies and certificates apply here exactly as they do to
+    ``pip install``. pyproject.toml lists pip as a build requirement, so it is importable
+    inside pip's isolated build environment too.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", SDIST_NAME,
+           "--disable-pip-version-check", "-d", dest]
+    # pip reads the sdist's metadata, which needs its build backend (scikit-build-core).
+    # It is one of our own build requirements, so normally already importable: then skip
+    # the second isolated environment pip would otherwise make for it.
+    if importlib.util.find_spec("scikit_build_core") is not None:
+        cmd.append("--no-build-isolation")
+    return cmd + [f"{SDIST_NAME}=={SDIST_VERSION}"]
+
+
+def pip_error_lines(output: str, limit: int = 15) -> str:
+    """pip's own explanation: its ERROR/WARNING lines, else the tail of its output."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    picked = [line for line in lines if line.lstrip().startswith(("ERROR", "WARNING", "No module"))]
+    return "\n".join((picked or lines)[-limit:])
+
+
 def fetch_sdist() -> Path:
     """Return a hash-checked copy of the pinned sdist, downloading it with pip if needed."""
     cached = cache_dir() / SDIST_FILE
@@ -115,26 +142,31 @@ def fetch_sdist() -> Path:
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        # --no-binary only for this package (":all:" would make pip compile CMake from source
-        # for the metadata step); no build isolation: scikit-build-core, which prepares the
-        # sdist's metadata, is one of our own build requirements and so is already here.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", SDIST_NAME,
-               "--no-build-isolation", "--disable-pip-version-check", "-d", tmp,
-               f"{SDIST_NAME}=={SDIST_VERSION}"]
-        log("downloading the llama.cpp source: " + " ".join(cmd))
+        cmd = pip_download_command(tmp)
+        log(f"downloading the llama.cpp source ({SDIST_FILE}, 77 MB): " + " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / SDIST_FILE
         if proc.returncode != 0 or not got.is_file():
+            why = pip_error_lines(proc.stdout + "\n" + proc.stderr) or f"pip exited with {proc.returncode}"
             raise SystemExit(
-                f"llamadiff: could not download {SDIST_NAME}=={SDIST_VERSION} with pip "
-                f"(exit {proc.returncode}); expected sha256 {SDIST_SHA256}, got no file.\n"
-                f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}\n"
-                "Set LLAMADIFF_LLAMA_CPP_DIR to an existing llama.cpp tree to build offline.")
+                f"llamadiff: could not download the llama.cpp source {SDIST_NAME}=={SDIST_VERSION} "
+                f"with pip (exit {proc.returncode}). pip said:\n{why}\n\n"
+                "What to try:\n"
+                "- The download runs with your pip configuration: environment variables (PIP_INDEX_URL, "
+                "PIP_EXTRA_INDEX_URL, PIP_CERT, HTTPS_PROXY) and pip.conf apply; options given on the "
+                "`pip install` command line (-i, --proxy, --cert) do not reach this step, so set them "
+                "as those variables or in pip.conf.\n"
+                "- Or fetch the file yourself and put it where the build looks first:\n"
+                f"    pip download --no-deps --no-binary {SDIST_NAME} {SDIST_NAME}=={SDIST_VERSION} "
+                f"-d {cached.parent}\n"
+                f"  (the directory is $LLAMADIFF_CACHE_DIR; the file must have sha256 {SDIST_SHA256}).\n"
+                "- Or point LLAMADIFF_LLAMA_CPP_DIR at a llama.cpp source tree of the same upstream "
+                "commit (0c1e570) to build without downloading.")
         actual = sha256_of(got)
         if actual != SDIST_SHA256:
             raise SystemExit(
-                f"llamadiff: sha256 mismatch for {SDIST_FILE}: expected {SDIST_SHA256}, "
-                f"got {actual}. Refusing to build from an unverified source.")
+                f"llamadiff: sha256 mismatch for {SDIST_FILE} as served by your package index: "
+                f"expected {SDIST_SHA256}, got {actual}. Refusing to build from an unverified source.")
         shutil.copyfile(got, cached)
     return cached
 
@@ -461,6 +493,11 @@ def soname_of(path: Path) -> str | None:
 
 class BuildExt(build_ext):
     """Build llama.cpp first, then the Cython extensions against it."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:       # the extensions are independent: compile them side by side
+            self.parallel = int(os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or os.cpu_count() or 1)
 
     def run(self):
         source = prepare_source()

@@ -41,14 +41,25 @@ def _default_archs():
 
 
 HAS_DEVICE = cuda.is_built() and cuda.device_count() > 0
-needs_gpu = pytest.mark.skipif(not HAS_DEVICE, reason="needs a CUDA build of llamadiff and a CUDA device"
-                               f" (built: {cuda.is_built()}, devices: {cuda.device_count()})")
+
+
+def cuda_skipif(condition, reason):
+    """A skip that depends on CUDA (device or toolkit): the only kind a CPU-only machine may
+    take (tests/conftest.py, LLAMADIFF_STRICT_SKIPS)."""
+    def mark(test):
+        return pytest.mark.cuda(pytest.mark.skipif(condition, reason=reason)(test))
+    return mark
+
+
+needs_gpu = cuda_skipif(not HAS_DEVICE, reason="needs a CUDA build of llamadiff and a CUDA device"
+                        f" (built: {cuda.is_built()}, devices: {cuda.device_count()})")
+without_gpu = cuda_skipif(HAS_DEVICE, reason="checks the behaviour without a usable CUDA device")
 
 
 # ------------------------------------------------------------------- compiles everywhere nvcc is
 
 
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+@cuda_skipif(_nvcc() is None, reason="nvcc not found")
 def test_nvcc_compiles_sampler_for_default_archs(tmp_path):
     """sampler.cu compiles (machine code for H100's sm_90 and every default architecture, PTX
     for the newest), whether or not a GPU is present."""
@@ -93,7 +104,7 @@ def test_cpu_sampler_is_always_available(qwen3_model):
         assert out.stats["sampler"] == "cpu" and len(out.tokens) == 8
 
 
-@pytest.mark.skipif(HAS_DEVICE, reason="checks the behaviour without a usable CUDA device")
+@without_gpu
 def test_cuda_sampler_without_device_is_a_clear_error(qwen3_model):
     with pytest.raises(CudaUnavailableError) as info:
         Generator(qwen3_model, n_ctx=128, sampler="cuda")
@@ -102,7 +113,7 @@ def test_cuda_sampler_without_device_is_a_clear_error(qwen3_model):
     assert "no CUDA device" in str(info.value) or not cuda.is_built()
 
 
-@pytest.mark.skipif(HAS_DEVICE, reason="checks the behaviour without a usable CUDA device")
+@without_gpu
 def test_auto_falls_back_to_cpu(qwen3_model, caplog):
     with caplog.at_level(logging.WARNING, logger="llamadiff"):
         g = Generator(qwen3_model, n_ctx=128, n_threads=2)
