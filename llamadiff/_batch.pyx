@@ -20,7 +20,7 @@ from cpython.exc cimport PyErr_CheckSignals
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
-from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler, check_rows
 from llamadiff._remask cimport RemaskPolicy, StepView
 
 
@@ -242,6 +242,7 @@ cdef class BatchedBlockDiffusion:
                                                           | <uint64_t> s.step)
             logits = C.llama_get_logits(self.ctx.ptr)
         self.sampler.sample(logits, self.n_vocab, rows, &self.sp, self.counters.data(), self.rows.data())
+        check_rows(self.rows.data(), rows)
         t1 = C.llama_time_us()
         with nogil:
             for i in range(rows):

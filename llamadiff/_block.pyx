@@ -24,7 +24,7 @@ from cpython.exc cimport PyErr_CheckSignals
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
-from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler, check_rows
 from llamadiff._remask cimport RemaskPolicy, StepView
 
 
@@ -236,6 +236,7 @@ cdef class BlockDiffusion:
                     self.counters[i] = (<uint64_t> (s + self.positions[i]) << 16) | <uint64_t> step
                 self.sampler.sample(logits, self.n_vocab, n_masked, &self.sp, self.counters.data(),
                                     self.rows.data())
+                check_rows(self.rows.data(), n_masked)
                 for i in range(n_masked):
                     self.x0[i] = self.rows[i].token
                     self.prob[i] = self.rows[i].prob

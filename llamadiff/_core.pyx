@@ -230,6 +230,90 @@ def _validate_path(path):
     return path
 
 
+cdef object _gguf_scalar(C.gguf_type t, const void * p):
+    if t == C.GGUF_TYPE_UINT8:
+        return (<const unsigned char *> p)[0]
+    if t == C.GGUF_TYPE_INT8:
+        return (<const signed char *> p)[0]
+    if t == C.GGUF_TYPE_UINT16:
+        return (<const unsigned short *> p)[0]
+    if t == C.GGUF_TYPE_INT16:
+        return (<const short *> p)[0]
+    if t == C.GGUF_TYPE_UINT32:
+        return (<const uint32_t *> p)[0]
+    if t == C.GGUF_TYPE_INT32:
+        return (<const int32_t *> p)[0]
+    if t == C.GGUF_TYPE_UINT64:
+        return (<const unsigned long long *> p)[0]
+    if t == C.GGUF_TYPE_INT64:
+        return (<const long long *> p)[0]
+    if t == C.GGUF_TYPE_FLOAT32:
+        return (<const float *> p)[0]
+    if t == C.GGUF_TYPE_FLOAT64:
+        return (<const double *> p)[0]
+    if t == C.GGUF_TYPE_BOOL:
+        return (<const cbool *> p)[0]
+    return None
+
+
+cdef size_t _gguf_size(C.gguf_type t):
+    if t in (C.GGUF_TYPE_UINT8, C.GGUF_TYPE_INT8, C.GGUF_TYPE_BOOL):
+        return 1
+    if t in (C.GGUF_TYPE_UINT16, C.GGUF_TYPE_INT16):
+        return 2
+    if t in (C.GGUF_TYPE_UINT32, C.GGUF_TYPE_INT32, C.GGUF_TYPE_FLOAT32):
+        return 4
+    return 8
+
+
+def read_gguf_header(path):
+    """The exact values of a GGUF file's header: ``(metadata, tensor_shapes)``.
+
+    ``metadata`` maps each key to its value: numbers and bools as Python numbers (float32
+    values exactly, unlike the strings of ``Model.metadata``), strings as str, numeric arrays
+    as lists, string arrays as their length only. ``tensor_shapes`` maps each tensor name to
+    its ``ne`` (ggml order: ``ne[0]`` is the row length). Reads only the header (llama.cpp's
+    own GGUF parser), not the weights.
+    """
+    cdef bytes bpath = os.fsencode(os.fspath(path))
+    cdef const char * cpath = bpath
+    cdef C.gguf_init_params params
+    params.no_alloc = True
+    params.ctx = NULL
+    cdef C.gguf_context * g
+    with nogil:
+        g = C.gguf_init_from_file(cpath, params)
+    if g == NULL:
+        raise ModelLoadError(f"{os.fsdecode(bpath)!r}: not a readable GGUF header")
+    cdef int64_t i, k, n
+    cdef C.gguf_type t, at
+    cdef const char * base
+    cdef const int64_t * ne
+    meta, shapes = {}, {}
+    try:
+        for i in range(C.gguf_get_n_kv(g)):
+            key = C.gguf_get_key(g, i).decode("utf-8", "replace")
+            t = C.gguf_get_kv_type(g, i)
+            if t == C.GGUF_TYPE_STRING:
+                meta[key] = C.gguf_get_val_str(g, i).decode("utf-8", "replace")
+            elif t == C.GGUF_TYPE_ARRAY:
+                at = C.gguf_get_arr_type(g, i)
+                n = C.gguf_get_arr_n(g, i)
+                if at == C.GGUF_TYPE_STRING or at == C.GGUF_TYPE_ARRAY:
+                    meta[key] = n
+                else:
+                    base = <const char *> C.gguf_get_arr_data(g, i)
+                    meta[key] = [_gguf_scalar(at, base + k * _gguf_size(at)) for k in range(n)]
+            else:
+                meta[key] = _gguf_scalar(t, C.gguf_get_val_data(g, i))
+        for i in range(C.gguf_get_n_tensors(g)):
+            ne = C.gguf_get_tensor_ne(g, i)
+            shapes[C.gguf_get_tensor_name(g, i).decode("utf-8", "replace")] = (ne[0], ne[1], ne[2], ne[3])
+    finally:
+        C.gguf_free(g)
+    return meta, shapes
+
+
 # --------------------------------------------------------------------------- lifetime
 
 
@@ -388,6 +472,8 @@ cdef class Model(_Resource):
         if not vocab_only:
             try:
                 self._validate_hparams()
+                from llamadiff import hparams
+                hparams.check(self.path, *read_gguf_header(self.path))
             except BaseException:
                 self._free()
                 raise

@@ -50,7 +50,7 @@ from cpython.exc cimport PyErr_CheckSignals
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
-from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler, check_rows
 from llamadiff._block import StepInfo
 
 
@@ -466,6 +466,7 @@ cdef class FullDiffusion:
                 self.sampler.sample(self._row_ptr(logits, run), self.n_vocab, n, &self.sp,
                                     self.counters.data() + run, self.res.data() + run)
                 run += n
+        check_rows(self.res.data(), n_masked)
         for i in range(n_masked):
             self.x0[i] = self.res[i].token
             row = self._row_ptr(logits, i)

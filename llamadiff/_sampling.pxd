@@ -35,6 +35,10 @@ cdef void sample_rows(const float * logits, int64_t n_vocab, int n_rows, const S
                       int n_threads) noexcept nogil
 
 
+cdef int check_rows(const RowResult * rows, int n_rows) except -1 nogil
+    # DecodeError when a row's logits were not finite (NaN p(x0)): nothing may be committed
+
+
 cdef class RowSampler:
     """Samples the rows of a block's logits: x0, p(x0), entropy and margin per row.
 

@@ -192,6 +192,22 @@ def sample_logits(logits, *, float temperature=0.0, int top_k=0, float top_p=1.0
     return result if with_margin else result[:3]
 
 
+cdef int check_rows(const RowResult * rows, int n_rows) except -1 nogil:
+    """Every sampler route yields p(x0) = NaN for a row with a NaN or infinite logit (the
+    log-sum-exp propagates it), so one pass over the results catches broken logits -- from
+    NaN rope parameters, broken weights or a failing backend -- before a token is committed."""
+    cdef int i
+    for i in range(n_rows):
+        if isnan(rows[i].prob) or not (rows[i].prob >= 0.0):
+            with gil:
+                from llamadiff.errors import DecodeError
+                raise DecodeError(
+                    "the model produced non-finite logits (NaN or inf); nothing was committed. "
+                    "Its weights or hyper-parameters (rope frequency base or scaling, norm epsilon) "
+                    "are broken, or the backend failed")
+    return 0
+
+
 cdef class RowSampler:
     """CPU row sampler: ``sample_rows`` with its scratch space and thread count."""
 

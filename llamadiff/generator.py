@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -31,6 +32,12 @@ from llamadiff.samplers import make_row_sampler
 __all__ = ["Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo"]
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
+
+# Bounds of numeric options. Integers reach C as int32 (a larger top_k or block length is
+# an error naming the option, not an OverflowError); no float option means anything past
+# 1e4 (a temperature of 1e4 already samples uniformly).
+MAX_INT_OPTION = 2 ** 31 - 1
+MAX_FLOAT_OPTION = 1e4
 
 
 @dataclasses.dataclass
@@ -90,16 +97,25 @@ class GenerationConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        def integer(name, value, minimum):
+        def integer(name, value, minimum, maximum=MAX_INT_OPTION):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, not {type(value).__name__}")
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
+            if maximum is not None and value > maximum:
+                raise ValueError(f"{name} must be <= {maximum}, got {value}")
 
         for name in ("threshold", "eb_gamma", "temperature", "top_p", "eps", "alg_temp", "cfg_scale", "factor"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+            if abs(value) > MAX_FLOAT_OPTION:
+                # beyond this a softmax is uniform noise (temperature) or every score saturates
+                raise ValueError(f"{name}={value} is out of range (|{name}| <= {MAX_FLOAT_OPTION:g})")
         integer("max_new_tokens", self.max_new_tokens, 1)
         if self.block_length is not None:
             integer("block_length", self.block_length, 1)
@@ -137,7 +153,7 @@ class GenerationConfig:
         integer("top_k", self.top_k, 0)
         if not (0.0 < float(self.top_p) <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        integer("seed", self.seed, 0)
+        integer("seed", self.seed, 0, maximum=None)
         if self.seed >= 2 ** 64:
             raise ValueError("seed must be < 2**64")
         if self.callback is not None and not callable(self.callback):
@@ -167,6 +183,33 @@ class StreamChunk:
     block_index: int
     stop_reason: Optional[str] = None   # set on the last chunk
     index: Optional[int] = None         # the prompt's index when streaming a list of prompts
+
+
+class _CallLock:
+    """Serialises calls on one Generator (its context is shared state).
+
+    Another thread waits its turn. The thread that already holds it -- a ``stream()`` iterator
+    suspended between chunks, resumed later -- gets a RuntimeError instead of waiting for
+    itself forever; closing the iterator (``it.close()``, exhausting it, or dropping the last
+    reference) releases the Generator.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+
+    def __enter__(self):
+        if self._owner == threading.get_ident():
+            raise RuntimeError(
+                "this Generator is busy in this thread: a stream() iterator on it is still open. "
+                "Finish it, call its close(), or use a second Generator (they can share a Model)")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc):
+        self._owner = None
+        self._lock.release()
 
 
 class _StopMatcher:
@@ -285,10 +328,37 @@ class Generator:
         self._cpu_sampler = None
         self._ctx: Optional[Context] = None
         self._batch_ctx: Optional[Context] = None
-        self._lock = threading.Lock()
+        self._lock = _CallLock()
+        try:
+            self._check_model()
+        except BaseException:
+            if self._owns_model:
+                self.model.close()
+            raise
         self.default_block_length = self._model_block_length()
 
     # -- resources -------------------------------------------------------------------
+
+    def _check_model(self) -> None:
+        """Refuse, at construction, a model no generation could run on."""
+        family = self.model.family
+        if family is None:
+            raise UnsupportedModelError(
+                f"this model ({self.model.architecture}) is not a diffusion model: block diffusion "
+                "needs a causal-architecture model with a mask token (SDAR-style), full diffusion "
+                "a diffusion architecture (llada, llada-moe, dream, rnd1) with a mask token")
+        mask = self.model.mask_token_id
+        if family == "full" and mask is None:
+            raise UnsupportedModelError(
+                f"this {self.model.architecture} model has no mask token "
+                "(tokenizer.ggml.mask_token_id): full diffusion cannot run without one")
+        if mask is not None and mask in self.model.eog_token_ids:
+            # the mask token is never predicted, so an end-of-generation token equal to it could
+            # never be generated: every run would go on to max_new_tokens
+            raise UnsupportedModelError(
+                f"the mask token ({mask}, {self.model.token_to_piece(mask, special=True)!r}) is also an "
+                "end-of-generation token of this model: generation could never stop. The GGUF's "
+                "tokenizer.ggml.mask_token_id or its eos/eot token ids are wrong")
 
     def _model_block_length(self) -> int:
         value = self.model.meta("diffusion.block_length")
@@ -337,6 +407,12 @@ class Generator:
 
     def prompt_tokens(self, prompt: Prompt, chat: bool = False) -> list:
         """Token ids for a prompt: text, token ids, or chat messages."""
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            raise TypeError("a prompt is a str, a list of token ids, or a list of chat messages, "
+                            f"not {type(prompt).__name__}: decode bytes to str first")
+        if not isinstance(prompt, (str, list, tuple)):
+            raise TypeError("a prompt is a str, a list of token ids, or a list of chat messages, "
+                            f"not {type(prompt).__name__}")
         if isinstance(prompt, str):
             if chat:
                 text = self.model.apply_chat_template([{"role": "user", "content": prompt}])
@@ -364,6 +440,10 @@ class Generator:
         if self.model.family == "full":
             return self._config_full(cfg)
         block = cfg.block_length or self.default_block_length
+        if 2 * block > self.n_ctx:
+            raise ValueError(f"block_length={block} needs n_ctx >= {2 * block} (a step decodes the "
+                             f"finished block and the next one together); this Generator has "
+                             f"n_ctx={self.n_ctx}")
         steps = cfg.steps or block
         if steps > block:
             raise ValueError(f"steps ({steps}) cannot exceed block_length ({block}): each step "
@@ -534,10 +614,6 @@ class Generator:
         a finished block never changes again, so the text before a stop token found in a
         finished block is final and the remaining blocks are skipped.
         """
-        if self.model.mask_token_id is None:
-            raise UnsupportedModelError(
-                f"this {self.model.architecture} model has no mask token "
-                "(tokenizer.ggml.mask_token_id): full diffusion cannot run without one")
         cfg = self._config(config, options)
         prompt_ids = self.prompt_tokens(prompt, chat=chat)
         if not prompt_ids:
@@ -648,19 +724,10 @@ class Generator:
             n_parallel = min(len(prompts), 16)
         if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
             raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
+        cfg = self._config(config, options)       # bad options fail the whole call, up front
         if self.model.family != "block":
-            # full diffusion (or an unsupported model, which raises on the first prompt)
-            results = []
-            for index, prompt in enumerate(prompts):
-                for item in self._run(prompt, config, chat, options, stream=stream):
-                    if isinstance(item, StreamChunk):
-                        item.index = index
-                        yield item
-                    else:
-                        results.append(item)
-            yield results
+            yield from self._run_full_list(prompts, cfg, chat, stream)
             return
-        cfg = self._config(config, options)
         if not cfg.cache:
             raise ValueError("batched generation runs with the KV cache: cache=False is for "
                              "single prompts")
@@ -697,12 +764,14 @@ class Generator:
             slot_of: dict = {}                 # slot -> prompt index
             state: dict = {}
             callback = None
+            cancelled = []
             if cfg.callback is not None:
                 def callback(slot, block, step, positions, tokens, left):
-                    cfg.callback(StepInfo(block, step, positions, tokens, left, slot_of[slot]))
+                    if cfg.callback(StepInfo(block, step, positions, tokens, left, slot_of[slot])) is False:
+                        cancelled.append(slot_of[slot])
             stop_reason_all = None
             try:
-                while queue or slot_of:
+                while (queue or slot_of) and not cancelled:
                     for slot in range(n_slots):
                         if slot in slot_of or not queue:
                             continue
@@ -734,13 +803,17 @@ class Generator:
                                 ids[index])
                             run.release(slot)
                             del slot_of[slot]
+                if cancelled:
+                    stop_reason_all = "cancelled"     # a callback returned False: stop the batch
             except KeyboardInterrupt:
                 stop_reason_all = "interrupted"
             finally:
                 for slot in list(slot_of):
                     run.release(slot)
-            for index, (out, _) in state.items():
-                if results[index] is None:     # interrupted mid-way: what it had
+            # stopped early: every sequence returns what it had (queued ones: nothing)
+            for index in range(len(prompts)):
+                if results[index] is None:
+                    out = state[index][0] if index in state else _Output(self.model, stops, cfg.max_new_tokens)
                     results[index] = out.result(stop_reason_all or "interrupted", {}, ids[index])
             wall_ms = (time.perf_counter() - t_start) * 1e3
             n_gen = sum(len(r.tokens) for r in results)
@@ -754,6 +827,30 @@ class Generator:
                       "kv_tokens_per_sequence_max": capacity, "errors": sum(r.stop_reason == "error" for r in results)}
             for r in results:
                 r.stats["batch"] = totals
+        yield results
+
+    def _run_full_list(self, prompts: list, cfg: GenerationConfig, chat: bool, stream: bool):
+        """Full diffusion over a list: the prompts run one after another. A prompt that cannot
+        run gets stop_reason "error" (the others still run); a cancel or Ctrl-C stops the list,
+        and the prompts not reached return empty results with the same stop reason."""
+        results: list = []
+        halted = None
+        for index, prompt in enumerate(prompts):
+            if halted is not None:
+                results.append(GenerationResult("", [], halted, {}, []))
+                continue
+            try:
+                for item in self._run_full(prompt, cfg, chat, {}, stream):
+                    if isinstance(item, StreamChunk):
+                        item.index = index
+                        yield item
+                    else:
+                        results.append(item)
+            except (ValueError, TypeError) as exc:
+                results.append(GenerationResult("", [], "error", {}, [], error=str(exc)))
+                continue
+            if results[-1].stop_reason in ("cancelled", "interrupted"):
+                halted = results[-1].stop_reason
         yield results
 
     def _stats(self, run, cfg, generated, wall_ms, context_ms) -> dict:

@@ -30,6 +30,46 @@ cdef extern from "ggml.h" nogil:
     ctypedef cbool (*ggml_abort_callback)(void * data) noexcept
 
 
+cdef extern from "gguf.h" nogil:
+    # the GGUF header, read by llamadiff.hparams to validate hyper-parameter values
+    ctypedef enum gguf_type:
+        GGUF_TYPE_UINT8
+        GGUF_TYPE_INT8
+        GGUF_TYPE_UINT16
+        GGUF_TYPE_INT16
+        GGUF_TYPE_UINT32
+        GGUF_TYPE_INT32
+        GGUF_TYPE_FLOAT32
+        GGUF_TYPE_BOOL
+        GGUF_TYPE_STRING
+        GGUF_TYPE_ARRAY
+        GGUF_TYPE_UINT64
+        GGUF_TYPE_INT64
+        GGUF_TYPE_FLOAT64
+
+    struct gguf_context:
+        pass
+    struct ggml_context:
+        pass
+    struct gguf_init_params:
+        cbool no_alloc
+        ggml_context ** ctx
+
+    gguf_context * gguf_init_from_file(const char * fname, gguf_init_params params)
+    void gguf_free(gguf_context * ctx)
+    int64_t gguf_get_n_kv(const gguf_context * ctx)
+    const char * gguf_get_key(const gguf_context * ctx, int64_t key_id)
+    gguf_type gguf_get_kv_type(const gguf_context * ctx, int64_t key_id)
+    gguf_type gguf_get_arr_type(const gguf_context * ctx, int64_t key_id)
+    const void * gguf_get_val_data(const gguf_context * ctx, int64_t key_id)
+    const char * gguf_get_val_str(const gguf_context * ctx, int64_t key_id)
+    size_t gguf_get_arr_n(const gguf_context * ctx, int64_t key_id)
+    const void * gguf_get_arr_data(const gguf_context * ctx, int64_t key_id)
+    int64_t gguf_get_n_tensors(const gguf_context * ctx)
+    const char * gguf_get_tensor_name(const gguf_context * ctx, int64_t tensor_id)
+    const int64_t * gguf_get_tensor_ne(const gguf_context * ctx, int64_t tensor_id)
+
+
 cdef extern from "ggml-backend.h" nogil:
     # backend registry: used to add ggml RPC servers as devices (llamadiff.rpc)
     ctypedef struct ggml_backend_reg:

@@ -4,15 +4,26 @@ The models written here load in llama.cpp like real converted checkpoints
 but need no download: every weight is drawn from a seeded numpy generator,
 so the same arguments always give a byte-identical file.
 
-Three architectures are supported, the ones llamadiff runs:
+Six architectures are supported, the ones llamadiff runs:
 
 * ``qwen3``: a plain Qwen3 GGUF.  Block-diffusion checkpoints (SDAR,
   Fast-dLLM v2, ...) are exactly that, with a ``<|MASK|>`` token in the
   vocab; like real conversions they usually carry no
   ``tokenizer.ggml.mask_token_id``, so by default none is written.
+* ``qwen3moe``: the mixture-of-experts Qwen3 (SDAR MoE checkpoints are
+  that), with the same vocab and mask-token defaults as ``qwen3``.
 * ``llada`` and ``dream``: llama.cpp's own diffusion architectures, written
   with the metadata ``convert_hf_to_gguf.py`` gives them (non-causal
   attention, mask token id, ``diffusion.shift_logits`` for LLaDA).
+* ``llada-moe`` and ``rnd1``: llama.cpp's mixture-of-experts diffusion
+  architectures (LLaDA-MoE; RND1, a Qwen3-MoE made bidirectional), again
+  with their converters' metadata (non-causal attention, mask token id,
+  ``diffusion.shift_logits`` = false for LLaDA-MoE only).
+
+The MoE archs get ``ModelShape.n_expert`` experts (``n_expert_used`` routed
+per token) of feed-forward width ``n_ff_exp``, stored as llama.cpp's 3-D
+``ffn_{gate,up,down}_exps`` tensors plus an F32 router ``ffn_gate_inp``;
+they have no dense FFN.  The dense archs ignore those fields.
 
 The vocab is a GPT-2 style byte-level BPE vocab: the 256 byte tokens, a
 handful of merges (so that "hello world" tokenizes to two tokens), and the
@@ -50,18 +61,29 @@ __all__ = [
     "write_qwen3",
     "write_llada",
     "write_dream",
+    "write_qwen3moe",
+    "write_llada_moe",
+    "write_rnd1",
     "read_model",
 ]
 
-ARCHS = ("qwen3", "llada", "dream")
+ARCHS = ("qwen3", "llada", "dream", "qwen3moe", "llada-moe", "rnd1")
 
 # How llama.cpp applies RoPE for each architecture (llama_model_rope_type):
 # "neox" rotates pairs (i, i + n_rot/2), "norm" rotates pairs (2i, 2i + 1).
-ROPE_TYPE = {"qwen3": "neox", "dream": "neox", "llada": "norm"}
+ROPE_TYPE = {"qwen3": "neox", "dream": "neox", "llada": "norm",
+             "qwen3moe": "neox", "llada-moe": "neox", "rnd1": "neox"}
 
 # Architectures llama.cpp always runs with bidirectional attention (their
-# load_arch_hparams force causal_attn = false, whatever the metadata says).
-DIFFUSION_ARCHS = ("llada", "dream")
+# load_arch_hparams force causal_attn = false, whatever the metadata says);
+# llm_arch_is_diffusion is true for exactly these.
+DIFFUSION_ARCHS = ("llada", "dream", "llada-moe", "rnd1")
+
+# Mixture-of-experts architectures: routed experts instead of a dense FFN.
+MOE_ARCHS = ("qwen3moe", "llada-moe", "rnd1")
+
+# Architectures with per-head RMSNorm on q and k (attn_{q,k}_norm).
+_QK_NORM_ARCHS = ("qwen3", "qwen3moe", "llada-moe", "rnd1")
 
 # Qwen's simple ChatML template; llama.cpp recognises it as "chatml".
 QWEN_CHAT_TEMPLATE = (
@@ -187,6 +209,11 @@ class ModelShape:
     Qwen2-like, has q/k/v biases; Qwen3 and LLaDA do not).  ``n_vocab_pad``
     appends that many filler tokens to the vocab (see :func:`byte_vocab`),
     e.g. ``151936 - len(byte_vocab().tokens)`` for a Qwen-sized vocab.
+
+    ``n_expert``, ``n_expert_used`` and ``n_ff_exp`` size the routed experts
+    of the MoE archs (qwen3moe, llada-moe, rnd1); ``n_ff`` is then only
+    written as ``feed_forward_length``, as real MoE conversions do.  The
+    dense archs ignore all three.
     """
 
     n_embd: int = 64
@@ -201,13 +228,24 @@ class ModelShape:
     tie_embeddings: bool = False
     qkv_bias: bool | None = None
     n_vocab_pad: int = 0
+    n_expert: int = 4
+    n_expert_used: int = 2
+    n_ff_exp: int = 32
 
 
 class _Tensor(NamedTuple):
     name: str
-    shape: tuple[int, ...]  # numpy layout: (out, in) for matrices
-    kind: str               # "embedding", "matrix", "norm" or "bias"
+    shape: tuple[int, ...]  # numpy layout: (out, in) for matrices, (expert, out, in) for experts
+    kind: str               # "embedding", "matrix", "router", "norm" or "bias"
     fan_in: int
+
+
+def _tensor_dtype(t: _Tensor, wtype: np.dtype) -> np.dtype:
+    """The stored type: ``wtype`` for weight matrices (2-D or 3-D), F32 otherwise.
+
+    The MoE router (ffn_gate_inp) is always F32, as convert_hf_to_gguf.py keeps it.
+    """
+    return wtype if t.kind in ("matrix", "embedding") else np.dtype(np.float32)
 
 
 def _tensor_plan(arch: str, shape: ModelShape, n_vocab: int, qkv_bias: bool) -> list[_Tensor]:
@@ -225,13 +263,21 @@ def _tensor_plan(arch: str, shape: ModelShape, n_vocab: int, qkv_bias: bool) -> 
             plan.append(_Tensor(p + "attn_k.bias", (KV * D,), "bias", E))
             plan.append(_Tensor(p + "attn_v.bias", (KV * D,), "bias", E))
         plan.append(_Tensor(p + "attn_output.weight", (E, H * D), "matrix", H * D))
-        if arch == "qwen3":
+        if arch in _QK_NORM_ARCHS:
             plan.append(_Tensor(p + "attn_q_norm.weight", (D,), "norm", D))
             plan.append(_Tensor(p + "attn_k_norm.weight", (D,), "norm", D))
         plan.append(_Tensor(p + "ffn_norm.weight", (E,), "norm", E))
-        plan.append(_Tensor(p + "ffn_gate.weight", (F, E), "matrix", E))
-        plan.append(_Tensor(p + "ffn_up.weight", (F, E), "matrix", E))
-        plan.append(_Tensor(p + "ffn_down.weight", (E, F), "matrix", F))
+        if arch in MOE_ARCHS:
+            # GGML ne: gate_inp {E, X}; gate/up {E, FX, X}; down {FX, E, X}.
+            X, FX = shape.n_expert, shape.n_ff_exp
+            plan.append(_Tensor(p + "ffn_gate_inp.weight", (X, E), "router", E))
+            plan.append(_Tensor(p + "ffn_gate_exps.weight", (X, FX, E), "matrix", E))
+            plan.append(_Tensor(p + "ffn_up_exps.weight", (X, FX, E), "matrix", E))
+            plan.append(_Tensor(p + "ffn_down_exps.weight", (X, E, FX), "matrix", FX))
+        else:
+            plan.append(_Tensor(p + "ffn_gate.weight", (F, E), "matrix", E))
+            plan.append(_Tensor(p + "ffn_up.weight", (F, E), "matrix", E))
+            plan.append(_Tensor(p + "ffn_down.weight", (E, F), "matrix", F))
     plan.append(_Tensor("output_norm.weight", (E,), "norm", E))
     if not shape.tie_embeddings:
         plan.append(_Tensor("output.weight", (n_vocab, E), "matrix", E))
@@ -249,11 +295,12 @@ def _make_tensor(t: _Tensor, seed: int, gain: float, wtype: np.dtype) -> np.ndar
         return (1.0 + np.float32(0.1) * noise).astype(np.float32)
     if t.kind == "bias":
         return (np.float32(0.1 * gain) * noise).astype(np.float32)
-    # 1/sqrt(fan_in) keeps every projection's output near unit variance.
+    # 1/sqrt(fan_in) keeps every projection's output near unit variance
+    # (for a 3-D expert tensor, fan_in is its last dim: each expert's own).
     # The embedding uses the same scale so that tied output logits are
     # about N(0, 1) too, neither flat nor one-hot.
     noise *= np.float32(gain / np.sqrt(t.fan_in))
-    return noise.astype(wtype)
+    return noise.astype(_tensor_dtype(t, wtype))
 
 
 def _infer_value(key: str, value: Any) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
@@ -301,9 +348,11 @@ def write_model(
     ``weight_scale`` multiplies the standard deviation of every matrix and
     bias (default 1: each matrix has std 1/sqrt(fan_in)).
     ``mask_id_in_metadata`` writes ``tokenizer.ggml.mask_token_id``; it
-    defaults to False for qwen3 and True for llada and dream.
+    defaults to False for qwen3 and qwen3moe and True for the diffusion
+    archs (llada, dream, llada-moe, rnd1).
     ``block_length`` is written as ``diffusion.block_length`` (uint32).
-    ``tensors`` gives the weights (GGUF names, numpy layout ``(out, in)``) instead of
+    ``tensors`` gives the weights (GGUF names, numpy layout ``(out, in)``, or
+    ``(n_expert, out, in)`` for expert tensors) instead of
     random ones -- how trained models are exported; every tensor of the plan must be there.
     ``metadata`` adds or replaces key/values after the defaults: a plain
     value gets an inferred type (non-negative int -> uint32, float ->
@@ -319,12 +368,20 @@ def write_model(
         raise ValueError("n_head must be a multiple of n_head_kv")
     if shape.head_dim % 2:
         raise ValueError("head_dim must be even for RoPE")
-    if arch == "dream" and shape.n_head * shape.head_dim != shape.n_embd:
-        # llama.cpp sizes Dream's q/o projections as n_embd x n_embd and
-        # derives head_dim from n_embd / n_head.
-        raise ValueError("dream needs n_head * head_dim == n_embd")
+    if arch in ("dream", "llada-moe") and shape.n_head * shape.head_dim != shape.n_embd:
+        # llama.cpp sizes Dream's and LLaDA-MoE's q/o projections as
+        # n_embd x n_embd (and Dream derives head_dim from n_embd / n_head).
+        raise ValueError(f"{arch} needs n_head * head_dim == n_embd")
+    if arch in MOE_ARCHS:
+        if shape.n_expert < 1 or shape.n_ff_exp < 1:
+            raise ValueError(f"{arch} needs n_expert >= 1 and n_ff_exp >= 1")
+        if not 1 <= shape.n_expert_used <= shape.n_expert:
+            raise ValueError("n_expert_used must be in [1, n_expert]")
+    if arch == "llada-moe" and shape.tie_embeddings:
+        # llada-moe's load_arch_tensors requires output.weight (no fallback).
+        raise ValueError("llada-moe cannot tie embeddings: llama.cpp requires output.weight")
     if mask_id_in_metadata is None:
-        mask_id_in_metadata = arch != "qwen3"
+        mask_id_in_metadata = arch not in ("qwen3", "qwen3moe")
     qkv_bias = shape.qkv_bias if shape.qkv_bias is not None else arch == "dream"
     gain = 1.0 if weight_scale is None else float(weight_scale)
     wtype = np.dtype(np.float32 if dtype == "f32" else np.float16)
@@ -354,10 +411,15 @@ def write_model(
     put(f"{arch}.attention.head_count_kv", shape.n_head_kv, U32)
     put(f"{arch}.rope.freq_base", float(shape.rope_theta), F32)
     put(f"{arch}.attention.layer_norm_rms_epsilon", float(shape.rms_eps), F32)
-    if arch == "qwen3":
-        # Qwen3's head_dim is independent of n_embd / n_head.
+    if arch in ("qwen3", "qwen3moe", "llada-moe", "rnd1"):
+        # Qwen3's head_dim is independent of n_embd / n_head; the converters
+        # write it for every config with a head_dim (LLaDA-MoE's included).
         put(f"{arch}.attention.key_length", shape.head_dim, U32)
         put(f"{arch}.attention.value_length", shape.head_dim, U32)
+    if arch in MOE_ARCHS:
+        put(f"{arch}.expert_count", shape.n_expert, U32)
+        put(f"{arch}.expert_used_count", shape.n_expert_used, U32)
+        put(f"{arch}.expert_feed_forward_length", shape.n_ff_exp, U32)
     if arch == "llada":
         put(f"{arch}.vocab_size", n_vocab, U32)
         put(f"{arch}.rope.dimension_count", shape.head_dim, U32)
@@ -366,9 +428,9 @@ def write_model(
             put(f"{arch}.attention.value_length", shape.head_dim, U32)
     if arch in DIFFUSION_ARCHS:
         put(f"{arch}.attention.causal", False, BOOL)
-    if arch == "llada":
-        # Only LLaDA's converter writes this; Dream files leave it out and
-        # consumers (llama.cpp's diffusion-cli) then default to shifting.
+    if arch in ("llada", "llada-moe"):
+        # Only the LLaDA converters write this; Dream and RND1 files leave it
+        # out and consumers (llama.cpp's diffusion-cli) then default to shifting.
         put("diffusion.shift_logits", False, BOOL)
     if block_length is not None:
         put("diffusion.block_length", int(block_length), U32)
@@ -387,7 +449,7 @@ def write_model(
     if mask_id_in_metadata:
         put("tokenizer.ggml.mask_token_id", vocab.mask_id, U32)
     put("tokenizer.ggml.add_bos_token", arch == "llada", BOOL)
-    if arch in ("qwen3", "dream"):
+    if arch in ("qwen3", "dream", "qwen3moe", "rnd1"):
         put("tokenizer.chat_template", QWEN_CHAT_TEMPLATE, STR)
 
     for key, value in (metadata or {}).items():
@@ -412,7 +474,7 @@ def write_model(
             continue
         writer.add_key_value(key, value, vtype, sub_type=sub)
     for t in plan:
-        tt = wtype if t.kind in ("matrix", "embedding") else np.dtype(np.float32)
+        tt = _tensor_dtype(t, wtype)
         nbytes = int(np.prod(t.shape)) * tt.itemsize
         writer.add_tensor_info(t.name, t.shape, tt, nbytes)
     try:
@@ -425,7 +487,7 @@ def write_model(
             if tensors is None:
                 data = _make_tensor(t, seed, gain, wtype)
             else:
-                tt = wtype if t.kind in ("matrix", "embedding") else np.dtype(np.float32)
+                tt = _tensor_dtype(t, wtype)
                 data = np.ascontiguousarray(np.asarray(tensors[t.name]), dtype=tt)
             writer.write_tensor_data(data)
     finally:
@@ -446,6 +508,21 @@ def write_llada(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
 def write_dream(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
     """:func:`write_model` with ``arch="dream"``."""
     return write_model(path, "dream", **kw)
+
+
+def write_qwen3moe(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="qwen3moe"`` (a block-diffusion MoE checkpoint)."""
+    return write_model(path, "qwen3moe", **kw)
+
+
+def write_llada_moe(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="llada-moe"``."""
+    return write_model(path, "llada-moe", **kw)
+
+
+def write_rnd1(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="rnd1"``."""
+    return write_model(path, "rnd1", **kw)
 
 
 # --------------------------------------------------------------------------
@@ -541,6 +618,9 @@ def read_model(path: str | os.PathLike[str]) -> ModelData:
         "shift_logits": meta.get("diffusion.shift_logits"),
         "block_length": meta.get("diffusion.block_length"),
         "eos_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "n_expert": int(get("expert_count", 0)),
+        "n_expert_used": int(get("expert_used_count", 0)),
+        "n_ff_exp": int(get("expert_feed_forward_length", 0)),
         "metadata": meta,
     }
     return ModelData(arch, hparams, weights, vocab)

@@ -21,7 +21,7 @@ _SKIPS = {"cuda": [], "other": []}
 
 def _record_skip(report):
     if report.skipped and not hasattr(report, "wasxfail"):
-        kind = "cuda" if "cuda" in report.keywords else "other"
+        kind = "cuda" if "cuda" in getattr(report, "keywords", ()) else "other"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _SKIPS[kind].append(f"{report.nodeid}: {reason}")
 

@@ -357,6 +357,5 @@ def test_missing_mask_token_is_a_clear_error(tmp_path):
                                metadata={"tokenizer.ggml.tokens": tokens})
     with Model(path) as model:
         assert model.mask_token_id is None
-        with Generator(model, n_ctx=128) as g:
-            with pytest.raises(UnsupportedModelError, match="mask token"):
-                g.generate("hi", max_new_tokens=4)
+        with pytest.raises(UnsupportedModelError, match="mask token"):
+            Generator(model, n_ctx=128)          # refused up front, not at generate()

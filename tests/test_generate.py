@@ -257,9 +257,8 @@ def test_model_without_mask_token_is_refused(tmp_path):
     path = testing.write_model(tmp_path / "plain.gguf", "qwen3", metadata={"tokenizer.ggml.tokens": tokens})
     with Model(path) as model:
         assert model.family is None
-        with Generator(model, n_ctx=128) as g:
-            with pytest.raises(UnsupportedModelError, match="not a diffusion model"):
-                g.generate("hello", max_new_tokens=4)
+        with pytest.raises(UnsupportedModelError, match="not a diffusion model"):
+            Generator(model, n_ctx=128)          # refused up front, not at generate()
 
 
 def test_progress_bar(gen, capsys):

@@ -1,0 +1,226 @@
+"""Reliability: wrong arguments, suspended iterators, threads, cancelled and interrupted
+batches, broken values in otherwise valid files. Each case ends in a clear Python exception
+or a documented result -- never an abort, a hang or silently wrong tokens."""
+
+import math
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from llamadiff import (DecodeError, GenerationConfig, Generator, Model, ModelLoadError,
+                       UnsupportedModelError, testing)
+
+PROMPT = [104, 101, 108, 108, 111]
+
+
+@pytest.fixture(scope="module")
+def gen(qwen3_path):
+    with Generator(qwen3_path, n_ctx=256, n_threads=1) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def full_gen(llada_path):
+    with Generator(llada_path, n_ctx=256, n_threads=1) as g:
+        yield g
+
+
+# ------------------------------------------------------------------ arguments
+
+
+@pytest.mark.parametrize("prompt", [b"sort 123=", bytearray(b"12"), 42, 3.5, None, {"role": "user"}])
+def test_prompt_of_the_wrong_type(gen, prompt):
+    with pytest.raises(TypeError, match="a prompt is a str"):
+        gen.generate(prompt, max_new_tokens=4)
+
+
+def test_bytes_prompt_says_decode(gen):
+    with pytest.raises(TypeError, match="decode bytes"):
+        gen.generate(b"sort 123=", max_new_tokens=4)
+
+
+@pytest.mark.parametrize("option,value", [
+    ("temperature", math.inf), ("temperature", 1e30), ("temperature", math.nan),
+    ("top_p", math.nan), ("threshold", math.nan), ("eb_gamma", math.inf), ("alg_temp", math.inf),
+    ("cfg_scale", math.inf), ("factor", math.inf), ("top_k", 10 ** 12), ("max_new_tokens", 2 ** 40),
+    ("block_length", 2 ** 33), ("steps", 2 ** 33),
+])
+def test_out_of_range_options_name_the_option(option, value):
+    with pytest.raises(ValueError, match=option):
+        GenerationConfig(**{option: value})
+
+
+def test_block_length_larger_than_half_the_context(gen):
+    with pytest.raises(ValueError, match=r"block_length=200 needs n_ctx >= 400"):
+        gen.generate(PROMPT, max_new_tokens=4, block_length=200, steps=4)
+
+
+def test_autoregressive_model_is_refused_at_construction(tmp_path):
+    tokens = [("<|unused|>" if t == "<|MASK|>" else t) for t in testing.byte_vocab().tokens]
+    path = testing.write_model(tmp_path / "ar.gguf", "qwen3", metadata={"tokenizer.ggml.tokens": tokens})
+    with pytest.raises(UnsupportedModelError, match="not a diffusion model"):
+        Generator(path, n_ctx=128)
+    with Model(path) as model:               # a Model passed in stays open and usable
+        with pytest.raises(UnsupportedModelError):
+            Generator(model, n_ctx=128)
+        assert model.n_vocab > 0
+
+
+def test_mask_token_that_is_also_eos_is_refused(tmp_path):
+    mask = testing.byte_vocab().mask_id
+    path = testing.write_model(tmp_path / "maskeos.gguf", "qwen3",
+                               metadata={"tokenizer.ggml.eos_token_id": mask})
+    with pytest.raises(UnsupportedModelError, match="could never stop"):
+        Generator(path, n_ctx=128)
+
+
+# ------------------------------------------------------------------ iterators and threads
+
+
+def test_suspended_stream_does_not_deadlock_its_own_thread(gen):
+    it = gen.stream(PROMPT, max_new_tokens=16, stop=[])
+    next(it)
+    with pytest.raises(RuntimeError, match="stream\\(\\) iterator on it is still open"):
+        gen.generate(PROMPT, max_new_tokens=4, stop=[])
+    it.close()                                # closing the iterator frees the Generator
+    assert len(gen.generate(PROMPT, max_new_tokens=4, stop=[]).tokens) == 4
+
+
+def test_dropped_stream_frees_the_generator(gen):
+    it = gen.stream(PROMPT, max_new_tokens=16, stop=[])
+    next(it)
+    del it
+    assert len(gen.generate(PROMPT, max_new_tokens=4, stop=[]).tokens) == 4
+
+
+def test_two_threads_serialise_and_match_a_solo_run(gen):
+    solo = gen.generate(PROMPT, max_new_tokens=12, stop=[]).tokens
+    outs, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                outs.append(gen.generate(PROMPT, max_new_tokens=12, stop=[]).tokens)
+        except BaseException as exc:           # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert outs == [solo] * 6
+
+
+def test_stream_held_by_another_thread_makes_this_one_wait(gen):
+    it = gen.stream(PROMPT, max_new_tokens=8, stop=[])
+    next(it)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (gen.generate(PROMPT, max_new_tokens=4, stop=[]), done.set()))
+    t.start()
+    assert not done.wait(0.3)                # blocked by the open stream, not an error
+    list(it)                                  # finishing the stream lets it in
+    t.join(timeout=60)
+    assert done.is_set()
+
+
+# ------------------------------------------------------------------ batches: cancel, interrupt, errors
+
+
+def test_batch_callback_false_cancels_and_returns_every_result(gen):
+    prompts = [PROMPT, [5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    calls = []
+
+    def cb(info):
+        calls.append(info)
+        return len(calls) < 3
+
+    results = gen.generate(prompts, n_parallel=2, max_new_tokens=32, stop=[], callback=cb)
+    assert len(results) == len(prompts)
+    assert all(r is not None and r.stop_reason == "cancelled" for r in results)
+    # no step after the one that returned False (the other slot of that step still reports)
+    assert 3 <= len(calls) <= 4
+    assert all(len(r.tokens) < 32 for r in results)
+
+
+@pytest.mark.parametrize("n_parallel", [1, 2])
+def test_batch_interrupt_returns_every_result(gen, n_parallel):
+    prompts = [PROMPT, [5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    seen = []
+
+    def cb(info):
+        seen.append(info)
+        if len(seen) == 9:
+            raise KeyboardInterrupt
+
+    results = gen.generate(prompts, n_parallel=n_parallel, max_new_tokens=8, stop=[], callback=cb)
+    assert len(results) == 4 and all(r is not None for r in results)
+    assert {r.stop_reason for r in results} <= {"interrupted", "length"}
+    assert results[-1].stop_reason == "interrupted"     # queued, never started
+    # the Generator is still usable
+    assert len(gen.generate(PROMPT, max_new_tokens=4, stop=[]).tokens) == 4
+
+
+def test_full_diffusion_list_with_one_bad_prompt(full_gen):
+    prompts = ["hello", [10 ** 9], "world"]
+    results = full_gen.generate(prompts, max_new_tokens=8, stop=[])
+    assert [r.stop_reason for r in results] == ["length", "error", "length"]
+    assert "out of range" in results[1].error
+    solo = full_gen.generate("world", max_new_tokens=8, stop=[])
+    assert results[2].tokens == solo.tokens
+
+
+def test_full_diffusion_list_cancel_stops_the_rest(full_gen):
+    results = full_gen.generate(["hello", "world", "again"], max_new_tokens=8, stop=[],
+                                callback=lambda info: False)
+    assert [r.stop_reason for r in results] == ["cancelled"] * 3
+
+
+# ------------------------------------------------------------------ broken values in valid files
+
+
+def test_non_finite_logits_raise_instead_of_committing(tmp_path):
+    """NaN weights give NaN logits: an error, not token 0 repeated."""
+    path = testing.write_qwen3(tmp_path / "nan.gguf", seed=0)
+    with Model(path) as ref:
+        pass
+    reader_path = tmp_path / "nan2.gguf"
+    tensors = _tensors_of(path)
+    tensors["output_norm.weight"] = np.full_like(tensors["output_norm.weight"], np.nan)
+    testing.write_qwen3(reader_path, tensors=tensors)
+    for kwargs in ({}, {"cache": False}):
+        with Generator(reader_path, n_ctx=128, n_threads=1) as g:
+            with pytest.raises(DecodeError, match="non-finite logits"):
+                g.generate(PROMPT, max_new_tokens=8, stop=[], **kwargs)
+            with pytest.raises(DecodeError, match="non-finite logits"):
+                g.generate([PROMPT, PROMPT], max_new_tokens=8, stop=[])
+    del ref
+
+
+def _tensors_of(path):
+    import gguf
+    reader = gguf.GGUFReader(path)
+    out = {}
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        out[t.name] = np.array(t.data, dtype=np.float32).reshape(shape)
+    return out
+
+
+def test_nan_logits_on_full_diffusion(tmp_path, llada_path):
+    tensors = _tensors_of(llada_path)
+    tensors["output_norm.weight"] = np.full_like(tensors["output_norm.weight"], np.nan)
+    path = testing.write_llada(tmp_path / "nan.gguf", tensors=tensors)
+    with Generator(path, n_ctx=128, n_threads=1) as g:
+        for cache in ("none", "dual"):
+            with pytest.raises(DecodeError, match="non-finite logits"):
+                g.generate("hi", max_new_tokens=8, stop=[], cache=cache)
+
+
+def run_isolated(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter: an abort there is a failed test, not a dead run."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
