@@ -12,8 +12,10 @@ import atexit
 import collections
 import logging
 import os
+import signal
 
 from cpython.buffer cimport PyBUF_WRITABLE
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -21,6 +23,7 @@ from libcpp cimport bool as cbool
 
 from libcpp.vector cimport vector
 cimport llamadiff.llama as C
+from llamadiff._interrupt cimport ld_install_sigint_hook, ld_interrupt_pending, ld_interrupt_clear
 from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_batch,
                               llama_token, llama_pos, llama_seq_id, ggml_log_level)
 
@@ -469,6 +472,11 @@ cdef class Model(_Resource):
             self._free()
             raise UnsupportedModelError(f"{self.path!r}: encoder models are not supported")
         self.vocab_only = vocab_only
+        try:
+            self.tokenize("Hello world\n 1", add_special=True)   # fails now, not at the first prompt
+        except BaseException:
+            self._free()
+            raise
         if not vocab_only:
             try:
                 self._validate_hparams()
@@ -703,7 +711,15 @@ cdef class Model(_Resource):
         if out == NULL:
             raise MemoryError()
         try:
-            n = C.llama_tokenize(self.vocab, cdata, n_text, out, cap, add_special, parse_special)
+            try:
+                n = C.llama_tokenize(self.vocab, cdata, n_text, out, cap, add_special, parse_special)
+            except (IndexError, KeyError) as exc:
+                # llama.cpp looks tokens up with unordered_map::at: a vocabulary that lacks
+                # one its tokenizer needs (e.g. SentencePiece's byte tokens <0x0A>) throws
+                raise ModelLoadError(
+                    f"the vocabulary of {self.path!r} cannot tokenize this text: it lacks a token its "
+                    f"tokenizer ({self.meta('tokenizer.ggml.model', '?')}) needs ({exc}); the file's "
+                    "tokenizer.ggml.* data is incomplete or mis-converted") from None
             if n < 0:
                 if n == -2147483648:
                     raise ValueError("tokenization overflowed")
@@ -868,7 +884,7 @@ cdef class _LogitsBuffer:
 
 
 cdef cbool _abort_requested(void * data) noexcept nogil:
-    return (<int *> data)[0] != 0
+    return (<int *> data)[0] != 0 or ld_interrupt_pending()
 
 
 cdef class Context(_Resource):
@@ -949,6 +965,8 @@ cdef class Context(_Resource):
         with nogil:
             ctx = C.llama_init_from_model(model.ptr, params)
         problems = _take_problems()
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            ld_install_sigint_hook()  # Ctrl-C aborts a running decode (interrupt.h)
         if ctx == NULL:
             detail = "; ".join(problems[-4:]) or "llama.cpp gave no reason"
             raise ContextError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
@@ -1100,11 +1118,15 @@ cdef class Context(_Resource):
             # without memory llama_decode runs llama_encode, which outputs every row
             n_out = n_tokens
         self._abort_flag = 0
+        ld_interrupt_clear()
         rc = C.llama_decode(self.ptr, self.batch)
         self.n_outputs = n_out if rc == 0 else 0
         return rc
 
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1:
+        PyErr_CheckSignals()        # Ctrl-C during the decode (which it cut short): KeyboardInterrupt
+        if rc == 2 and ld_interrupt_pending():
+            raise KeyboardInterrupt     # our SIGINT hook cut it short (another handler took the signal)
         if self.model.uses_rpc and rpc_connection_failed():
             raise ConnectionError("an RPC server holding this model's layers stopped answering; "
                                   "this process can no longer use it (see llamadiff.rpc)")

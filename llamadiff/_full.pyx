@@ -50,7 +50,7 @@ from cpython.exc cimport PyErr_CheckSignals
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
-from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler, check_rows
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler, check_rows, check_logits
 from llamadiff._block import StepInfo
 
 
@@ -542,6 +542,8 @@ cdef class FullDiffusion:
         logits = C.llama_get_logits(self.ctx.ptr)     # every row, modified in place like upstream
         cdef int64_t t0 = C.llama_time_us()
         with nogil:
+            for i in range(n_masked):
+                check_logits(logits + <size_t> self._row_of(self.positions[i]) * V, self.n_vocab)
             if self.gumbel and self.sp.temperature > 0:
                 for j in range(self.n_vocab):      # upstream perturbs the first row only
                     noise = unif_d(self.rng)

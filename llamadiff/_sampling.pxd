@@ -37,6 +37,8 @@ cdef void sample_rows(const float * logits, int64_t n_vocab, int n_rows, const S
 
 cdef int check_rows(const RowResult * rows, int n_rows) except -1 nogil
     # DecodeError when a row's logits were not finite (NaN p(x0)): nothing may be committed
+cdef int check_logits(const float * row, int64_t n) except -1 nogil
+    # the same for a raw logits row
 
 
 cdef class RowSampler:

@@ -199,13 +199,28 @@ cdef int check_rows(const RowResult * rows, int n_rows) except -1 nogil:
     cdef int i
     for i in range(n_rows):
         if isnan(rows[i].prob) or not (rows[i].prob >= 0.0):
-            with gil:
-                from llamadiff.errors import DecodeError
-                raise DecodeError(
-                    "the model produced non-finite logits (NaN or inf); nothing was committed. "
-                    "Its weights or hyper-parameters (rope frequency base or scaling, norm epsilon) "
-                    "are broken, or the backend failed")
+            _raise_non_finite()
     return 0
+
+
+cdef int check_logits(const float * row, int64_t n) except -1 nogil:
+    """The same check on a raw logits row (for loops that sample with llama.cpp's samplers)."""
+    cdef int64_t j
+    cdef float acc = 0.0
+    for j in range(n):
+        acc += row[j] * 0.0          # NaN for a NaN or infinite logit, 0 otherwise
+    if acc != 0.0:
+        _raise_non_finite()
+    return 0
+
+
+cdef int _raise_non_finite() except -1 nogil:
+    with gil:
+        from llamadiff.errors import DecodeError
+        raise DecodeError(
+            "the model produced non-finite logits (NaN or inf); nothing was committed. "
+            "Its weights or hyper-parameters (rope frequency base or scaling, norm epsilon) "
+            "are broken, or the backend failed")
 
 
 cdef class RowSampler:

@@ -79,14 +79,15 @@ def problems(meta: Mapping[str, Any], shapes: Mapping[str, tuple]) -> list:
     def fresh(key):
         return key not in finite
 
-    # 2. norm epsilons: ggml asserts eps >= 0; 0 turns an all-zero row into NaN
+    # 2. norm epsilons: ggml asserts eps >= 0; 0 (or a denormal) turns an all-zero row into NaN
     for name in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
         if fresh(A + name):
-            number(A + name, rule="in (0, 1]", ok=lambda v: 0.0 < v <= 1.0)
-    # 3. RoPE: powf(base, -2i/n) and YaRN's log(base) need base > 1; 1/factor and log(factor)
+            number(A + name, rule="in [1e-12, 1]", ok=lambda v: 1e-12 <= v <= 1.0)
+    # 3. RoPE: powf(base, -2i/n) and YaRN's log(base) need base > 1 (a huge base stops the
+    #    rotation: finite but meaningless logits); 1/factor and log(factor)
     #    need a positive, normal factor (0 means "unset"); the attention factor scales Q and K
     if fresh(A + "rope.freq_base"):
-        number(A + "rope.freq_base", rule="> 1", ok=lambda v: v > 1.0)
+        number(A + "rope.freq_base", rule="in (1, 1e12]", ok=lambda v: 1.0 < v <= 1e12)
     for name in ("rope.scaling.factor", "rope.scale_linear"):
         if fresh(A + name):
             number(A + name, rule="0 (unset) or in [1e-3, 1e6]", ok=lambda v: v == 0 or 1e-3 <= v <= 1e6)

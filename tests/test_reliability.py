@@ -216,11 +216,48 @@ def test_nan_logits_on_full_diffusion(tmp_path, llada_path):
     tensors["output_norm.weight"] = np.full_like(tensors["output_norm.weight"], np.nan)
     path = testing.write_llada(tmp_path / "nan.gguf", tensors=tensors)
     with Generator(path, n_ctx=128, n_threads=1) as g:
-        for cache in ("none", "dual"):
+        for options in ({"cache": "none"}, {"cache": "dual"}, {"rng": "llama.cpp"},
+                        {"rng": "llama.cpp", "algorithm": "entropy"}, {"cfg_scale": 1.0}):
             with pytest.raises(DecodeError, match="non-finite logits"):
-                g.generate("hi", max_new_tokens=8, stop=[], cache=cache)
+                g.generate("hi", max_new_tokens=8, stop=[], **options)
 
 
 def run_isolated(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter: an abort there is a failed test, not a dead run."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+INTERRUPT_CHILD = r"""
+import os, signal, sys, threading, time
+from llamadiff import Generator, testing
+shape = testing.ModelShape(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
+path = testing.write_model(sys.argv[1], sys.argv[2], shape=shape)
+with Generator(path, n_ctx=4200, n_threads=2) as gen:
+    gen.generate([5] * 8, max_new_tokens=4, stop=[])
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    out = gen.generate([5] * 4000, max_new_tokens=8, stop=[])
+    print("RESULT", out.stop_reason, len(out.tokens), flush=True)
+    # the Generator is usable afterwards
+    print("AFTER", len(gen.generate([5] * 8, max_new_tokens=4, stop=[]).tokens), flush=True)
+"""
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llada"])
+def test_ctrl_c_stops_a_long_prefill(tmp_path, arch):
+    """SIGINT inside one long decode (a 4,000-token prompt) cuts that decode short: the call
+    returns stop_reason "interrupted" instead of finishing the prefill (about 4 s here; the
+    latency itself is measured by benchmarks/interrupt_latency.py, not asserted)."""
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_CHILD, str(tmp_path / "m.gguf"), arch],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RESULT interrupted 0" in proc.stdout
+    assert "AFTER 4" in proc.stdout
+
+
+def test_vocabulary_its_tokenizer_cannot_use_is_refused_at_load(tmp_path):
+    """A SentencePiece ("llama") vocabulary without the tokens that tokenizer looks up (here:
+    GPT-2 byte tokens, no scores, no <0x0A> byte tokens) used to load and then fail every
+    tokenize() with IndexError('unordered_map::at')."""
+    path = testing.write_model(tmp_path / "spm.gguf", "qwen3", metadata={"tokenizer.ggml.model": "llama"})
+    with pytest.raises(ModelLoadError, match="cannot tokenize"):
+        Model(path)

@@ -1,0 +1,209 @@
+"""Value fuzzing of model files: valid GGUFs with one hyper-parameter set to a hostile value.
+
+Byte flips mostly break the file's structure, which the loader rejects; a *value* that is
+well-formed but absurd (a NaN norm epsilon, a zero RoPE base, a head count that does not
+divide the projection) passes every structural check and used to reach a GGML_ASSERT --
+a process abort -- or NaN logits. Here every numeric metadata key of each test
+architecture, plus the RoPE-scaling and per-layer keys a file may add, is set to 0, -1,
+NaN, +-inf and huge values in turn; each case is loaded and generated with in a worker
+process, and the parent records how it ended.
+
+    python tests/fuzz_values.py [--archs qwen3,llada] [--out report.json]
+
+Allowed endings: a llamadiff error (ModelLoadError, UnsupportedModelError, ContextError,
+DecodeError, ...) or a normal generation. Anything else -- a signal, a hang, another
+exception type -- is a failure. Used by tests/test_fuzz_values.py (all cases, every run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from gguf import GGUFValueType as T
+
+ARCHS = ("qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1")
+F32_VALUES = (0.0, -1.0, math.nan, math.inf, -math.inf, 3.0e38, 1e-40)
+U32_VALUES = (0, 2 ** 32 - 1, 2 ** 31, 65536)
+# type confusion: an integer key written as a negative int32 or a NaN float32
+CONFUSED = ((-1, T.INT32), (math.nan, T.FLOAT32))
+CASE_TIMEOUT = 60.0      # seconds one case may take before it counts as a hang
+
+
+def extra_keys(arch: str) -> dict:
+    """Keys a real file may carry that the test writers leave out: RoPE scaling, experts."""
+    A = arch + "."
+    return {A + "rope.scaling.factor": T.FLOAT32, A + "rope.scaling.attn_factor": T.FLOAT32,
+            A + "rope.scale_linear": T.FLOAT32, A + "rope.scaling.original_context_length": T.UINT32,
+            A + "attention.layer_norm_epsilon": T.FLOAT32, A + "expert_group_count": T.UINT32,
+            A + "expert_group_used_count": T.UINT32, A + "rope.dimension_count": T.UINT32,
+            A + "attention.key_length": T.UINT32, A + "attention.value_length": T.UINT32}
+
+
+def _encode(value):
+    return {"nan": True} if isinstance(value, float) and math.isnan(value) else value
+
+
+def _decode(value):
+    return math.nan if isinstance(value, dict) and value.get("nan") else value
+
+
+def cases(archs=ARCHS) -> list:
+    """Every (arch, key, value, GGUF type) case, in a stable order."""
+    from llamadiff import testing
+    from llamadiff._core import read_gguf_header
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in archs:
+            path = testing.write_model(Path(tmp) / f"{arch}.gguf", arch)
+            meta, _ = read_gguf_header(path)
+            keys = {}
+            for key, value in meta.items():
+                if key == "general.architecture" or isinstance(value, (bool, str, list)):
+                    continue
+                keys[key] = T.FLOAT32 if isinstance(value, float) else T.UINT32
+            for key, vtype in extra_keys(arch).items():
+                keys.setdefault(key, vtype)
+            for key, vtype in sorted(keys.items()):
+                values = [(v, vtype) for v in (F32_VALUES if vtype == T.FLOAT32 else U32_VALUES)]
+                if vtype == T.UINT32:
+                    values += list(CONFUSED)
+                out += [{"arch": arch, "key": key, "value": _encode(v), "type": int(t)} for v, t in values]
+            # per-layer arrays (the test models have 2 layers): non-uniform, zero, too large
+            for key, arrays in ((f"{arch}.attention.head_count_kv", ([2, 0], [2, 4], [2, 1])),
+                                (f"{arch}.attention.head_count", ([4, 2], [4, 0])),
+                                (f"{arch}.expert_used_count", ([2, 0], [2, 4], [2, 1])),
+                                (f"{arch}.feed_forward_length", ([128, 0], [128, 2 ** 31]))):
+                out += [{"arch": arch, "key": key, "value": a, "type": int(T.ARRAY)} for a in arrays]
+            # RoPE scaling on: the YaRN path reads more values
+            for factor in (0.5, 4.0, math.nan):
+                out.append({"arch": arch, "key": f"{arch}.rope.scaling.type", "value": "yarn",
+                            "type": int(T.STRING), "also": {f"{arch}.rope.scaling.factor": _encode(factor)}})
+    return out
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def _run_case(case: dict, tmp: Path) -> str:
+    from llamadiff import Generator, LlamaDiffError, testing
+
+    if case["arch"] == "selftest":     # proves the parent notices a dead or stuck worker
+        if case["key"] == "abort":
+            os.abort()
+        time.sleep(3600)
+
+    value = _decode(case["value"])
+    vtype = T(case["type"])
+    meta = {case["key"]: (value, vtype)}
+    for key, extra in case.get("also", {}).items():
+        meta[key] = (_decode(extra), T.FLOAT32)
+    path = tmp / "case.gguf"
+    try:
+        testing.write_model(path, case["arch"], metadata=meta)
+    except Exception as exc:            # the writer refuses (e.g. a value gguf cannot encode)
+        return f"unwritable: {type(exc).__name__}"
+    try:
+        with Generator(path, n_ctx=64, n_threads=2) as gen:
+            out = gen.generate("hello", max_new_tokens=4, stop=[])
+            return f"generated: {len(out.tokens)} tokens"
+    except LlamaDiffError as exc:
+        return f"{type(exc).__name__}"
+
+
+def worker(cases_file: str, start: int) -> None:
+    todo = json.loads(Path(cases_file).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(start, len(todo)):
+            print(f"BEGIN {i}", flush=True)
+            try:
+                outcome = "ok " + _run_case(todo[i], Path(tmp))
+            except BaseException as exc:     # not a llamadiff error: reported as a failure
+                outcome = f"bad {type(exc).__name__}: {str(exc)[:200]}"
+            print(f"END {i} {outcome}", flush=True)
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+def campaign(todo: list, case_timeout: float = CASE_TIMEOUT) -> dict:
+    """Run every case in worker processes; a crash or hang costs one worker, not the run."""
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cases_file = Path(tmp) / "cases.json"
+        cases_file.write_text(json.dumps(todo))
+        start = 0
+        while start < len(todo):
+            proc = subprocess.Popen([sys.executable, __file__, "--worker", str(cases_file), str(start)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=dict(os.environ, PYTHONFAULTHANDLER="0"))
+            lines: queue.Queue = queue.Queue()
+            threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
+                             daemon=True).start()
+            stderr_tail: list = []
+            threading.Thread(target=lambda: [stderr_tail.append(l) for l in proc.stderr], daemon=True).start()
+            nxt = start                  # the next case this worker will run
+            while nxt < len(todo):
+                try:
+                    line = lines.get(timeout=case_timeout)
+                except queue.Empty:          # no progress: the case in flight hangs
+                    proc.kill()
+                    results[nxt] = "hang"
+                    nxt += 1
+                    break
+                if line is None:             # the worker ended; if mid-case, that case killed it
+                    rc = proc.wait()
+                    results[nxt] = f"died (exit {rc}): {''.join(stderr_tail)[-300:].strip()}"
+                    nxt += 1
+                    break
+                kind, index, *rest = line.rstrip("\n").split(" ", 2)
+                if kind == "END":
+                    results[int(index)] = " ".join(rest)
+                    nxt = int(index) + 1
+            proc.wait()
+            start = nxt
+    return results
+
+
+def summary(todo: list, results: dict) -> dict:
+    failures = [dict(todo[i], outcome=results.get(i, "not run")) for i in range(len(todo))
+                if not results.get(i, "").startswith("ok ")]
+    outcomes: dict = {}
+    for i in range(len(todo)):
+        word = results.get(i, "not run").split(":")[0]
+        outcomes[word] = outcomes.get(word, 0) + 1
+    return {"cases": len(todo), "outcomes": outcomes, "failures": failures}
+
+
+def main(argv) -> int:
+    if argv[:1] == ["--worker"]:
+        worker(argv[1], int(argv[2]))
+        return 0
+    archs = ARCHS
+    out = None
+    if "--archs" in argv:
+        archs = tuple(argv[argv.index("--archs") + 1].split(","))
+    if "--out" in argv:
+        out = argv[argv.index("--out") + 1]
+    todo = cases(archs)
+    t0 = time.time()
+    report = summary(todo, campaign(todo))
+    report["seconds"] = round(time.time() - t0, 1)
+    text = json.dumps(report, indent=1, default=str)
+    if out:
+        Path(out).write_text(text)
+    print(text)
+    return 1 if report["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
