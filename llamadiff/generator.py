@@ -146,6 +146,8 @@ class GenerationConfig:
                              f"{', '.join(CACHE_MODES)} (full diffusion), got {self.cache!r}")
         if self.shift_logits is not None and not isinstance(self.shift_logits, bool):
             raise TypeError("shift_logits must be None, True or False")
+        if not isinstance(self.add_gumbel_noise, bool):
+            raise TypeError(f"add_gumbel_noise must be True or False, not {self.add_gumbel_noise!r}")
         if not float(self.eb_gamma) > 0.0:
             raise ValueError(f"eb_gamma must be > 0, got {self.eb_gamma}")
         if not float(self.temperature) >= 0.0:
@@ -303,6 +305,12 @@ class Generator:
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None):
+        # checked before anything is loaded: these reach C as int32
+        n_ctx = _int_argument("n_ctx", n_ctx, 1)
+        n_batch = _int_argument("n_batch", n_batch, 2)
+        n_gpu_layers = _int_argument("n_gpu_layers", n_gpu_layers, -1)
+        if n_threads is not None:
+            n_threads = _int_argument("n_threads", n_threads, 1, MAX_THREADS)
         if model is None:
             from llamadiff import default_model
             model = default_model("block")
@@ -314,15 +322,9 @@ class Generator:
         else:
             self.model = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, rpc_servers=rpc_servers)
             self._owns_model = True
-        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx <= 0:
-            raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
         self.n_ctx = n_ctx
-        self.n_threads = default_threads() if n_threads is None else int(n_threads)
-        if self.n_threads < 1:
-            raise ValueError("n_threads must be >= 1")
-        self.n_batch = int(n_batch)
-        if self.n_batch < 2:
-            raise ValueError("n_batch must be >= 2")
+        self.n_threads = default_threads() if n_threads is None else n_threads
+        self.n_batch = n_batch
         self._context_args = dict(flash_attn=flash_attn, type_k=type_k, type_v=type_v)
         self.sampler = make_row_sampler(sampler, n_threads=self.n_threads, model=self.model)
         self._cpu_sampler = None
@@ -887,6 +889,17 @@ class Generator:
             parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
             stats["profile"] = parts
         return stats
+
+
+MAX_THREADS = 1024
+
+
+def _int_argument(name: str, value, minimum: int, maximum: int = MAX_INT_OPTION) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value}")
+    return value
 
 
 def _is_prompt_list(prompt) -> bool:

@@ -48,6 +48,28 @@ def extra_keys(arch: str) -> dict:
             A + "attention.key_length": T.UINT32, A + "attention.value_length": T.UINT32}
 
 
+# Settings: every generation option and Generator argument, set to hostile values.
+HOSTILE = (0, -1, 1, 2 ** 31, 2 ** 63, 10 ** 30, 0.5, -0.5, math.nan, math.inf, -math.inf, 1e30, True,
+           "", "x", None, [], [1, 2])
+GENERATOR_ARGS = ("n_ctx", "n_batch", "n_threads", "n_gpu_layers", "flash_attn", "type_k", "type_v",
+                  "sampler")
+
+
+def setting_cases(archs=("qwen3", "llada")) -> list:
+    import dataclasses
+
+    from llamadiff import GenerationConfig
+
+    names = [f.name for f in dataclasses.fields(GenerationConfig) if f.name not in ("progress", "profile")]
+    out = []
+    for arch in archs:
+        for name in names:
+            out += [{"arch": arch, "option": name, "value": _encode(v)} for v in HOSTILE]
+        for name in GENERATOR_ARGS:
+            out += [{"arch": arch, "argument": name, "value": _encode(v)} for v in HOSTILE]
+    return out
+
+
 def _encode(value):
     return {"nan": True} if isinstance(value, float) and math.isnan(value) else value
 
@@ -101,6 +123,8 @@ def _run_case(case: dict, tmp: Path) -> str:
         if case["key"] == "abort":
             os.abort()
         time.sleep(3600)
+    if "option" in case or "argument" in case:
+        return _run_setting(case, tmp)
 
     value = _decode(case["value"])
     vtype = T(case["type"])
@@ -118,6 +142,31 @@ def _run_case(case: dict, tmp: Path) -> str:
             return f"generated: {len(out.tokens)} tokens"
     except LlamaDiffError as exc:
         return f"{type(exc).__name__}"
+
+
+def _run_setting(case: dict, tmp: Path) -> str:
+    """One option (or Generator argument) set to a hostile value: a clear ValueError /
+    TypeError (llamadiff's errors derive from them) or a normal result."""
+    from llamadiff import Generator, testing
+
+    path = tmp / f"{case['arch']}-base.gguf"
+    if not path.exists():
+        testing.write_model(path, case["arch"])
+    value = _decode(case["value"])
+    args = {"n_ctx": 128, "n_threads": 1}
+    options = {"max_new_tokens": 8, "stop": []}
+    if "argument" in case:
+        args[case["argument"]] = value
+    else:
+        options[case["option"]] = value
+    try:
+        with Generator(path, **args) as gen:
+            out = gen.generate("hello", **options)
+            return f"generated: {out.stop_reason}"
+    except (ValueError, TypeError) as exc:
+        if not str(exc):
+            raise RuntimeError(f"{type(exc).__name__} without a message")
+        return f"refused {type(exc).__name__}"
 
 
 def worker(cases_file: str, start: int) -> None:
@@ -194,7 +243,7 @@ def main(argv) -> int:
         archs = tuple(argv[argv.index("--archs") + 1].split(","))
     if "--out" in argv:
         out = argv[argv.index("--out") + 1]
-    todo = cases(archs)
+    todo = cases(archs) + setting_cases()
     t0 = time.time()
     report = summary(todo, campaign(todo))
     report["seconds"] = round(time.time() - t0, 1)

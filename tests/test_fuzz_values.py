@@ -2,7 +2,8 @@
 
 Every numeric metadata key of the six test architectures (qwen3, qwen3moe, llada, llada-moe,
 dream, rnd1), the RoPE-scaling keys and per-layer arrays, set to 0, -1, NaN, +-inf and huge
-values: each case loads and generates in a worker process. About 1,100 cases, ~15 s.
+values: each case loads and generates in a worker process. About 1,100 cases, ~15 s. The
+same for every generation option and Generator argument (about 1,100 more).
 """
 
 import fuzz_values
@@ -17,6 +18,16 @@ def test_every_hostile_value_ends_cleanly():
     # the campaign is not vacuous: most hostile values are refused at load, some still run
     assert report["outcomes"].get("ok ModelLoadError", 0) > 500
     assert report["outcomes"].get("ok generated", 0) > 100
+
+
+def test_every_hostile_setting_is_refused_or_runs():
+    """Every generation option and Generator argument set to 0, -1, huge, NaN, +-inf, a bool,
+    a string, None or a list, on a block and a full-diffusion model: a ValueError / TypeError
+    with a message, or a normal result -- never an OverflowError, a crash or a hang."""
+    todo = fuzz_values.setting_cases()
+    report = fuzz_values.summary(todo, fuzz_values.campaign(todo))
+    assert report["failures"] == [], report["failures"][:10]
+    assert report["outcomes"].get("ok generated", 0) > 50
 
 
 def test_the_campaign_notices_aborts_and_hangs():
