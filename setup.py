@@ -159,7 +159,8 @@ def fetch_sdist() -> Path:
                 "- Or fetch the file yourself and put it where the build looks first:\n"
                 f"    pip download --no-deps --no-binary {SDIST_NAME} {SDIST_NAME}=={SDIST_VERSION} "
                 f"-d {cached.parent}\n"
-                f"  (the directory is $LLAMADIFF_CACHE_DIR; the file must have sha256 {SDIST_SHA256}).\n"
+                f"  ($LLAMADIFF_CACHE_DIR, default ~/.cache/llamadiff; the file must have sha256 "
+                f"{SDIST_SHA256}).\n"
                 "- Or point LLAMADIFF_LLAMA_CPP_DIR at a llama.cpp source tree of the same upstream "
                 "commit (0c1e570) to build without downloading.")
         actual = sha256_of(got)
