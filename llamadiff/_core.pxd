@@ -25,6 +25,7 @@ cdef class Model(_Resource):
     cdef readonly int n_vocab
     cdef readonly bint vocab_only  # loaded without weights: no hyper-parameters, no decoding
     cdef readonly bint uses_rpc    # layers on ggml RPC servers (llamadiff.rpc)
+    cdef readonly double rpc_timeout   # seconds an RPC wait may last without progress
     cdef dict _metadata_cache
 
     cdef int _check_open(self) except -1
@@ -45,6 +46,7 @@ cdef class Context(_Resource):
     cdef readonly int n_ubatch
     cdef readonly int n_seq_max
     cdef int _abort_flag
+    cdef bint _rpc_sigint           # SIGINT came during the last (RPC) decode
     cdef readonly int block_causal  # block size of block-causal attention, 0: off
 
     cdef int _check_open(self) except -1

@@ -15,7 +15,7 @@ import os
 import signal
 
 from cpython.buffer cimport PyBUF_WRITABLE
-from cpython.exc cimport PyErr_CheckSignals
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetInterrupt
 from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -23,12 +23,14 @@ from libcpp cimport bool as cbool
 
 from libcpp.vector cimport vector
 cimport llamadiff.llama as C
-from llamadiff._interrupt cimport ld_install_sigint_hook, ld_interrupt_pending, ld_interrupt_clear
+from llamadiff._interrupt cimport (ld_install_sigint_hook, ld_interrupt_pending, ld_interrupt_clear,
+                                   ld_interrupt_set_extra, ld_interrupt_fn, ld_rpc_set_timeout_fn)
 from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_batch,
                               llama_token, llama_pos, llama_seq_id, ggml_log_level)
 
 from llamadiff.errors import (ModelLoadError, ContextError, DecodeError, DecodeAborted,
                               UnsupportedModelError)
+from llamadiff.rpc import DEFAULT_TIMEOUT as _RPC_DEFAULT_TIMEOUT, validate_timeout as _rpc_validate_timeout
 
 import numpy as np
 
@@ -68,6 +70,8 @@ cdef void _log_callback(ggml_log_level level, const char * text, void * user_dat
     with gil:
         try:
             _dispatch_log(lvl, text)
+        except KeyboardInterrupt:
+            PyErr_SetInterrupt()    # Ctrl-C handled while logging: keep it for the interrupted call
         except BaseException:
             pass
 
@@ -367,22 +371,70 @@ cdef class _Resource:
 ctypedef C.ggml_backend_reg_t (*rpc_add_server_fn)(const char * endpoint) noexcept nogil
 
 
-cdef int _add_rpc_devices(str endpoint, vector[C.ggml_backend_dev_t] & devices) except -1:
-    """Connect to a ggml RPC server (llama.cpp keeps one connection per endpoint) and append
-    its devices."""
+cdef void * _rpc_proc(const char * name) except? NULL:
     cdef C.ggml_backend_reg_t rpc = C.ggml_backend_reg_by_name(b"RPC")
     if rpc == NULL:
         raise RuntimeError("this build of llamadiff has no RPC backend; reinstall with LLAMADIFF_RPC=1")
-    cdef rpc_add_server_fn add = <rpc_add_server_fn> C.ggml_backend_reg_get_proc_address(
-        rpc, b"ggml_backend_rpc_add_server")
-    if add == NULL:
-        raise RuntimeError("the RPC backend has no ggml_backend_rpc_add_server")
+    cdef void * fn = C.ggml_backend_reg_get_proc_address(rpc, name)
+    if fn == NULL:
+        raise RuntimeError(f"the RPC backend has no {name.decode()} (built without llamadiff's patches?)")
+    return fn
+
+
+def _hook_sigint():
+    """Put interrupt.h's SIGINT hook in front of Python's default handler (a handler of the
+    user's own is left alone: it decides what Ctrl-C does)."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        ld_install_sigint_hook()
+
+
+# ggml_backend_rpc_set_interrupt (vendor/patches/0006): Ctrl-C switches it on (interrupt.h)
+cdef ld_interrupt_fn _rpc_set_interrupt = NULL
+
+
+cdef int _rpc_prepare(double timeout) except -1:
+    """Bound the socket waits of the RPC connections opened from now on (vendor/patches/0006)
+    and look up the interrupt switch."""
+    global _rpc_set_interrupt
+    cdef ld_rpc_set_timeout_fn set_timeout = <ld_rpc_set_timeout_fn> _rpc_proc(b"ggml_backend_rpc_set_timeout")
+    if _rpc_set_interrupt == NULL:
+        _rpc_set_interrupt = <ld_interrupt_fn> _rpc_proc(b"ggml_backend_rpc_set_interrupt")
+        ld_interrupt_set_extra(_rpc_set_interrupt)
+    set_timeout(timeout)
+    _hook_sigint()
+    return 0
+
+
+cdef inline void _rpc_enter() noexcept nogil:
+    """Before a call that may wait on RPC servers: from now on Ctrl-C interrupts those waits."""
+    ld_interrupt_clear()
+
+
+cdef inline bint _rpc_leave() noexcept nogil:
+    """After it: True when SIGINT came meanwhile (the caller then runs PyErr_CheckSignals);
+    the RPC interrupt switch goes off again, so later calls are not cut short."""
+    cdef bint seen = ld_interrupt_pending()
+    if _rpc_set_interrupt != NULL:
+        _rpc_set_interrupt(False)
+    return seen
+
+
+cdef int _add_rpc_devices(str endpoint, vector[C.ggml_backend_dev_t] & devices,
+                          double timeout) except -1:
+    """Connect to a ggml RPC server (llama.cpp keeps one connection per endpoint) and append
+    its devices."""
+    cdef rpc_add_server_fn add = <rpc_add_server_fn> _rpc_proc(b"ggml_backend_rpc_add_server")
     cdef bytes bend = endpoint.encode()
     cdef const char * cend = bend
     cdef C.ggml_backend_reg_t reg
     with nogil:
         reg = add(cend)
     if reg == NULL:
+        if rpc_connection_failed():
+            detail = "; ".join(_take_problems()[-2:])
+            raise ConnectionError(f"RPC server {endpoint} stopped answering after the handshake "
+                                  f"(no progress within rpc_timeout={timeout:g} s, or the connection "
+                                  f"was closed or interrupted){': ' + detail if detail else ''}")
         raise ConnectionError(f"RPC server {endpoint} reports no devices")
     # not ggml_backend_register()ed: registered devices are offered to every later model
     # (and probed when it loads), so a server that goes away would break unrelated models;
@@ -420,6 +472,11 @@ cdef class Model(_Resource):
     n_gpu_layers: layers to offload to a GPU (0: CPU only, -1: all).
     use_mmap: memory-map the file instead of reading it.
     vocab_only: load only the vocabulary and metadata (fast; no weights, no decoding).
+    rpc_servers: ["host:port", ...] of ggml rpc-servers that hold the layers (llamadiff.rpc).
+    rpc_timeout: seconds (> 0) any wait on an RPC server may last without progress: the
+        handshake check, connecting, and each send and receive of every later request
+        (a graph computation included); then the connection fails and ConnectionError is
+        raised. Ctrl-C interrupts such waits at once.
     """
 
     def __cinit__(self):
@@ -427,35 +484,57 @@ cdef class Model(_Resource):
         self.vocab = NULL
 
     def __init__(self, path, *, int n_gpu_layers=0, bint use_mmap=True, bint vocab_only=False,
-                 rpc_servers=None):
+                 rpc_servers=None, rpc_timeout=_RPC_DEFAULT_TIMEOUT):
         if self.ptr != NULL:
             raise RuntimeError("Model is already initialised")
         self.path = _validate_path(path)
+        self.rpc_timeout = _rpc_validate_timeout(rpc_timeout, "rpc_timeout")
         cdef C.llama_model_params params = C.llama_model_default_params()
         cdef vector[C.ggml_backend_dev_t] devices
-        if rpc_servers:
-            # the model's layers go to these servers only (llamadiff.rpc checked them first)
-            from llamadiff import rpc
-            for endpoint in rpc.check_servers(rpc_servers):
-                _add_rpc_devices(endpoint, devices)
-            devices.push_back(NULL)
-            params.devices = devices.data()
-            if n_gpu_layers == 0:
-                n_gpu_layers = -1
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE
         params.vocab_only = vocab_only
         cdef bytes bpath = os.fsencode(self.path)
         cdef const char * cpath = bpath
-        cdef llama_model * model
+        cdef llama_model * model = NULL
+        endpoints = None
+        if rpc_servers:
+            # checked with the Python handshake first (bounded by rpc_timeout)
+            from llamadiff import rpc
+            endpoints = rpc.check_servers(rpc_servers, self.rpc_timeout)
+            _rpc_prepare(self.rpc_timeout)
         _take_problems()
-        with nogil:
-            model = C.llama_model_load_from_file(cpath, params)
+        if endpoints is not None:
+            _rpc_enter()
+        try:
+            if endpoints is not None:
+                # the model's layers go to these servers only
+                for endpoint in endpoints:
+                    _add_rpc_devices(endpoint, devices, self.rpc_timeout)
+                devices.push_back(NULL)
+                params.devices = devices.data()
+                if n_gpu_layers == 0:
+                    params.n_gpu_layers = -1
+            with nogil:
+                model = C.llama_model_load_from_file(cpath, params)
+        finally:
+            if endpoints is not None and _rpc_leave():
+                try:
+                    PyErr_CheckSignals()    # Ctrl-C while waiting on a server: KeyboardInterrupt
+                    raise KeyboardInterrupt  # (Python's flag may have been taken by a log callback)
+                except BaseException:
+                    if model != NULL:
+                        with nogil:
+                            C.llama_model_free(model)
+                    raise
         problems = _take_problems()
         if rpc_servers and rpc_connection_failed():
             if model != NULL:
-                C.llama_model_free(model)
-            raise ConnectionError(f"lost the connection to an RPC server while loading {self.path!r}: "
+                with nogil:     # frees remote buffers: the RPC thread may need the GIL to log
+                    C.llama_model_free(model)
+            raise ConnectionError(f"lost the connection to an RPC server while loading {self.path!r} "
+                                  f"(no progress within rpc_timeout={self.rpc_timeout:g} s, or the "
+                                  "connection was closed or interrupted): "
                                   + ("; ".join(problems[-3:]) or "no reason given"))
         if model == NULL:
             detail = "; ".join(problems[-4:]) or "llama.cpp gave no reason"
@@ -509,10 +588,15 @@ cdef class Model(_Resource):
         self._free()
 
     cdef void _free(self) noexcept:
-        if self.ptr != NULL:
-            C.llama_model_free(self.ptr)
+        cdef llama_model * ptr = self.ptr
+        if ptr != NULL:
             self.ptr = NULL
             self.vocab = NULL
+            if self.uses_rpc:
+                with nogil:     # frees remote buffers: the RPC thread may need the GIL to log
+                    C.llama_model_free(ptr)
+            else:
+                C.llama_model_free(ptr)
 
     def _is_null(self):
         return self.ptr == NULL
@@ -918,6 +1002,7 @@ cdef class Context(_Resource):
         self.batch_capacity = 0
         self.n_outputs = 0
         self._abort_flag = 0
+        self._rpc_sigint = False
         self.block_causal = 0
 
     def __init__(self, Model model not None, *, n_ctx=4096, n_batch=None, n_ubatch=None,
@@ -960,13 +1045,34 @@ cdef class Context(_Resource):
         params.diffusion_kv_cache = diffusion_kv and model.is_diffusion
         params.kv_unified = kv_unified
 
-        cdef llama_context * ctx
+        cdef llama_context * ctx = NULL
+        cdef bint rpc = model.uses_rpc
         _take_problems()
-        with nogil:
-            ctx = C.llama_init_from_model(model.ptr, params)
+        if rpc:
+            _rpc_enter()
+        try:
+            with nogil:
+                ctx = C.llama_init_from_model(model.ptr, params)
+        finally:
+            if rpc and _rpc_leave():
+                try:
+                    PyErr_CheckSignals()    # Ctrl-C while waiting on a server: KeyboardInterrupt
+                    raise KeyboardInterrupt  # (Python's flag may have been taken by a log callback)
+                except BaseException:
+                    if ctx != NULL:
+                        with nogil:
+                            C.llama_free(ctx)
+                    raise
         problems = _take_problems()
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            ld_install_sigint_hook()  # Ctrl-C aborts a running decode (interrupt.h)
+        _hook_sigint()                # Ctrl-C aborts a running decode (interrupt.h)
+        if rpc and rpc_connection_failed():
+            if ctx != NULL:
+                with nogil:     # frees remote buffers: the RPC thread may need the GIL to log
+                    C.llama_free(ctx)
+            raise ConnectionError("an RPC server holding this model's layers stopped answering while "
+                                  f"the context was created (no progress within rpc_timeout="
+                                  f"{model.rpc_timeout:g} s, or the connection was closed or "
+                                  "interrupted): " + ("; ".join(problems[-3:]) or "no reason given"))
         if ctx == NULL:
             detail = "; ".join(problems[-4:]) or "llama.cpp gave no reason"
             raise ContextError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
@@ -989,10 +1095,15 @@ cdef class Context(_Resource):
         self._free()
 
     cdef void _free(self) noexcept:
-        if self.ptr != NULL:
-            C.llama_free(self.ptr)
+        cdef llama_context * ptr = self.ptr
+        if ptr != NULL:
             self.ptr = NULL
             self.mem = NULL
+            if self.model is not None and self.model.uses_rpc:
+                with nogil:     # frees remote buffers: the RPC thread may need the GIL to log
+                    C.llama_free(ptr)
+            else:
+                C.llama_free(ptr)
             if self.model is not None:
                 self.model._release_user()
         if self.batch_capacity > 0:
@@ -1118,18 +1229,44 @@ cdef class Context(_Resource):
             # without memory llama_decode runs llama_encode, which outputs every row
             n_out = n_tokens
         self._abort_flag = 0
-        ld_interrupt_clear()
-        rc = C.llama_decode(self.ptr, self.batch)
+        if self.model.uses_rpc:
+            # wait here for the servers' answers (llama_decode may return before them, and
+            # llama_get_logits would wait, often holding the GIL): Ctrl-C interrupts this wait
+            # (vendor/patches/0006), and raise_for_decode sees a connection lost meanwhile
+            _rpc_enter()
+            rc = C.llama_decode(self.ptr, self.batch)
+            C.llama_synchronize(self.ptr)
+            self._rpc_sigint = _rpc_leave()
+        else:
+            ld_interrupt_clear()
+            rc = C.llama_decode(self.ptr, self.batch)
         self.n_outputs = n_out if rc == 0 else 0
         return rc
 
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1:
-        PyErr_CheckSignals()        # Ctrl-C during the decode (which it cut short): KeyboardInterrupt
-        if rc == 2 and ld_interrupt_pending():
-            raise KeyboardInterrupt     # our SIGINT hook cut it short (another handler took the signal)
-        if self.model.uses_rpc and rpc_connection_failed():
-            raise ConnectionError("an RPC server holding this model's layers stopped answering; "
-                                  "this process can no longer use it (see llamadiff.rpc)")
+        cdef bint interrupted, failed
+        if self.model.uses_rpc:
+            interrupted = self._rpc_sigint
+            self._rpc_sigint = False
+            failed = rpc_connection_failed()
+            if failed:
+                self.n_outputs = 0      # the rows are zeros, not logits
+            if interrupted:
+                PyErr_CheckSignals()    # Ctrl-C while waiting on a server: KeyboardInterrupt
+                raise KeyboardInterrupt  # (Python's flag may have been taken by a log callback)
+            if failed:
+                problems = _take_problems()
+                why = ("interrupted (SIGINT)" if interrupted else
+                       f"no progress within rpc_timeout={self.model.rpc_timeout:g} s, or the "
+                       "connection was closed")
+                detail = ("; llama.cpp: " + "; ".join(problems[-2:])) if problems else ""
+                raise ConnectionError("an RPC server holding this model's layers stopped answering "
+                                      f"({why}); this process can no longer use RPC servers "
+                                      f"(see llamadiff.rpc){detail}")
+        else:
+            PyErr_CheckSignals()    # Ctrl-C during the decode (which it cut short): KeyboardInterrupt
+            if rc == 2 and ld_interrupt_pending():
+                raise KeyboardInterrupt  # our hook cut it short; Python's flag was already consumed
         if rc == 0:
             return 0
         problems = _take_problems()

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
+from llamadiff import rpc
 from llamadiff._batch import BatchedBlockDiffusion
 from llamadiff._block import BlockDiffusion, StepInfo
 from llamadiff._full import ALGORITHMS, CACHE_MODES, DEFAULT_EPS, PARALLEL_MODES, FullDiffusion
@@ -296,6 +297,11 @@ class Generator:
     rpc_servers: ["host:port", ...] of llama.cpp rpc-server processes that hold the model's
         layers (ggml RPC backend; see ``llamadiff.rpc``). Checked with a bounded handshake
         first: an unreachable or silent server raises ConnectionError.
+    rpc_timeout: seconds (> 0, default ``llamadiff.rpc.DEFAULT_TIMEOUT`` = 10) that any wait
+        on an RPC server may last without progress -- the handshake, connecting, each send and
+        receive, a decode's graph computation; a stalled server then raises ConnectionError.
+        Must exceed the slowest decode a server does. Ctrl-C interrupts such waits at once.
+        Used when ``model`` is a path (a loaded ``Model`` keeps its own ``rpc_timeout``).
     sampler: where the logits rows are sampled: "auto" (GPU when built with CUDA and a device
         is usable, else CPU), "cpu", "cuda", "backend" (greedy, inside llama.cpp's graph) or a
         RowSampler; see ``llamadiff.samplers``.
@@ -304,13 +310,15 @@ class Generator:
     def __init__(self, model: Union[str, os.PathLike, Model, None] = None, *, n_ctx: int = 4096,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
-                 use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None):
+                 use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None,
+                 rpc_timeout: float = rpc.DEFAULT_TIMEOUT):
         # checked before anything is loaded: these reach C as int32
         n_ctx = _int_argument("n_ctx", n_ctx, 1)
         n_batch = _int_argument("n_batch", n_batch, 2)
         n_gpu_layers = _int_argument("n_gpu_layers", n_gpu_layers, -1)
         if n_threads is not None:
             n_threads = _int_argument("n_threads", n_threads, 1, MAX_THREADS)
+        rpc.validate_timeout(rpc_timeout, "rpc_timeout")
         if model is None:
             from llamadiff import default_model
             model = default_model("block")
@@ -320,7 +328,8 @@ class Generator:
             self.model = model
             self._owns_model = False
         else:
-            self.model = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, rpc_servers=rpc_servers)
+            self.model = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, rpc_servers=rpc_servers,
+                               rpc_timeout=rpc_timeout)
             self._owns_model = True
         self.n_ctx = n_ctx
         self.n_threads = default_threads() if n_threads is None else n_threads

@@ -1,17 +1,22 @@
 /* Ctrl-C during a decode.
 
    A decode runs without the GIL, so Python's SIGINT handler only sets a flag that nobody reads
-   until the decode returns -- seconds for a long prompt chunk on a big model. This hook runs
-   first: it raises ld_interrupt_flag, which the context's abort callback (checked by ggml's CPU
-   backend between graph nodes) reads, and then calls the handler it replaced (Python's), so
-   Python still raises KeyboardInterrupt when the aborted decode returns. */
+   until the decode returns -- seconds for a long prompt chunk on a big model, or for ever when
+   an RPC server stalls. This hook calls the handler it replaced (Python's, so Python still
+   raises KeyboardInterrupt when the call returns), then raises ld_interrupt_flag, which the
+   context's abort callback (checked by ggml's CPU backend between graph nodes) reads, and turns
+   on the extra switch when one is set: the RPC client's (vendor/patches/0006), whose socket
+   waits then give up within one 50 ms poll slice. */
 #ifndef LLAMADIFF_INTERRUPT_H
 #define LLAMADIFF_INTERRUPT_H
 
 #include <signal.h>
 #include <string.h>
 
+typedef void (*ld_interrupt_fn)(bool on);
+
 static volatile sig_atomic_t ld_interrupt_flag = 0;
+static ld_interrupt_fn volatile ld_interrupt_extra = 0;
 static struct sigaction ld_previous_sigint;
 static volatile sig_atomic_t ld_hook_installed = 0;
 
@@ -23,6 +28,8 @@ static void ld_on_sigint(int sig, siginfo_t * info, void * uctx) {
         ld_previous_sigint.sa_handler(sig);
     }
     __atomic_store_n(&ld_interrupt_flag, 1, __ATOMIC_SEQ_CST);
+    ld_interrupt_fn extra = ld_interrupt_extra;
+    if (extra) extra(true);
 }
 
 /* Put the hook in front of the current SIGINT handler, once it is a real handler (Python's).
@@ -45,6 +52,15 @@ static int ld_install_sigint_hook(void) {
 }
 
 static inline int ld_interrupt_pending(void) { return ld_interrupt_flag != 0; }
-static inline void ld_interrupt_clear(void) { ld_interrupt_flag = 0; }
+
+/* Before a call: forget an earlier Ctrl-C (Python's own flag still holds it) and switch the
+   extra off, so later calls (freeing remote buffers, say) are not cut short. */
+static inline void ld_interrupt_clear(void) {
+    ld_interrupt_flag = 0;
+    ld_interrupt_fn extra = ld_interrupt_extra;
+    if (extra) extra(false);
+}
+
+static inline void ld_interrupt_set_extra(ld_interrupt_fn fn) { ld_interrupt_extra = fn; }
 
 #endif

@@ -7,16 +7,33 @@ on each machine that should hold layers, then::
 
 The model's layers are spread over the servers' devices (``n_gpu_layers`` defaults to all);
 this process keeps the sampling and the loop. ``start_server`` runs one locally (tests,
-trying it out). Servers are checked with the RPC handshake, under a timeout, before
-llama.cpp sees them: llama.cpp's RPC client aborts the process when it cannot connect, so
-an unreachable or silent server must be caught here. A server that dies *during* a
-generation still aborts the process (llama.cpp's client treats a lost connection as fatal).
+trying it out).
+
+Failures are exceptions, never a hang or an abort of the process:
+
+- Servers are checked with the RPC handshake (``check_server``) before llama.cpp sees them:
+  an unreachable, silent, non-RPC or incompatible server raises ConnectionError.
+- Every wait on a server is bounded by ``rpc_timeout`` (``Generator``/``Model`` option,
+  seconds, default ``DEFAULT_TIMEOUT`` = 10): the handshake check, connecting, and each send
+  and receive of every request. The bound is on *progress* -- a large weight upload that keeps
+  moving bytes never times out -- but the wait for a graph computation's result counts as one
+  wait, so ``rpc_timeout`` must exceed the slowest decode a server does (raise it for large
+  models on CPU servers). A server that stalls (hung, stopped, its machine gone) or closes the
+  connection fails it, and the call raises ConnectionError within about ``rpc_timeout``
+  (vendor/patches/0005, 0006).
+- Ctrl-C during a call that waits on a server interrupts the wait within ~50 ms and raises
+  KeyboardInterrupt; the request was cut off, so the connection is failed too.
+- A failed connection is final for the whole process (the client's failure flag is
+  process-wide): every later RPC decode or load raises ConnectionError. Start a new process
+  to use RPC servers again.
 
 The RPC protocol is unauthenticated and unencrypted: bind servers to trusted networks only.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import socket
 import struct
@@ -26,12 +43,25 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-__all__ = ["server_path", "check_server", "check_servers", "start_server", "RpcServer"]
+__all__ = ["server_path", "check_server", "check_servers", "start_server", "RpcServer",
+           "DEFAULT_TIMEOUT"]
 
 RPC_CMD_HELLO = 14
 RPC_PROTO_MAJOR = 7
 RPC_CONN_CAPS_SIZE = 24
-DEFAULT_TIMEOUT = 5.0
+# seconds any wait on an RPC server may last without progress (rpc_timeout=)
+DEFAULT_TIMEOUT = 10.0
+
+
+def validate_timeout(value, name: str = "timeout") -> float:
+    """``value`` as a float number of seconds; TypeError (not a number) or ValueError (not
+    finite and > 0) naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return value
 
 
 def server_path() -> Path:
@@ -69,7 +99,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def check_server(endpoint: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int, int]:
     """Connect and run the RPC handshake within ``timeout`` seconds; return the server's
     protocol version. Raises ConnectionError (unreachable, silent, not an rpc-server, or an
-    incompatible version) or ValueError (malformed endpoint)."""
+    incompatible version), ValueError (malformed endpoint) or TypeError/ValueError (bad
+    timeout)."""
+    timeout = validate_timeout(timeout)
     host, port = _split(endpoint)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -95,6 +127,7 @@ def check_server(endpoint: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, 
 
 
 def check_servers(endpoints: Iterable[str], timeout: float = DEFAULT_TIMEOUT) -> list:
+    """``check_server`` on each endpoint; returns them as a list."""
     endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
     if not endpoints:
         raise ValueError("rpc_servers is empty")

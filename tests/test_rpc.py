@@ -1,6 +1,10 @@
 """Models split across machines: the ggml RPC backend with a local rpc-server."""
 
+import os
+import select
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -9,7 +13,7 @@ import time
 
 import pytest
 
-from llamadiff import Generator, rpc
+from llamadiff import Generator, Model, rpc
 
 try:
     rpc.server_path()
@@ -96,3 +100,234 @@ def test_server_lost_mid_session_raises_instead_of_aborting(qwen3_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "first 8" in proc.stdout
     assert "error: an RPC server holding this model's layers stopped answering" in proc.stdout
+
+
+# --------------------------------------------------------------------------- stalled servers
+# vendor/patches/0006: every wait of the RPC client is bounded by rpc_timeout, and Ctrl-C cuts
+# it short. A stalled server fails the connection, and the failure flag is process-wide
+# (vendor/patches/0005), so each scenario runs in a child process; the parent bounds the
+# child's run time, so a regression (a hang) fails the test instead of hanging the run.
+
+HELLO_RSP_SIZE = 4 + rpc.RPC_CONN_CAPS_SIZE
+
+
+class SilentAfterHello:
+    """A fake rpc-server on 127.0.0.1: answers each connection's HELLO exactly like a real
+    server (protocol 7.0.0, no transport capabilities), then never answers anything."""
+
+    def __init__(self, max_connections=8):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.listener.settimeout(0.2)
+        self.endpoint = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.hellos = 0
+        self._conns = []
+        self._stop = threading.Event()
+        self._max = max_connections
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and len(self._conns) < self._max and time.monotonic() < deadline:
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._conns.append(conn)
+            try:
+                conn.settimeout(5)
+                cmd, size = struct.unpack("<BQ", rpc._recv_exact(conn, 9))
+                assert cmd == rpc.RPC_CMD_HELLO and size == rpc.RPC_CONN_CAPS_SIZE
+                rpc._recv_exact(conn, size)
+                conn.sendall(struct.pack("<Q", HELLO_RSP_SIZE) + bytes([rpc.RPC_PROTO_MAJOR, 0, 0, 0])
+                             + bytes(rpc.RPC_CONN_CAPS_SIZE))
+                self.hellos += 1
+            except (OSError, AssertionError, struct.error):
+                pass
+            # then silence: the connection stays open, nothing more is read or sent
+
+    def close(self):
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _run_child(script, timeout=90):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_fake_server_answers_hello_like_a_real_one():
+    with SilentAfterHello() as fake:
+        assert rpc.check_server(fake.endpoint, timeout=2.0) == (rpc.RPC_PROTO_MAJOR, 0, 0)
+        assert fake.hellos == 1
+
+
+@needs_server
+def test_server_silent_after_handshake_times_out(qwen3_path):
+    """Issue 7: the server completes the handshake, then never answers: Generator(...) used
+    to hang; now the connection times out after rpc_timeout."""
+    with SilentAfterHello() as fake:
+        proc = _run_child(f"""
+            import time
+            from llamadiff import Generator
+            t0 = time.monotonic()
+            try:
+                Generator({str(qwen3_path)!r}, n_ctx=256, n_threads=1, rpc_servers=[{fake.endpoint!r}],
+                          rpc_timeout=1.0)
+                print("no error")
+            except (ConnectionError, TimeoutError) as exc:
+                print("error:", type(exc).__name__, exc)
+            print("elapsed %.2f" % (time.monotonic() - t0))
+        """)
+        assert fake.hellos >= 2, proc.stdout + proc.stderr[-2000:]   # llamadiff.rpc's check, then llama.cpp's
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "error: ConnectionError RPC server 127.0.0.1:" in proc.stdout, proc.stdout
+    assert "rpc_timeout=1 s" in proc.stdout
+    elapsed = float(proc.stdout.split("elapsed ")[1])
+    assert elapsed < 15, proc.stdout        # a hang check, not a timing test
+
+
+def _start_server_for_child():
+    server = rpc.start_server(threads=1)
+    return server, server.proc.pid
+
+
+def _resume_and_close(server, pid):
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+    server.close()
+
+
+@needs_server
+def test_server_stopped_mid_generation_raises(qwen3_path):
+    """Issue 8: an rpc-server stopped (SIGSTOP) after a generation worked: the next generation
+    raises ConnectionError within about rpc_timeout, and later calls fail at once."""
+    server, pid = _start_server_for_child()
+    try:
+        proc = _run_child(f"""
+            import os, signal, time
+            from llamadiff import Generator
+            gen = Generator({str(qwen3_path)!r}, n_ctx=256, n_threads=1,
+                            rpc_servers=[{server.endpoint!r}], rpc_timeout=2.0)
+            print("first", len(gen.generate("hi", max_new_tokens=8, stop=[]).tokens), flush=True)
+            os.kill({pid}, signal.SIGSTOP)
+            for attempt in ("second", "third"):
+                t0 = time.monotonic()
+                try:
+                    gen.generate("hi", max_new_tokens=8, stop=[])
+                    print(attempt, "no error")
+                except ConnectionError as exc:
+                    print(attempt, "error:", exc)
+                print(attempt, "elapsed %.2f" % (time.monotonic() - t0), flush=True)
+            gen.close()
+            print("closed")
+        """)
+    finally:
+        _resume_and_close(server, pid)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "first 8" in out
+    assert "second error: an RPC server holding this model's layers stopped answering" in out, out
+    assert "rpc_timeout=2 s" in out
+    assert "third error: an RPC server holding this model's layers stopped answering" in out, out
+    assert float(out.split("second elapsed ")[1].split()[0]) < 15, out     # hang checks
+    assert float(out.split("third elapsed ")[1].split()[0]) < 5, out
+    assert "closed" in out
+
+
+def _read_until(proc, marker, timeout):
+    """Child's stdout up to a line containing ``marker`` (bounded in time)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker.encode() not in data and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace")
+
+
+@needs_server
+@pytest.mark.parametrize("api", ["generate", "decode"])
+def test_ctrl_c_interrupts_a_stalled_server(api, qwen3_path):
+    """Ctrl-C while a call waits on a stopped server (rpc_timeout 60 s) ends the wait within a
+    few seconds: Generator.generate returns what it has ("interrupted"), a bare decode raises
+    KeyboardInterrupt. The connection is then failed: the next call raises ConnectionError."""
+    server, pid = _start_server_for_child()
+    call = {
+        "generate": 'print("result", gen.generate("hi", max_new_tokens=8, stop=[]).stop_reason, flush=True)',
+        "decode": 'ctx.decode(model.tokenize("hi"))',
+    }[api]
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from llamadiff import Context, Generator, Model
+        model = Model({str(qwen3_path)!r}, rpc_servers=[{server.endpoint!r}], rpc_timeout=60.0)
+        gen = Generator(model, n_ctx=256, n_threads=1)
+        gen.generate("hi", max_new_tokens=8, stop=[])
+        ctx = Context(model, n_ctx=64, n_threads=1)
+        os.kill({pid}, signal.SIGSTOP)
+        print("waiting", flush=True)
+        t0 = time.monotonic()
+        try:
+            {call}
+        finally:
+            print("elapsed %.2f" % (time.monotonic() - t0), flush=True)
+        try:
+            gen.generate("hi", max_new_tokens=8, stop=[])
+            print("no error")
+        except ConnectionError as exc:
+            print("then error:", exc, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out = _read_until(proc, "waiting", timeout=90)
+        assert "waiting" in out, out
+        time.sleep(1.5)     # the child is inside the stalled call by now
+        t_sigint = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+        exited_after = time.monotonic() - t_sigint
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        _resume_and_close(server, pid)
+    out += rest.decode(errors="replace")
+    err = err.decode(errors="replace")
+    assert exited_after < 15, (out, err[-2000:])          # a hang check: rpc_timeout is 60 s
+    assert "elapsed " in out, (out, err[-2000:])
+    assert float(out.split("elapsed ")[1].split()[0]) < 15, out
+    if api == "generate":
+        assert proc.returncode == 0, err[-2000:]
+        assert "result interrupted" in out, out
+        assert "then error: an RPC server holding this model's layers stopped answering" in out, out
+    else:
+        assert proc.returncode != 0
+        assert "KeyboardInterrupt" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("value,error", [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                         (float("inf"), ValueError), ("5", TypeError), (None, TypeError),
+                                         (True, TypeError)])
+def test_rpc_timeout_is_checked(value, error, qwen3_path):
+    with pytest.raises(error, match="rpc_timeout"):
+        Generator(str(qwen3_path), rpc_servers=["127.0.0.1:1"], rpc_timeout=value)
+    with pytest.raises(error, match="rpc_timeout"):
+        Model(str(qwen3_path), rpc_timeout=value)
