@@ -201,6 +201,10 @@ def copy_llama_cpp(src: Path, dest: Path) -> None:
 
 
 def apply_patches(tree: Path) -> None:
+    if patch_files() and shutil.which("patch") is None:
+        raise SystemExit("llamadiff: the build applies vendor/patches/*.patch with the `patch` program, "
+                         "which this machine lacks; install it (Debian/Ubuntu: apt-get install patch; "
+                         "Fedora: dnf install patch; Alpine: apk add patch)")
     for patch in patch_files():
         log(f"applying {patch.relative_to(ROOT)}")
         proc = subprocess.run(["patch", "-p1", "--forward", "--batch", "-i", str(patch)],

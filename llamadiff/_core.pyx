@@ -13,6 +13,7 @@ import collections
 import logging
 import os
 import signal
+import struct
 
 from cpython.buffer cimport PyBUF_WRITABLE
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetInterrupt
@@ -237,40 +238,18 @@ def _validate_path(path):
     return path
 
 
-cdef object _gguf_scalar(C.gguf_type t, const void * p):
-    if t == C.GGUF_TYPE_UINT8:
-        return (<const unsigned char *> p)[0]
-    if t == C.GGUF_TYPE_INT8:
-        return (<const signed char *> p)[0]
-    if t == C.GGUF_TYPE_UINT16:
-        return (<const unsigned short *> p)[0]
-    if t == C.GGUF_TYPE_INT16:
-        return (<const short *> p)[0]
-    if t == C.GGUF_TYPE_UINT32:
-        return (<const uint32_t *> p)[0]
-    if t == C.GGUF_TYPE_INT32:
-        return (<const int32_t *> p)[0]
-    if t == C.GGUF_TYPE_UINT64:
-        return (<const unsigned long long *> p)[0]
-    if t == C.GGUF_TYPE_INT64:
-        return (<const long long *> p)[0]
-    if t == C.GGUF_TYPE_FLOAT32:
-        return (<const float *> p)[0]
-    if t == C.GGUF_TYPE_FLOAT64:
-        return (<const double *> p)[0]
-    if t == C.GGUF_TYPE_BOOL:
-        return (<const cbool *> p)[0]
-    return None
+# GGUF's numeric value types as struct formats (native order: ggml has parsed the file)
+_GGUF_STRUCT = {C.GGUF_TYPE_UINT8: "B", C.GGUF_TYPE_INT8: "b", C.GGUF_TYPE_UINT16: "H",
+                C.GGUF_TYPE_INT16: "h", C.GGUF_TYPE_UINT32: "I", C.GGUF_TYPE_INT32: "i",
+                C.GGUF_TYPE_UINT64: "Q", C.GGUF_TYPE_INT64: "q", C.GGUF_TYPE_FLOAT32: "f",
+                C.GGUF_TYPE_FLOAT64: "d", C.GGUF_TYPE_BOOL: "?"}
 
 
-cdef size_t _gguf_size(C.gguf_type t):
-    if t in (C.GGUF_TYPE_UINT8, C.GGUF_TYPE_INT8, C.GGUF_TYPE_BOOL):
-        return 1
-    if t in (C.GGUF_TYPE_UINT16, C.GGUF_TYPE_INT16):
-        return 2
-    if t in (C.GGUF_TYPE_UINT32, C.GGUF_TYPE_INT32, C.GGUF_TYPE_FLOAT32):
-        return 4
-    return 8
+cdef list _gguf_numbers(C.gguf_type t, const void * data, size_t n):
+    """n values of numeric type t at data, as Python numbers."""
+    code = _GGUF_STRUCT[t]
+    size = struct.calcsize("=" + code)
+    return list(struct.unpack(f"={n}{code}", (<const char *> data)[:n * size]))
 
 
 def read_gguf_header(path):
@@ -292,9 +271,8 @@ def read_gguf_header(path):
         g = C.gguf_init_from_file(cpath, params)
     if g == NULL:
         raise ModelLoadError(f"{os.fsdecode(bpath)!r}: not a readable GGUF header")
-    cdef int64_t i, k, n
+    cdef int64_t i, n
     cdef C.gguf_type t, at
-    cdef const char * base
     cdef const int64_t * ne
     meta, shapes = {}, {}
     try:
@@ -306,13 +284,12 @@ def read_gguf_header(path):
             elif t == C.GGUF_TYPE_ARRAY:
                 at = C.gguf_get_arr_type(g, i)
                 n = C.gguf_get_arr_n(g, i)
-                if at == C.GGUF_TYPE_STRING or at == C.GGUF_TYPE_ARRAY:
-                    meta[key] = n
+                if at in _GGUF_STRUCT:
+                    meta[key] = _gguf_numbers(at, C.gguf_get_arr_data(g, i), n)
                 else:
-                    base = <const char *> C.gguf_get_arr_data(g, i)
-                    meta[key] = [_gguf_scalar(at, base + k * _gguf_size(at)) for k in range(n)]
-            else:
-                meta[key] = _gguf_scalar(t, C.gguf_get_val_data(g, i))
+                    meta[key] = n           # strings (the vocabulary) or nested arrays: their count
+            elif t in _GGUF_STRUCT:
+                meta[key] = _gguf_numbers(t, C.gguf_get_val_data(g, i), 1)[0]
         for i in range(C.gguf_get_n_tensors(g)):
             ne = C.gguf_get_tensor_ne(g, i)
             shapes[C.gguf_get_tensor_name(g, i).decode("utf-8", "replace")] = (ne[0], ne[1], ne[2], ne[3])
@@ -489,6 +466,16 @@ cdef class Model(_Resource):
             raise RuntimeError("Model is already initialised")
         self.path = _validate_path(path)
         self.rpc_timeout = _rpc_validate_timeout(rpc_timeout, "rpc_timeout")
+        if not vocab_only:
+            # hyper-parameter values llama.cpp cannot run with: refused before any weight is read
+            # (an unreadable header is left to llama.cpp's loader, whose error says more)
+            try:
+                header = read_gguf_header(self.path)
+            except ModelLoadError:
+                header = None
+            if header is not None:
+                from llamadiff import hparams
+                hparams.check(self.path, *header)
         cdef C.llama_model_params params = C.llama_model_default_params()
         cdef vector[C.ggml_backend_dev_t] devices
         params.n_gpu_layers = n_gpu_layers
@@ -559,8 +546,6 @@ cdef class Model(_Resource):
         if not vocab_only:
             try:
                 self._validate_hparams()
-                from llamadiff import hparams
-                hparams.check(self.path, *read_gguf_header(self.path))
             except BaseException:
                 self._free()
                 raise
@@ -594,6 +579,7 @@ cdef class Model(_Resource):
             self.vocab = NULL
             if self.uses_rpc:
                 with nogil:     # frees remote buffers: the RPC thread may need the GIL to log
+                    ld_interrupt_clear()    # a Ctrl-C seen earlier must not cut the free short
                     C.llama_model_free(ptr)
             else:
                 C.llama_model_free(ptr)
@@ -1101,6 +1087,7 @@ cdef class Context(_Resource):
             self.mem = NULL
             if self.model is not None and self.model.uses_rpc:
                 with nogil:     # frees remote buffers: the RPC thread may need the GIL to log
+                    ld_interrupt_clear()    # a Ctrl-C seen earlier must not cut the free short
                     C.llama_free(ptr)
             else:
                 C.llama_free(ptr)

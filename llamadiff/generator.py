@@ -16,9 +16,11 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import math
+import operator
 import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from llamadiff import rpc
@@ -99,8 +101,7 @@ class GenerationConfig:
 
     def validate(self) -> None:
         def integer(name, value, minimum, maximum=MAX_INT_OPTION):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            value = _as_int(name, value)
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
             if maximum is not None and value > maximum:
@@ -192,9 +193,11 @@ class _CallLock:
     """Serialises calls on one Generator (its context is shared state).
 
     Another thread waits its turn. The thread that already holds it -- a ``stream()`` iterator
-    suspended between chunks, resumed later -- gets a RuntimeError instead of waiting for
-    itself forever; closing the iterator (``it.close()``, exhausting it, or dropping the last
-    reference) releases the Generator.
+    suspended between chunks, or a callback calling back into the Generator -- gets a
+    RuntimeError instead of waiting for itself forever; closing the iterator (``it.close()``,
+    exhausting it, or dropping the last reference) releases the Generator. Ownership is by
+    thread: a stream advanced by whichever worker of a thread pool is free should have a
+    Generator of its own (``llamadiff`` serving will schedule many requests on one model).
     """
 
     def __init__(self):
@@ -204,8 +207,9 @@ class _CallLock:
     def __enter__(self):
         if self._owner == threading.get_ident():
             raise RuntimeError(
-                "this Generator is busy in this thread: a stream() iterator on it is still open. "
-                "Finish it, call its close(), or use a second Generator (they can share a Model)")
+                "this Generator is busy in this thread: a stream() iterator on it is still open, or "
+                "a callback is calling it from inside a generation. Finish or close() the iterator, "
+                "or use a second Generator (they can share a Model)")
         self._lock.acquire()
         self._owner = threading.get_ident()
         return self
@@ -325,6 +329,9 @@ class Generator:
         if isinstance(model, Model):
             if rpc_servers:
                 raise ValueError("rpc_servers places the layers while loading: pass a path, not a loaded Model")
+            if rpc_timeout != rpc.DEFAULT_TIMEOUT:
+                raise ValueError("rpc_timeout applies while loading: pass it to Model(..., rpc_timeout=...) "
+                                 "or give the Generator a path")
             self.model = model
             self._owns_model = False
         else:
@@ -340,6 +347,7 @@ class Generator:
         self._ctx: Optional[Context] = None
         self._batch_ctx: Optional[Context] = None
         self._lock = _CallLock()
+        self._streams: "weakref.WeakSet" = weakref.WeakSet()   # open stream() iterators
         try:
             self._check_model()
         except BaseException:
@@ -399,7 +407,10 @@ class Generator:
 
     def close(self) -> None:
         """Free the contexts, and the model when this Generator loaded it from a path (a
-        Model passed in stays open). Safe to call twice."""
+        Model passed in stays open). Open ``stream()`` iterators of this Generator are closed
+        first. Safe to call twice."""
+        for iterator in list(self._streams):
+            iterator.close()               # releases the Generator if it holds it
         with self._lock:
             for ctx in (self._ctx, self._batch_ctx):
                 if ctx is not None:
@@ -522,12 +533,27 @@ class Generator:
                chat: bool = False, n_parallel: Optional[int] = None, **options) -> Iterator[StreamChunk]:
         """Yield one StreamChunk per finalised block; the last one carries stop_reason.
 
-        Over a list of prompts, chunks of all prompts interleave, each tagged with ``index``.
+        Over a list of prompts, chunks of all prompts interleave, each tagged with ``index``,
+        and every prompt ends with a chunk that carries its stop_reason -- also a prompt that
+        failed (``"error"``) or that a cancel or Ctrl-C stopped before or while it ran (that
+        closing chunk has no tokens and ``block_index`` -1).
         """
+        iterator = self._stream(prompt, config, chat, n_parallel, options)
+        self._streams.add(iterator)        # close() closes it (it may hold the Generator)
+        return iterator
+
+    def _stream(self, prompt, config, chat, n_parallel, options):
         if _is_prompt_list(prompt):
+            closed = set()
             for item in self._run_batch(list(prompt), config, chat, options, n_parallel, stream=True):
                 if isinstance(item, StreamChunk):
+                    if item.stop_reason is not None:
+                        closed.add(item.index)
                     yield item
+                else:                      # the results: close the prompts that had no last chunk
+                    for index, result in enumerate(item):
+                        if index not in closed:
+                            yield StreamChunk("", [], -1, result.stop_reason, index=index)
             return
         for item in self._run(prompt, config, chat, options, stream=True):
             if isinstance(item, StreamChunk):
@@ -860,6 +886,11 @@ class Generator:
             except (ValueError, TypeError) as exc:
                 results.append(GenerationResult("", [], "error", {}, [], error=str(exc)))
                 continue
+            except KeyboardInterrupt:          # before its loop started (e.g. making a context)
+                if len(results) == index:
+                    results.append(GenerationResult("", [], "interrupted", {}, []))
+                halted = "interrupted"
+                continue
             if results[-1].stop_reason in ("cancelled", "interrupted"):
                 halted = results[-1].stop_reason
         yield results
@@ -903,9 +934,18 @@ class Generator:
 MAX_THREADS = 1024
 
 
+def _as_int(name: str, value) -> int:
+    """An integer option: int or any integer type (numpy's too), not a bool or a float."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+
+
 def _int_argument(name: str, value, minimum: int, maximum: int = MAX_INT_OPTION) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    value = _as_int(name, value)
     if not minimum <= value <= maximum:
         raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value}")
     return value

@@ -32,6 +32,7 @@ __all__ = ["check", "problems"]
 STRUCTURED_ARCHS = frozenset({"qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1",
                               "qwen2", "llama"})
 MOE_ARCHS = frozenset({"qwen3moe", "llada-moe", "rnd1"})
+MAYBE_MOE_ARCHS = frozenset({"llama"})      # llama.cpp runs Mixtral-style MoE as "llama"
 
 MAX_HEADS = 65536
 MAX_EXPERTS = 1024          # llama.cpp's own limit (LLAMA_MAX_EXPERTS)
@@ -82,7 +83,7 @@ def problems(meta: Mapping[str, Any], shapes: Mapping[str, tuple]) -> list:
     # 2. norm epsilons: ggml asserts eps >= 0; 0 (or a denormal) turns an all-zero row into NaN
     for name in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
         if fresh(A + name):
-            number(A + name, rule="in [1e-12, 1]", ok=lambda v: 1e-12 <= v <= 1.0)
+            number(A + name, rule="in [1e-13, 1]", ok=lambda v: 1e-13 <= v <= 1.0)
     # 3. RoPE: powf(base, -2i/n) and YaRN's log(base) need base > 1 (a huge base stops the
     #    rotation: finite but meaningless logits); 1/factor and log(factor)
     #    need a positive, normal factor (0 means "unset"); the attention factor scales Q and K
@@ -162,7 +163,7 @@ def _structure(arch: str, A: str, meta: Mapping[str, Any], shapes: Mapping[str, 
     n_used = uniform(A + "expert_used_count", 0)
     if n_used is None or not _is_number(n_expert):
         return out
-    if arch in MOE_ARCHS:
+    if arch in MOE_ARCHS or (arch in MAYBE_MOE_ARCHS and _is_number(n_expert) and n_expert > 0):
         if not 1 <= n_expert <= MAX_EXPERTS:
             out.append(f"{A}expert_count = {n_expert} (must be in [1, {MAX_EXPERTS}])")
         elif not 1 <= n_used <= n_expert:

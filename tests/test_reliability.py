@@ -261,3 +261,43 @@ def test_vocabulary_its_tokenizer_cannot_use_is_refused_at_load(tmp_path):
     path = testing.write_model(tmp_path / "spm.gguf", "qwen3", metadata={"tokenizer.ggml.model": "llama"})
     with pytest.raises(ModelLoadError, match="cannot tokenize"):
         Model(path)
+
+
+@pytest.mark.parametrize("family", ["block", "full"])
+def test_streamed_list_closes_every_prompt_on_cancel(gen, full_gen, family):
+    """Over a list, every prompt's last chunk carries its stop_reason, also when a cancel
+    stopped it before or while it ran, and for a prompt that could not run."""
+    g = gen if family == "block" else full_gen
+    prompts = [[10 ** 9], PROMPT, [5, 6, 7], [8, 9], [10, 11, 12]]
+    calls = []
+    chunks = list(g.stream(prompts, n_parallel=2, max_new_tokens=16, stop=[],
+                           callback=lambda info: calls.append(info) or len(calls) < 3))
+    last = {}
+    for c in chunks:
+        if c.stop_reason is not None:
+            assert c.index not in last          # one closing chunk per prompt
+            last[c.index] = c.stop_reason
+    assert set(last) == set(range(len(prompts)))
+    assert last[0] == "error"
+    assert {last[i] for i in (1, 2, 3, 4)} == {"cancelled"}
+
+
+def test_close_closes_an_open_stream(qwen3_path):
+    g = Generator(qwen3_path, n_ctx=128, n_threads=1)
+    it = g.stream(PROMPT, max_new_tokens=16, stop=[])
+    next(it)
+    g.close()                                    # no RuntimeError, no deadlock
+    assert list(it) == []                        # the iterator is finished
+
+
+def test_numpy_integers_are_integers(gen):
+    out = gen.generate(PROMPT, max_new_tokens=np.int64(4), block_length=np.int32(4), top_k=np.int64(0),
+                       stop=[])
+    assert len(out.tokens) == 4
+    with pytest.raises(TypeError, match="max_new_tokens must be an int"):
+        gen.generate(PROMPT, max_new_tokens=np.float64(4.0))
+
+
+def test_rpc_timeout_needs_a_path(qwen3_model):
+    with pytest.raises(ValueError, match="rpc_timeout applies while loading"):
+        Generator(qwen3_model, rpc_timeout=30.0)
