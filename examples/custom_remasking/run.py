@@ -13,6 +13,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def build():
+    import importlib.util
+    if importlib.util.find_spec("Cython") is None:
+        sys.exit("this example compiles a Cython extension: install Cython first "
+                 "(pip install \"llamadiff[cython]\", or pip install Cython setuptools)")
     subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=HERE, check=True)
     sys.path.insert(0, str(HERE))
 
