@@ -382,6 +382,14 @@ cdef int _rpc_prepare(double timeout) except -1:
     return 0
 
 
+cdef int _raise_interrupt() except -1:
+    """A Ctrl-C seen by interrupt.h's hook: Python's KeyboardInterrupt (or the exception of a
+    handler of the user's), raised even when Python's own flag was taken meanwhile -- by a log
+    callback that ran Python code, say."""
+    PyErr_CheckSignals()
+    raise KeyboardInterrupt
+
+
 cdef inline void _rpc_enter() noexcept nogil:
     """Before a call that may wait on RPC servers: from now on Ctrl-C interrupts those waits."""
     ld_interrupt_clear()
@@ -506,14 +514,10 @@ cdef class Model(_Resource):
                 model = C.llama_model_load_from_file(cpath, params)
         finally:
             if endpoints is not None and _rpc_leave():
-                try:
-                    PyErr_CheckSignals()    # Ctrl-C while waiting on a server: KeyboardInterrupt
-                    raise KeyboardInterrupt  # (Python's flag may have been taken by a log callback)
-                except BaseException:
-                    if model != NULL:
-                        with nogil:
-                            C.llama_model_free(model)
-                    raise
+                if model != NULL:
+                    with nogil:
+                        C.llama_model_free(model)
+                _raise_interrupt()
         problems = _take_problems()
         if rpc_servers and rpc_connection_failed():
             if model != NULL:
@@ -1041,14 +1045,10 @@ cdef class Context(_Resource):
                 ctx = C.llama_init_from_model(model.ptr, params)
         finally:
             if rpc and _rpc_leave():
-                try:
-                    PyErr_CheckSignals()    # Ctrl-C while waiting on a server: KeyboardInterrupt
-                    raise KeyboardInterrupt  # (Python's flag may have been taken by a log callback)
-                except BaseException:
-                    if ctx != NULL:
-                        with nogil:
-                            C.llama_free(ctx)
-                    raise
+                if ctx != NULL:
+                    with nogil:
+                        C.llama_free(ctx)
+                _raise_interrupt()
         problems = _take_problems()
         _hook_sigint()                # Ctrl-C aborts a running decode (interrupt.h)
         if rpc and rpc_connection_failed():
@@ -1216,17 +1216,14 @@ cdef class Context(_Resource):
             # without memory llama_decode runs llama_encode, which outputs every row
             n_out = n_tokens
         self._abort_flag = 0
+        ld_interrupt_clear()            # from now on Ctrl-C cuts this decode short (interrupt.h)
+        rc = C.llama_decode(self.ptr, self.batch)
         if self.model.uses_rpc:
             # wait here for the servers' answers (llama_decode may return before them, and
             # llama_get_logits would wait, often holding the GIL): Ctrl-C interrupts this wait
             # (vendor/patches/0006), and raise_for_decode sees a connection lost meanwhile
-            _rpc_enter()
-            rc = C.llama_decode(self.ptr, self.batch)
             C.llama_synchronize(self.ptr)
             self._rpc_sigint = _rpc_leave()
-        else:
-            ld_interrupt_clear()
-            rc = C.llama_decode(self.ptr, self.batch)
         self.n_outputs = n_out if rc == 0 else 0
         return rc
 
@@ -1239,8 +1236,7 @@ cdef class Context(_Resource):
             if failed:
                 self.n_outputs = 0      # the rows are zeros, not logits
             if interrupted:
-                PyErr_CheckSignals()    # Ctrl-C while waiting on a server: KeyboardInterrupt
-                raise KeyboardInterrupt  # (Python's flag may have been taken by a log callback)
+                _raise_interrupt()      # Ctrl-C while waiting on a server
             if failed:
                 problems = _take_problems()
                 why = ("interrupted (SIGINT)" if interrupted else
@@ -1253,7 +1249,7 @@ cdef class Context(_Resource):
         else:
             PyErr_CheckSignals()    # Ctrl-C during the decode (which it cut short): KeyboardInterrupt
             if rc == 2 and ld_interrupt_pending():
-                raise KeyboardInterrupt  # our hook cut it short; Python's flag was already consumed
+                _raise_interrupt()      # our hook cut it short
         if rc == 0:
             return 0
         problems = _take_problems()

@@ -100,13 +100,6 @@ class GenerationConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        def integer(name, value, minimum, maximum=MAX_INT_OPTION):
-            value = _as_int(name, value)
-            if value < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, got {value}")
-            if maximum is not None and value > maximum:
-                raise ValueError(f"{name} must be <= {maximum}, got {value}")
-
         for name in ("threshold", "eb_gamma", "temperature", "top_p", "eps", "alg_temp", "cfg_scale", "factor"):
             value = getattr(self, name)
             if value is None:
@@ -118,11 +111,11 @@ class GenerationConfig:
             if abs(value) > MAX_FLOAT_OPTION:
                 # beyond this a softmax is uniform noise (temperature) or every score saturates
                 raise ValueError(f"{name}={value} is out of range (|{name}| <= {MAX_FLOAT_OPTION:g})")
-        integer("max_new_tokens", self.max_new_tokens, 1)
+        _int_argument("max_new_tokens", self.max_new_tokens, 1)
         if self.block_length is not None:
-            integer("block_length", self.block_length, 1)
+            _int_argument("block_length", self.block_length, 1)
         if self.steps is not None:
-            integer("steps", self.steps, 1)
+            _int_argument("steps", self.steps, 1)
         if not isinstance(self.strategy, RemaskPolicy) and self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
                              f"{sorted(STRATEGIES)} or pass a RemaskPolicy")
@@ -154,10 +147,10 @@ class GenerationConfig:
             raise ValueError(f"eb_gamma must be > 0, got {self.eb_gamma}")
         if not float(self.temperature) >= 0.0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        integer("top_k", self.top_k, 0)
+        _int_argument("top_k", self.top_k, 0)
         if not (0.0 < float(self.top_p) <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        integer("seed", self.seed, 0, maximum=None)
+        _int_argument("seed", self.seed, 0, maximum=None)
         if self.seed >= 2 ** 64:
             raise ValueError("seed must be < 2**64")
         if self.callback is not None and not callable(self.callback):
@@ -581,12 +574,7 @@ class Generator:
         if family == "full":
             yield from self._run_full(prompt, config, chat, options, stream)
             return
-        if family != "block":
-            raise UnsupportedModelError(
-                f"this model ({self.model.architecture}) is not a diffusion model: block diffusion "
-                "needs a causal-architecture model with a mask token (SDAR-style), full diffusion "
-                "a diffusion architecture (llada, llada-moe, dream, rnd1) with a mask token")
-        cfg = self._config(config, options)
+        cfg = self._config(config, options)       # the family is block (checked at construction)
         prompt_ids = self.prompt_tokens(prompt, chat=chat)
         stops = _StopMatcher(self.model, cfg.stop)
         B = cfg.block_length
@@ -944,10 +932,13 @@ def _as_int(name: str, value) -> int:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
 
 
-def _int_argument(name: str, value, minimum: int, maximum: int = MAX_INT_OPTION) -> int:
+def _int_argument(name: str, value, minimum: int, maximum: Optional[int] = MAX_INT_OPTION) -> int:
+    """An integer option or argument within [minimum, maximum] (None: no upper bound)."""
     value = _as_int(name, value)
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 

@@ -59,10 +59,12 @@ def problems(meta: Mapping[str, Any], shapes: Mapping[str, tuple]) -> list:
         return []                       # llama.cpp refuses the file itself
     A = arch + "."
     out: list = []
+    non_finite: set = set()
 
     def number(key, *, rule, ok):
-        """Check meta[key] (absent: fine) with ok(value); report ``rule`` otherwise."""
-        if key not in meta:
+        """Check meta[key] (absent, or already reported as not finite: skipped) with
+        ok(value); report ``rule`` otherwise."""
+        if key not in meta or key in non_finite:
             return
         value = meta[key]
         values = value if isinstance(value, list) else [value]
@@ -75,25 +77,18 @@ def problems(meta: Mapping[str, Any], shapes: Mapping[str, tuple]) -> list:
             values = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 out.append(f"{key} = {_show(value)} (must be finite)")
-    finite = {entry.split(" = ")[0] for entry in out}
-
-    def fresh(key):
-        return key not in finite
+                non_finite.add(key)
 
     # 2. norm epsilons: ggml asserts eps >= 0; 0 (or a denormal) turns an all-zero row into NaN
     for name in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
-        if fresh(A + name):
-            number(A + name, rule="in [1e-13, 1]", ok=lambda v: 1e-13 <= v <= 1.0)
+        number(A + name, rule="in [1e-13, 1]", ok=lambda v: 1e-13 <= v <= 1.0)
     # 3. RoPE: powf(base, -2i/n) and YaRN's log(base) need base > 1 (a huge base stops the
     #    rotation: finite but meaningless logits); 1/factor and log(factor)
     #    need a positive, normal factor (0 means "unset"); the attention factor scales Q and K
-    if fresh(A + "rope.freq_base"):
-        number(A + "rope.freq_base", rule="in (1, 1e12]", ok=lambda v: 1.0 < v <= 1e12)
+    number(A + "rope.freq_base", rule="in (1, 1e12]", ok=lambda v: 1.0 < v <= 1e12)
     for name in ("rope.scaling.factor", "rope.scale_linear"):
-        if fresh(A + name):
-            number(A + name, rule="0 (unset) or in [1e-3, 1e6]", ok=lambda v: v == 0 or 1e-3 <= v <= 1e6)
-    if fresh(A + "rope.scaling.attn_factor"):
-        number(A + "rope.scaling.attn_factor", rule="in (0, 1e3]", ok=lambda v: 0.0 < v <= 1e3)
+        number(A + name, rule="0 (unset) or in [1e-3, 1e6]", ok=lambda v: v == 0 or 1e-3 <= v <= 1e6)
+    number(A + "rope.scaling.attn_factor", rule="in (0, 1e3]", ok=lambda v: 0.0 < v <= 1e3)
     for name in ("context_length", "rope.scaling.original_context_length"):
         number(A + name, rule=f"in [0, {INT32_MAX}]", ok=lambda v: 0 <= v <= INT32_MAX)
 
