@@ -594,7 +594,7 @@ def cython_extensions(names: list[str]) -> list[Extension]:
 
 
 setup(
-    ext_modules=cython_extensions(["_core", "_sampling", "_remask", "_block", "_full", "_batch", "_backend"]
+    ext_modules=cython_extensions(["_core", "_sampling", "policy", "engine", "_block", "_full", "_backend"]
                                   + (["cuda._sampler"] if cuda_sampler_enabled() else [])),
     cmdclass={"build_ext": BuildExt},
 )

@@ -20,15 +20,8 @@ from libcpp.algorithm cimport nth_element, sort
 import numpy as np
 
 
-cdef extern from "_kernels.h" nogil:
-    float ld_expf(float x)
-    float ld_range_max(const float * row, int64_t lo, int64_t hi)
-    void ld_row_argmax(const float * row, int64_t n, int64_t skip, float * max_out, int64_t * arg_out)
-    void ld_row_softmax_stats(const float * row, int64_t n, int64_t skip, float m, float s,
-                              double * z_out, double * e_out)
-    int64_t ld_row_draw(const float * row, int64_t n, int64_t skip, float m, float s,
-                        double target, int64_t fallback)
-    double ld_uniform(uint64_t seed, uint64_t a, uint64_t b)
+from llamadiff._kernels cimport (ld_expf, ld_range_max, ld_row_argmax, ld_row_softmax_stats,
+                                  ld_row_draw, ld_uniform)
 
 
 # Rows per step times vocabulary below which threads cost more than they save.

@@ -24,11 +24,11 @@ import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from llamadiff import rpc
-from llamadiff._batch import BatchedBlockDiffusion
-from llamadiff._block import BlockDiffusion, StepInfo
-from llamadiff._full import ALGORITHMS, CACHE_MODES, DEFAULT_EPS, PARALLEL_MODES, FullDiffusion
+from llamadiff._block import BlockSequence
+from llamadiff._full import ALGORITHMS, CACHE_MODES, DEFAULT_EPS, PARALLEL_MODES, FullSequence
 from llamadiff._core import Context, Model, default_threads
-from llamadiff._remask import RemaskPolicy, STRATEGIES, make_policy
+from llamadiff.engine import Scheduler, StepInfo
+from llamadiff.policy import RemaskPolicy, STRATEGIES, make_policy
 from llamadiff.errors import UnsupportedModelError
 from llamadiff.samplers import make_row_sampler
 
@@ -517,10 +517,7 @@ class Generator:
             return self.generate_batch(prompt, config, chat=chat, n_parallel=n_parallel, **options)
         if n_parallel is not None:
             raise TypeError("n_parallel applies to a list of prompts")
-        result = None
-        for chunk in self._run(prompt, config, chat, options):
-            result = chunk
-        return result
+        return self._results([prompt], config, chat, options, None, single=True)[0]
 
     def stream(self, prompt, config: Optional[GenerationConfig] = None, *,
                chat: bool = False, n_parallel: Optional[int] = None, **options) -> Iterator[StreamChunk]:
@@ -536,200 +533,243 @@ class Generator:
         return iterator
 
     def _stream(self, prompt, config, chat, n_parallel, options):
-        if _is_prompt_list(prompt):
-            closed = set()
-            for item in self._run_batch(list(prompt), config, chat, options, n_parallel, stream=True):
-                if isinstance(item, StreamChunk):
-                    if item.stop_reason is not None:
-                        closed.add(item.index)
-                    yield item
-                else:                      # the results: close the prompts that had no last chunk
-                    for index, result in enumerate(item):
-                        if index not in closed:
-                            yield StreamChunk("", [], -1, result.stop_reason, index=index)
-            return
-        for item in self._run(prompt, config, chat, options, stream=True):
+        single = not _is_prompt_list(prompt)
+        if single and n_parallel is not None:
+            raise TypeError("n_parallel applies to a list of prompts")
+        prompts = [prompt] if single else list(prompt)
+        closed = set()
+        for item in self._run(prompts, config, chat, options, n_parallel, stream=True, single=single):
             if isinstance(item, StreamChunk):
+                if item.stop_reason is not None:
+                    closed.add(item.index)
                 yield item
+            elif not single:               # the results: close the prompts that had no last chunk
+                for index, result in enumerate(item):
+                    if index not in closed:
+                        yield StreamChunk("", [], -1, result.stop_reason, index=index)
 
     def generate_batch(self, prompts: Sequence, config: Optional[GenerationConfig] = None, *,
                        chat: bool = False, n_parallel: Optional[int] = None, **options) -> list:
         """Generate for many prompts; returns one GenerationResult per prompt, in order.
 
-        Block diffusion: up to ``n_parallel`` sequences (default: min(len(prompts), 16))
-        decode together, one llama_decode per step carrying every active sequence's block;
-        a sequence that stops frees its slot (and its KV cells) for the next queued prompt.
-        Greedy tokens equal generating each prompt alone. A prompt that cannot run (too long,
-        bad token ids) gets a result with ``stop_reason="error"`` and ``error``; the others
-        still run. Full diffusion: the prompts run one after another.
+        Up to ``n_parallel`` sequences (default: min(len(prompts), 16); for full diffusion
+        also as many as fit 2048 tokens per decode) decode together, one llama_decode per
+        step carrying every active sequence's tokens; a sequence that stops frees its slot
+        (and its KV cells) for the next queued prompt. Greedy tokens equal generating each
+        prompt alone (see docs/GENERATION.md for the float-rounding caveat). A prompt that
+        cannot run (too long, bad token ids) gets a result with ``stop_reason="error"`` and
+        ``error``; the others still run. ``rng="llama.cpp"`` and ``cache=False`` run the
+        prompts one after another.
         """
+        return self._results(list(prompts), config, chat, options, n_parallel, single=False)
+
+    def _results(self, prompts, config, chat, options, n_parallel, single):
         results = None
-        for item in self._run_batch(list(prompts), config, chat, options, n_parallel):
-            if isinstance(item, list):
-                results = item
+        for item in self._run(prompts, config, chat, options, n_parallel, stream=False, single=single):
+            results = item
         return results
 
-    def _run(self, prompt, config, chat, options, stream=False):
-        family = self.model.family
-        if family == "full":
-            yield from self._run_full(prompt, config, chat, options, stream)
-            return
-        cfg = self._config(config, options)       # the family is block (checked at construction)
-        prompt_ids = self.prompt_tokens(prompt, chat=chat)
-        stops = _StopMatcher(self.model, cfg.stop)
-        B = cfg.block_length
-        total = -(-(len(prompt_ids) + cfg.max_new_tokens) // B) * B
-        if total > self.n_ctx:
-            raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}), "
-                             f"rounded up to whole blocks of {B} ({total}), exceeds n_ctx={self.n_ctx}")
+    # -- the engine ------------------------------------------------------------------
 
-        with self._lock:
-            t_start = time.perf_counter()
-            # the fused store pass decodes two blocks at once
-            ctx, context_ms = self._context(max(self.n_batch, 2 * B))
-            run = BlockDiffusion(ctx, prompt_ids, cfg.max_new_tokens, B, cfg.steps,
-                                 make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma),
-                                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                 seed=cfg.seed, cache=cfg.cache, n_threads=self.n_threads,
-                                 sampler=self.sampler)
-            bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
-            out = _Output(self.model, stops, cfg.max_new_tokens)
-            stop_reason = None
-            n_prompt = len(prompt_ids)
-            try:
-                run.prefill()
-                while not run.done:
-                    block = run.next_block
-                    if not run.run_block(cfg.callback):
-                        stop_reason = "cancelled"
-                        break
-                    new = run.tokens_between(max(block * B, n_prompt), (block + 1) * B)
-                    new, stop_reason = out.add(new, last=run.done)
-                    if bar is not None:
-                        bar.update(len(new))
-                    if stream:
-                        yield StreamChunk(out.text(new, stop_reason is not None), new, block, stop_reason)
-                    if stop_reason is not None:
-                        break
-            except KeyboardInterrupt:
-                stop_reason = "interrupted"
-            finally:
-                if bar is not None:
-                    bar.close()
-            if stop_reason is None:
-                stop_reason = "length"
-            if stream and stop_reason in ("cancelled", "interrupted"):
-                yield StreamChunk(out.text([], True), [], run.next_block, stop_reason)
-            wall_ms = (time.perf_counter() - t_start) * 1e3
-            stats = self._stats(run, cfg, out.tokens, wall_ms, context_ms)
-        yield out.result(stop_reason, stats, prompt_ids)
+    def _policy(self, cfg: GenerationConfig) -> Optional[RemaskPolicy]:
+        """The remasking policy of a call (None: a full-diffusion sequence takes the one of
+        its algorithm / parallel mode). One policy object serves every sequence of the call."""
+        if isinstance(cfg.strategy, RemaskPolicy):
+            return cfg.strategy
+        if self.model.family == "full":
+            return None
+        return make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma)
 
-    def _full_sampler(self):
-        """Full diffusion samples host logits: the backend route falls back to the CPU."""
-        if self.sampler.uses_host_logits:
-            return self.sampler
-        if self._cpu_sampler is None:
-            self._cpu_sampler = make_row_sampler("cpu", n_threads=self.n_threads)
-        return self._cpu_sampler
-
-    def _run_full(self, prompt, config, chat, options, stream):
-        """Full diffusion (LLaDA, Dream): see llamadiff/_full.pyx for the loop.
-
-        Regions (blocks of the block schedule, or the whole sequence) finish left to right;
-        a finished block never changes again, so the text before a stop token found in a
-        finished block is final and the remaining blocks are skipped.
-        """
-        cfg = self._config(config, options)
-        prompt_ids = self.prompt_tokens(prompt, chat=chat)
-        if not prompt_ids:
-            raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
-        stops = _StopMatcher(self.model, cfg.stop)
-        n_prompt = len(prompt_ids)
-        total = n_prompt + cfg.max_new_tokens
-        if total > self.n_ctx:
-            raise ValueError(f"prompt ({n_prompt} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
-                             f"= {total} exceeds n_ctx={self.n_ctx}")
-
-        with self._lock:
-            t_start = time.perf_counter()
-            # the whole sequence is one non-causal batch; round up so that nearby lengths reuse it
-            # a KV cache serves the caches and lets exact mode skip the output layer for
-            # committed rows; rng="llama.cpp" runs upstream's way (no memory, every row)
-            ctx, context_ms = self._context(-(-total // 64) * 64, diffusion_kv=cfg.rng != "llama.cpp")
-            run = FullDiffusion(ctx, prompt_ids, cfg.max_new_tokens, steps=cfg.steps,
+    def _sequence(self, cfg: GenerationConfig, ids: list, policy):
+        """The family's engine sequence for one prompt."""
+        if self.model.family == "full":
+            return FullSequence(self.model, ids, cfg.max_new_tokens, steps=cfg.steps,
                                 block_length=cfg.block_length or 0, eps=cfg.eps or 0.0,
                                 algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
                                 threshold=cfg.threshold, factor=cfg.factor, cfg_scale=cfg.cfg_scale,
                                 alg_temp=cfg.alg_temp, add_gumbel_noise=cfg.add_gumbel_noise,
                                 shift_logits=cfg.shift_logits, temperature=cfg.temperature,
                                 top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, rng=cfg.rng,
-                                n_threads=self.n_threads, sampler=self._full_sampler())
-            bar = _progress_bar(cfg.progress, cfg.max_new_tokens)
-            out = _Output(self.model, stops, cfg.max_new_tokens)
-            stop_reason = None
+                                policy=policy)
+        return BlockSequence(self.model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps, policy,
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                             seed=cfg.seed, cache=cfg.cache)
+
+    def _positions(self, cfg: GenerationConfig, n_prompt: int) -> int:
+        """Positions a sequence occupies: whole blocks for block diffusion."""
+        if self.model.family == "full":
+            return n_prompt + cfg.max_new_tokens
+        B = cfg.block_length
+        return -(-(n_prompt + cfg.max_new_tokens) // B) * B
+
+    def _check_prompt(self, cfg: GenerationConfig, ids: list, single: bool) -> None:
+        n = len(ids)
+        total = self._positions(cfg, n)
+        if self.model.family == "full":
+            if not ids:
+                raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
+            if total > self.n_ctx:
+                raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
+                                 f"= {total} exceeds n_ctx={self.n_ctx}")
+        elif total > self.n_ctx:
+            raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({cfg.max_new_tokens}), "
+                             f"rounded up to whole blocks of {cfg.block_length} ({total}), exceeds "
+                             f"n_ctx={self.n_ctx}" + ("" if single else " (the bound per sequence)"))
+
+    def _scheduler(self, cfg: GenerationConfig, ids: dict, n_parallel, single: bool) -> tuple:
+        """(Scheduler, context_ms, slots) for a call: the reusable one-sequence context for a
+        single prompt (and for the modes that run one sequence at a time), else a context
+        with one KV buffer shared by ``slots`` sequences."""
+        full = self.model.family == "full"
+        totals = [self._positions(cfg, len(t)) for t in ids.values()] or [1]
+        if full:
+            one_at_a_time = cfg.rng == "llama.cpp"     # upstream's way: no KV memory
+        else:
+            one_at_a_time = not cfg.cache or not self.sampler.uses_host_logits
+        if single or one_at_a_time:
+            if full:
+                # the whole sequence is one non-causal batch; rounded up so nearby lengths reuse it
+                ctx, ms = self._context(-(-max(totals) // 64) * 64, diffusion_kv=cfg.rng != "llama.cpp")
+            else:
+                # the fused store pass decodes two blocks at once
+                ctx, ms = self._context(max(self.n_batch, 2 * cfg.block_length))
+            sampler = self._full_sampler() if full else self.sampler
+            return Scheduler(ctx, sampler), ms, 1
+        if n_parallel is None:
+            n_parallel = min(len(ids), 16)
+        capacity = max(totals)
+        if full:
+            capacity = -(-capacity // 64) * 64
+            n_parallel = min(n_parallel, max(1, FULL_BATCH_TOKENS // capacity))
+        slots = max(1, min(n_parallel, len(ids)))
+        ctx, ms = self._batch_context(slots, capacity, cfg.block_length if not full else 0)
+        return Scheduler(ctx, self._full_sampler()), ms, slots
+
+    def _run(self, prompts: list, config, chat, options, n_parallel, stream: bool, single: bool):
+        """Every generation: the prompts queue for the scheduler's slots; each step is one
+        decode for all running sequences; a finished block (region) is emitted, checked for
+        stops, and a sequence that stops leaves at once, freeing its slot. Yields StreamChunks
+        (when ``stream``), then the list of results."""
+        if not prompts:
+            raise ValueError("the list of prompts is empty")
+        if n_parallel is not None and (isinstance(n_parallel, bool) or not isinstance(n_parallel, int)
+                                       or not 1 <= n_parallel <= MAX_PARALLEL):
+            raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
+        cfg = self._config(config, options)       # bad options fail the whole call, up front
+        results: list = [None] * len(prompts)
+        ids: dict = {}
+        for index, prompt in enumerate(prompts):
             try:
-                while not run.done:
-                    region = run.region
-                    if not run.run_region(cfg.callback):
-                        stop_reason = "cancelled"
+                toks = self.prompt_tokens(prompt, chat=chat)
+                self._check_prompt(cfg, toks, single)
+                ids[index] = toks
+            except (ValueError, TypeError) as exc:
+                if single:
+                    raise
+                results[index] = GenerationResult("", [], "error", {}, [], error=str(exc))
+        stops = _StopMatcher(self.model, cfg.stop)
+        policy = self._policy(cfg)
+        tag = (lambda index: None) if single else (lambda index: index)
+        with self._lock:
+            t_start = time.perf_counter()
+            sched, context_ms, slots = self._scheduler(cfg, ids, n_parallel, single)
+            queue = list(ids)
+            running: dict = {}           # Sequence -> _Running
+            halted = None
+            bar = _progress_bar(cfg.progress and single, cfg.max_new_tokens)
+            try:
+                while queue or running:
+                    while queue and len(running) < slots:
+                        index = queue.pop(0)
+                        try:
+                            seq = self._sequence(cfg, ids[index], policy)
+                            sched.add(seq)
+                        except (ValueError, TypeError) as exc:
+                            if single:
+                                raise
+                            results[index] = GenerationResult("", [], "error", {}, ids[index], error=str(exc))
+                            continue
+                        running[seq] = _Running(index, _Output(self.model, stops, cfg.max_new_tokens),
+                                                t_start if single else time.perf_counter(), seq.slot,
+                                                sched.sampler.name)
+                    if not running:
+                        continue
+                    stepped, finished = sched.step()
+                    if cfg.callback is not None:
+                        for seq in stepped:
+                            positions, tokens = seq.last_step()
+                            info = StepInfo(seq.step_region, seq.step_index, positions, tokens,
+                                            seq.step_left, tag(running[seq].index))
+                            if cfg.callback(info) is False:
+                                halted = "cancelled"     # a callback returned False: stop the call
+                    if halted:
                         break
-                    start, end = run.region_bounds(region)
-                    new, stop_reason = out.add(run.tokens[max(start, n_prompt):end], last=run.done)
-                    if bar is not None:
-                        bar.update(end - max(start, n_prompt))
-                    if stream:
-                        yield StreamChunk(out.text(new, stop_reason is not None), new, region, stop_reason)
-                    if stop_reason is not None:
-                        break
+                    for seq in finished:
+                        run = running[seq]
+                        region = seq.region - 1
+                        start, end = seq.region_bounds(region)
+                        new, reason = run.out.add(seq.tokens_between(max(start, seq.n_prompt), end),
+                                                  last=seq.done)
+                        if bar is not None:
+                            bar.update(len(new))
+                        if stream:
+                            yield StreamChunk(run.out.text(new, reason is not None), new, region, reason,
+                                              index=tag(run.index))
+                        if reason is not None:
+                            results[run.index] = run.out.result(
+                                reason, self._stats(seq, cfg, run, context_ms, single), ids[run.index])
+                            sched.remove(seq)
+                            del running[seq]
             except KeyboardInterrupt:
-                stop_reason = "interrupted"
+                halted = "interrupted"
             finally:
                 if bar is not None:
                     bar.close()
-            if stop_reason is None:
-                stop_reason = "length"
-            if stream and stop_reason in ("cancelled", "interrupted"):
-                yield StreamChunk(out.text([], True), [], run.region, stop_reason)
-            generated = out.tokens
-            wall_ms = (time.perf_counter() - t_start) * 1e3
-            committed = run.committed_per_step()
-            stats = {
-                "prompt_tokens": n_prompt,
-                "generated_tokens": len(generated),
-                "schedule": "block" if cfg.block_length else "timestep",
-                "block_length": cfg.block_length,
-                "eps": cfg.eps,
-                "steps": cfg.steps,
-                "algorithm": cfg.algorithm,
-                "cache": cfg.cache,
-                "parallel": cfg.parallel,
-                "context_created": context_ms > 0,
-                "context_ms": context_ms,
-                "decode_calls": run.n_decode,
-                "decode_tokens": run.n_decode_tokens,
-                "decode_ms": run.decode_us / 1e3,
-                "sampling_ms": run.sample_us / 1e3,
-                "wall_ms": wall_ms,
-                "steps_per_block": list(run.steps_per_region),
-                "committed_per_step": committed,
-                "tokens_per_step": (sum(committed) / len(committed)) if committed else 0.0,
-                "tokens_per_second": len(generated) / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
-                "sequence": run.tokens,
-                "sampler": run.sampler.name,
-            }
-            if cfg.profile:
-                parts = {"context_ms": context_ms, "decode_ms": run.decode_us / 1e3,
-                         "sampling_ms": run.sample_us / 1e3}
-                parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
-                stats["profile"] = parts
-        yield out.result(stop_reason, stats, prompt_ids)
+                sched.clear()
+            # stopped early: every sequence returns what it had (queued ones: nothing)
+            for seq, run in running.items():
+                if stream:
+                    yield StreamChunk(run.out.text([], True), [], seq.region, halted, index=tag(run.index))
+                results[run.index] = run.out.result(halted, self._stats(seq, cfg, run, context_ms, single),
+                                                    ids[run.index])
+            for index in range(len(prompts)):
+                if results[index] is None:
+                    results[index] = GenerationResult("", [], halted or "interrupted", {}, ids.get(index, []))
+            if not single:
+                wall_ms = (time.perf_counter() - t_start) * 1e3
+                n_gen = sum(len(r.tokens) for r in results)
+                totals = {"prompts": len(prompts), "n_parallel": slots, "generated_tokens": n_gen,
+                          "wall_ms": wall_ms, "context_ms": context_ms,
+                          "tokens_per_second": n_gen / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
+                          "decode_calls": sched.n_decode, "decode_tokens": sched.n_decode_tokens,
+                          "steps": sched.n_steps, "decode_ms": sched.decode_us / 1e3,
+                          "sampling_ms": sched.sample_us / 1e3, "selection_ms": sched.select_us / 1e3,
+                          "kv_tokens_peak": sched.kv_tokens_peak,
+                          "kv_tokens_per_sequence_max": max([self._positions(cfg, len(t)) for t in ids.values()]
+                                                            or [0]),
+                          "errors": sum(r.stop_reason == "error" for r in results)}
+                for r in results:
+                    r.stats["batch"] = totals
+        yield results
 
-    # -- many prompts ----------------------------------------------------------------
+    def _full_sampler(self):
+        """Sequences that read host logits (full diffusion, batches) cannot use the backend
+        route: it falls back to the CPU."""
+        if self.sampler.uses_host_logits:
+            return self.sampler
+        if self._cpu_sampler is None:
+            self._cpu_sampler = make_row_sampler("cpu", n_threads=self.n_threads)
+        return self._cpu_sampler
 
     def _batch_context(self, n_parallel: int, capacity: int, block_length: int) -> tuple:
-        """A context for batched block diffusion: one KV buffer for n_parallel slots of
-        ``capacity`` positions each; kept for later calls of the same or smaller shape."""
-        need_ubatch = max(2 * block_length * n_parallel, min(self.n_batch, capacity))
+        """A context for several sequences: one KV buffer for n_parallel slots of ``capacity``
+        positions each; kept for later calls of the same or smaller shape. ``block_length``
+        0: full diffusion (each step may decode every slot's whole sequence)."""
+        full = self.model.family == "full"
+        if full:
+            need_ubatch = n_parallel * capacity
+        else:
+            need_ubatch = max(2 * block_length * n_parallel, min(self.n_batch, capacity))
         ctx = self._batch_ctx
         if (ctx is not None and not ctx.closed and ctx.n_seq_max >= n_parallel
                 and ctx.n_ctx >= n_parallel * capacity and ctx.n_ubatch >= need_ubatch):
@@ -739,184 +779,69 @@ class Generator:
         t0 = time.perf_counter()
         self._batch_ctx = Context(self.model, n_ctx=n_parallel * capacity, n_batch=need_ubatch,
                                   n_ubatch=need_ubatch, n_seq_max=n_parallel, kv_unified=True,
-                                  n_threads=self.n_threads, causal=False, **self._context_args)
+                                  n_threads=self.n_threads, causal=False, diffusion_kv=full,
+                                  **self._context_args)
         return self._batch_ctx, (time.perf_counter() - t0) * 1e3
 
-    def _run_batch(self, prompts: list, config, chat, options, n_parallel, stream=False):
-        if not prompts:
-            raise ValueError("the list of prompts is empty")
-        if n_parallel is None:
-            n_parallel = min(len(prompts), 16)
-        if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
-            raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
-        cfg = self._config(config, options)       # bad options fail the whole call, up front
-        if self.model.family != "block":
-            yield from self._run_full_list(prompts, cfg, chat, stream)
-            return
-        if not cfg.cache:
-            raise ValueError("batched generation runs with the KV cache: cache=False is for "
-                             "single prompts")
-        if isinstance(cfg.strategy, RemaskPolicy):
-            policy = cfg.strategy
-        else:
-            policy = make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma)
-        B = cfg.block_length
-        results: list = [None] * len(prompts)
-        ids: dict = {}
-        for index, prompt in enumerate(prompts):
-            try:
-                toks = self.prompt_tokens(prompt, chat=chat)
-                total = -(-(len(toks) + cfg.max_new_tokens) // B) * B
-                if total > self.n_ctx:
-                    raise ValueError(f"prompt ({len(toks)} tokens) + max_new_tokens ({cfg.max_new_tokens}), "
-                                     f"rounded up to whole blocks of {B} ({total}), exceeds n_ctx={self.n_ctx} "
-                                     "(the bound per sequence)")
-                ids[index] = toks
-            except (ValueError, TypeError) as exc:
-                results[index] = GenerationResult("", [], "error", {}, [], error=str(exc))
-        stops = _StopMatcher(self.model, cfg.stop)
-        with self._lock:
-            t_start = time.perf_counter()
-            n_slots = min(n_parallel, max(1, len(ids)))
-            capacity = max([-(-(len(t) + cfg.max_new_tokens) // B) * B for t in ids.values()] or [B])
-            ctx, context_ms = self._batch_context(n_slots, capacity, B)
-            sampler = self.sampler if self.sampler.uses_host_logits else self._full_sampler()
-            run = BatchedBlockDiffusion(ctx, n_slots, capacity, B, cfg.steps, policy,
-                                        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                        seed=cfg.seed, sampler=sampler, n_threads=self.n_threads)
-            ctx.set_block_causal(B)
-            queue = list(ids)
-            slot_of: dict = {}                 # slot -> prompt index
-            state: dict = {}
-            callback = None
-            cancelled = []
-            if cfg.callback is not None:
-                def callback(slot, block, step, positions, tokens, left):
-                    if cfg.callback(StepInfo(block, step, positions, tokens, left, slot_of[slot])) is False:
-                        cancelled.append(slot_of[slot])
-            stop_reason_all = None
-            try:
-                while (queue or slot_of) and not cancelled:
-                    for slot in range(n_slots):
-                        if slot in slot_of or not queue:
-                            continue
-                        index = queue.pop(0)
-                        try:
-                            run.admit(slot, ids[index], cfg.max_new_tokens)
-                        except (ValueError, TypeError) as exc:
-                            results[index] = GenerationResult("", [], "error", {}, ids[index], error=str(exc))
-                            continue
-                        slot_of[slot] = index
-                        state[index] = (_Output(self.model, stops, cfg.max_new_tokens), time.perf_counter())
-                    if not slot_of:
-                        continue
-                    for slot in run.tick(callback):
-                        index = slot_of[slot]
-                        out, t0 = state[index]
-                        n_prompt = len(ids[index])
-                        block = run.next_block(slot) - 1
-                        new = run.tokens_between(slot, max(block * B, n_prompt), (block + 1) * B)
-                        new, reason = out.add(new, last=run.is_done(slot))
-                        if stream:
-                            yield StreamChunk(out.text(new, reason is not None), new, block, reason, index=index)
-                        if reason is not None:
-                            wall = (time.perf_counter() - t0) * 1e3
-                            results[index] = out.result(reason, {
-                                "prompt_tokens": n_prompt, "generated_tokens": len(out.tokens), "block_length": B,
-                                "steps": cfg.steps, "slot": slot, "committed": run.committed(slot), "wall_ms": wall,
-                                "tokens_per_second": len(out.tokens) / (wall / 1e3) if wall > 0 else 0.0},
-                                ids[index])
-                            run.release(slot)
-                            del slot_of[slot]
-                if cancelled:
-                    stop_reason_all = "cancelled"     # a callback returned False: stop the batch
-            except KeyboardInterrupt:
-                stop_reason_all = "interrupted"
-            finally:
-                for slot in list(slot_of):
-                    run.release(slot)
-            # stopped early: every sequence returns what it had (queued ones: nothing)
-            for index in range(len(prompts)):
-                if results[index] is None:
-                    out = state[index][0] if index in state else _Output(self.model, stops, cfg.max_new_tokens)
-                    results[index] = out.result(stop_reason_all or "interrupted", {}, ids[index])
-            wall_ms = (time.perf_counter() - t_start) * 1e3
-            n_gen = sum(len(r.tokens) for r in results)
-            totals = {"prompts": len(prompts), "n_parallel": n_slots, "generated_tokens": n_gen,
-                      "wall_ms": wall_ms, "context_ms": context_ms,
-                      "tokens_per_second": n_gen / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
-                      "decode_calls": run.n_decode, "decode_tokens": run.n_decode_tokens,
-                      "steps": run.n_ticks, "decode_ms": run.decode_us / 1e3,
-                      "sampling_ms": run.sample_us / 1e3, "selection_ms": run.select_us / 1e3,
-                      "prefill_ms": run.prefill_us / 1e3, "kv_tokens_peak": run.kv_tokens_peak,
-                      "kv_tokens_per_sequence_max": capacity, "errors": sum(r.stop_reason == "error" for r in results)}
-            for r in results:
-                r.stats["batch"] = totals
-        yield results
-
-    def _run_full_list(self, prompts: list, cfg: GenerationConfig, chat: bool, stream: bool):
-        """Full diffusion over a list: the prompts run one after another. A prompt that cannot
-        run gets stop_reason "error" (the others still run); a cancel or Ctrl-C stops the list,
-        and the prompts not reached return empty results with the same stop reason."""
-        results: list = []
-        halted = None
-        for index, prompt in enumerate(prompts):
-            if halted is not None:
-                results.append(GenerationResult("", [], halted, {}, []))
-                continue
-            try:
-                for item in self._run_full(prompt, cfg, chat, {}, stream):
-                    if isinstance(item, StreamChunk):
-                        item.index = index
-                        yield item
-                    else:
-                        results.append(item)
-            except (ValueError, TypeError) as exc:
-                results.append(GenerationResult("", [], "error", {}, [], error=str(exc)))
-                continue
-            except KeyboardInterrupt:          # before its loop started (e.g. making a context)
-                if len(results) == index:
-                    results.append(GenerationResult("", [], "interrupted", {}, []))
-                halted = "interrupted"
-                continue
-            if results[-1].stop_reason in ("cancelled", "interrupted"):
-                halted = results[-1].stop_reason
-        yield results
-
-    def _stats(self, run, cfg, generated, wall_ms, context_ms) -> dict:
-        decode_ms = run.decode_us / 1e3
-        sample_ms = run.sample_us / 1e3
-        select_ms = run.select_us / 1e3
-        committed = run.committed_per_step()
+    def _stats(self, seq, cfg: GenerationConfig, run: "_Running", context_ms: float, single: bool) -> dict:
+        wall_ms = (time.perf_counter() - run.t0) * 1e3
+        generated = run.out.tokens
+        committed = seq.committed_per_step()
+        context_ms = context_ms if single else 0.0
         stats = {
-            "prompt_tokens": run.n_prompt,
+            "prompt_tokens": seq.n_prompt,
             "generated_tokens": len(generated),
             "block_length": cfg.block_length,
-            "sampler": run.sampler.name,
+            "sampler": run.sampler,
             "steps": cfg.steps,
             "context_created": context_ms > 0,
             "context_ms": context_ms,
-            "prefill_ms": run.prefill_us / 1e3,
-            "decode_calls": run.n_decode,
-            "decode_tokens": run.n_decode_tokens,
-            "decode_ms": decode_ms,
-            "sampling_ms": sample_ms,
-            "selection_ms": select_ms,
+            "prefill_ms": seq.prefill_us / 1e3,
+            "decode_calls": seq.n_decode,
+            "decode_tokens": seq.n_decode_tokens,
+            "decode_ms": seq.decode_us / 1e3,
+            "sampling_ms": seq.sample_us / 1e3,
+            "selection_ms": seq.select_us / 1e3,
             "wall_ms": wall_ms,
-            "steps_per_block": list(run.steps_per_block),
+            "steps_per_block": list(seq.steps_per_region),
             "committed_per_step": committed,
+            "committed": sum(committed),
             "tokens_per_step": (sum(committed) / len(committed)) if committed else 0.0,
             "tokens_per_second": len(generated) / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
         }
+        if self.model.family == "full":
+            stats.update(schedule="block" if cfg.block_length else "timestep", eps=cfg.eps,
+                         algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
+                         policy=seq.policy.name, sequence=seq.tokens)
+        if not single:
+            stats["slot"] = run.slot
         if cfg.profile:
             # where the wall time went; "python" is everything else (batch filling,
             # KV bookkeeping, stop checks, streaming, callbacks, the interpreter)
-            step_decode = (run.decode_us - run.prefill_decode_us) / 1e3
-            parts = {"context_ms": context_ms, "prefill_ms": run.prefill_us / 1e3,
-                     "decode_ms": step_decode, "sampling_ms": sample_ms, "selection_ms": select_ms}
+            parts = {"context_ms": context_ms, "prefill_ms": seq.prefill_us / 1e3,
+                     "decode_ms": (seq.decode_us - seq.prefill_decode_us) / 1e3,
+                     "sampling_ms": seq.sample_us / 1e3, "selection_ms": seq.select_us / 1e3}
             parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
             stats["profile"] = parts
         return stats
+
+
+class _Running:
+    """A sequence of a call while it runs: its prompt's index, output and start time."""
+    __slots__ = ("index", "out", "t0", "slot", "sampler")
+
+    def __init__(self, index: int, out: _Output, t0: float, slot: int, sampler: str):
+        self.index = index
+        self.out = out
+        self.t0 = t0
+        self.slot = slot
+        self.sampler = sampler
+
+
+# tokens one full-diffusion batch may decode at once (every slot's whole sequence): bounds
+# the non-causal attention's work and memory
+FULL_BATCH_TOKENS = 2048
+MAX_PARALLEL = 256
 
 
 MAX_THREADS = 1024

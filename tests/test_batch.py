@@ -73,8 +73,10 @@ def test_bad_input(gen):
         gen.generate(PROMPTS, max_new_tokens=8, n_parallel=0)
     with pytest.raises(TypeError, match="n_parallel"):
         gen.generate("one prompt", max_new_tokens=8, n_parallel=2)
-    with pytest.raises(ValueError, match="cache"):
-        gen.generate(PROMPTS, max_new_tokens=8, cache=False)
+    # the recompute mode runs a list one prompt after another, with a solo run's tokens
+    recomputed = gen.generate(PROMPTS[:2], max_new_tokens=8, cache=False, stop=[])
+    assert recomputed[0].stats["batch"]["n_parallel"] == 1
+    assert [r.tokens for r in recomputed] == [gen.generate(p, max_new_tokens=8, stop=[]).tokens for p in PROMPTS[:2]]
     # one bad prompt does not lose the others' results
     res = gen.generate(["fine", "x " * 400, [1, 10 ** 7], "also fine"], max_new_tokens=8, block_length=4, stop=[])
     assert [r.stop_reason for r in res] == ["length", "error", "error", "length"]
@@ -83,10 +85,30 @@ def test_bad_input(gen):
     assert res[0].stats["batch"]["errors"] == 2
 
 
-def test_full_family_lists_run_one_after_another(llada_model):
+@pytest.mark.parametrize("options", [dict(block_length=8, steps=16), dict(block_length=8, cache="dual"),
+                                     dict(block_length=8, cache="prefix", parallel="threshold"),
+                                     dict(block_length=8, steps=16, cfg_scale=1.0),
+                                     dict(block_length=8, steps=16, temperature=0.8, seed=3)])
+def test_full_family_lists_decode_together(llada_model, options):
+    """Full-diffusion lists share one decode per step, with the tokens of solo runs."""
+    prompts = ["one", "two three", "four five six"]
     with Generator(llada_model, n_ctx=256, n_threads=2) as g:
-        res = g.generate(["one", "two"], max_new_tokens=16, block_length=8, stop=[])
-        assert [r.tokens for r in res] == [g.generate(p, max_new_tokens=16, block_length=8, stop=[]).tokens
-                                           for p in ("one", "two")]
-        chunks = list(g.stream(["one", "two"], max_new_tokens=16, block_length=8, stop=[]))
-        assert [c.index for c in chunks] == [0, 0, 1, 1]
+        res = g.generate(prompts, max_new_tokens=16, stop=[], **options)
+        assert [r.tokens for r in res] == [g.generate(p, max_new_tokens=16, stop=[], **options).tokens
+                                           for p in prompts]
+        batch = res[0].stats["batch"]
+        assert batch["n_parallel"] == 3
+        # one shared decode per step (guidance adds each sequence's unconditional pass)
+        assert batch["steps"] == max(len(r.stats["committed_per_step"]) for r in res)
+        assert batch["decode_calls"] == batch["steps"]
+        chunks = list(g.stream(prompts[:2], max_new_tokens=16, stop=[], **options))
+        assert [c.index for c in chunks] == [0, 1, 0, 1]
+
+
+def test_full_family_parity_lists_run_one_after_another(llada_model):
+    """rng="llama.cpp" reproduces upstream's single-sequence loop: a list runs in turn."""
+    with Generator(llada_model, n_ctx=256, n_threads=2) as g:
+        res = g.generate(["one", "two"], max_new_tokens=16, block_length=8, steps=16, rng="llama.cpp", stop=[])
+        assert res[0].stats["batch"]["n_parallel"] == 1
+        assert [r.tokens for r in res] == [g.generate(p, max_new_tokens=16, block_length=8, steps=16,
+                                                      rng="llama.cpp", stop=[]).tokens for p in ("one", "two")]

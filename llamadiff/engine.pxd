@@ -1,0 +1,103 @@
+# cython: language_level=3
+"""The diffusion engine: a scheduler that advances a set of sequences one step at a time,
+with one ``llama_decode`` per step for all of them.
+
+A ``Sequence`` is one generation in a slot (llama.cpp sequence id) of the scheduler's
+context. What differs between diffusion families -- which tokens a step decodes, how the KV
+cache is kept, the step schedule -- is a ``Sequence`` subclass (``llamadiff._block``,
+``llamadiff._full``); which masked positions a step commits is the sequence's
+``RemaskPolicy`` (``llamadiff.policy``); where logits rows are sampled is the scheduler's
+``RowSampler`` (``llamadiff._sampling``, ``llamadiff.cuda``, ``llamadiff._backend``).
+
+One step of the scheduler, for every active sequence (GIL released except around Python
+callbacks):
+
+    prepare()        decodes of its own that must precede the shared one (long recompute
+                     prefixes, CFG's unconditional pass); with the GIL
+    fill()           its tokens of this step into the shared batch, logits on the rows that
+                     predict its masked positions
+    -- one llama_decode --
+    after_decode()   KV bookkeeping (drop what the next step recomputes)
+    (rows sampled by the scheduler, grouped across sequences with equal settings, or by
+     sample() for sequences whose rows are not plain)
+    score()          the sampled rows into the StepView
+    commit()         policy.select(view), the chosen positions written
+    end_step()       advance the schedule; 1 when a region (block) finished
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libcpp.vector cimport vector
+
+from llamadiff._core cimport Context, Model
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
+from llamadiff.policy cimport RemaskPolicy, StepView
+
+
+cdef class Sequence:
+    cdef Context ctx                 # set by Scheduler.add
+    cdef readonly Model model
+    cdef readonly RemaskPolicy policy
+    cdef SamplingParams sp
+    cdef vector[int32_t] x           # the whole sequence: prompt, committed tokens, masks
+    cdef readonly int slot           # llama.cpp sequence id (-1: not in a scheduler)
+    cdef readonly int n_prompt, n_total, mask_id, n_vocab
+    cdef readonly int region         # index of the active region (block)
+    cdef readonly int n_regions
+    cdef readonly int step           # step inside the active region
+    cdef int min_commit              # least a step commits (1: block diffusion)
+    cdef readonly int block_causal   # the context's block-causal attention (0: none)
+    cdef readonly bint region_done   # the last step finished a region
+    cdef readonly int step_region, step_index, step_left   # the last step: region, step, masks left
+
+    # this step (set by fill)
+    cdef int n_masked
+    cdef int row_start, n_rows       # its rows in the shared logits
+    cdef int n_step_tokens           # its tokens in the shared batch
+    cdef int kv_tokens               # KV cells it holds during the step
+    cdef bint plain                  # row i predicts positions[i]: the scheduler samples it
+    cdef bint force_all              # the schedule's last step: commit every masked position
+    cdef bint skip_commit            # sample() already committed (llama.cpp-compatible mode)
+    cdef int region_start, region_length, region_steps, n_transfer
+    cdef vector[int32_t] positions   # offsets of the masked positions inside the region
+    cdef vector[int32_t] x0, chosen
+    cdef vector[float] prob, entropy, margin
+    cdef vector[uint64_t] counters
+    cdef vector[RowResult] rows
+    cdef vector[int32_t] step_positions, step_tokens   # what this step committed (absolute)
+    cdef vector[int32_t] committed_log
+    cdef int max_rows                # most rows a step can need
+
+    # telemetry
+    cdef readonly long n_decode, n_decode_tokens
+    cdef readonly double decode_us, sample_us, select_us, prefill_us, prefill_decode_us
+    cdef readonly list steps_per_region
+
+    cdef int _init_sequence(self, Model model, prompt, int n_generate_total, RemaskPolicy policy,
+                            float temperature, int top_k, float top_p, unsigned long long seed) except -1
+    cdef int _size_scratch(self, int n_rows) except -1
+    cdef void put(self, int b, int32_t pos, int32_t token, bint want_logits) noexcept nogil
+    cdef int decode_own(self, int n) except -1
+    cdef int account_decode(self, int n, double us) noexcept nogil
+
+    # hooks (see the module doc)
+    cdef int bind(self, Context ctx, int slot) except -1
+    cdef int prepare(self) except -1
+    cdef int fill(self, int n) except -1 nogil
+    cdef int after_decode(self) except -1 nogil
+    cdef int sample(self, const float * logits, RowSampler sampler) except -1 nogil
+    cdef int score(self, const float * logits) except -1 nogil
+    cdef int commit(self) except -1 nogil
+    cdef int end_step(self) except -1
+
+
+cdef class Scheduler:
+    cdef readonly Context ctx
+    cdef readonly RowSampler sampler
+    cdef list _sequences             # active, in slot order of arrival
+    cdef vector[RowResult] rows
+    cdef vector[uint64_t] counters
+    cdef int rows_reserved
+    cdef readonly long n_steps, n_decode, n_decode_tokens, kv_tokens_peak
+    cdef readonly double decode_us, sample_us, select_us
+
+    cdef _free(self, Sequence seq)

@@ -1,0 +1,411 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# distutils: language = c++
+"""The diffusion engine: ``Scheduler`` and the abstract ``Sequence`` (see engine.pxd).
+
+Every generation -- one prompt or many, block or full diffusion -- runs here: a single
+prompt is a scheduler with one sequence. Sequences join (``add``: checked, prefilled) and
+leave (``remove``: KV cells freed at once) between steps, so a caller can keep the slots
+busy with queued prompts (continuous batching).
+
+Sequences share a step only when their attention agrees: the block-causal mask of the
+context is one setting, so block-diffusion sequences of one scheduler share a block length,
+and full-diffusion sequences need a context without it.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memcpy
+from cpython.exc cimport PyErr_CheckSignals
+
+cimport llamadiff.llama as C
+from llamadiff._core cimport Context, Model
+from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler, check_rows
+from llamadiff.policy cimport RemaskPolicy, StepView
+
+
+class StepInfo:
+    """What a step callback sees after each denoising step of a sequence."""
+    __slots__ = ("block_index", "step", "positions", "tokens", "n_masked_left", "index")
+
+    def __init__(self, block_index, step, positions, tokens, n_masked_left, index=None):
+        self.block_index = block_index
+        self.step = step
+        self.positions = positions          # absolute positions committed at this step
+        self.tokens = tokens                # the tokens committed there
+        self.n_masked_left = n_masked_left  # masks left in the active block (region)
+        self.index = index                  # the prompt's index in a batch (None: one prompt)
+
+    def __repr__(self):
+        return (f"StepInfo(block={self.block_index}, step={self.step}, committed={len(self.positions)}, "
+                f"left={self.n_masked_left})")
+
+
+cdef inline bint _same_sampling(const SamplingParams * a, const SamplingParams * b) noexcept nogil:
+    return (a.temperature == b.temperature and a.top_k == b.top_k and a.top_p == b.top_p
+            and a.seed == b.seed and a.skip_token == b.skip_token)
+
+
+cdef int _bad_choice(RemaskPolicy policy, int index, int n_masked) except -1 with gil:
+    raise ValueError(f"remasking policy {policy.name!r} chose index {index}: indices go into "
+                     f"view.positions (0..{n_masked - 1})")
+
+
+cdef class Sequence:
+    """One generation in a scheduler slot (abstract: ``llamadiff._block.BlockSequence``,
+    ``llamadiff._full.FullSequence``).
+
+    ``tokens`` is the whole sequence (prompt, committed tokens, mask ids elsewhere); a
+    region (block) that finished never changes again.
+    """
+
+    def __cinit__(self):
+        self.slot = -1
+        self.steps_per_region = []
+
+    cdef int _init_sequence(self, Model model, prompt, int n_total, RemaskPolicy policy,
+                            float temperature, int top_k, float top_p, unsigned long long seed) except -1:
+        cdef int i
+        self.model = model
+        model._check_open()
+        mask = model.mask_token_id
+        if mask is None:
+            raise ValueError("the model has no mask token (tokenizer.ggml.mask_token_id)")
+        self.mask_id = mask
+        self.n_vocab = model.n_vocab
+        self.policy = policy
+        self.n_prompt = len(prompt)
+        self.n_total = n_total
+        self.x.resize(n_total, self.mask_id)
+        for i in range(self.n_prompt):
+            model._check_token(prompt[i])
+            self.x[i] = prompt[i]
+        self.sp.temperature = temperature
+        self.sp.top_k = top_k
+        self.sp.top_p = top_p
+        self.sp.seed = seed
+        self.sp.skip_token = self.mask_id
+        return 0
+
+    cdef int _size_scratch(self, int n_rows) except -1:
+        """Room for a step of n_rows masked positions: no allocation inside the loop."""
+        self.max_rows = n_rows
+        self.positions.resize(n_rows)
+        self.x0.resize(n_rows)
+        self.chosen.resize(n_rows)
+        self.prob.resize(n_rows)
+        self.entropy.resize(n_rows)
+        self.margin.resize(n_rows)
+        self.counters.resize(n_rows)
+        self.rows.resize(n_rows)
+        self.step_positions.reserve(n_rows)
+        self.step_tokens.reserve(n_rows)
+        return 0
+
+    # -- read-only views ----------------------------------------------------------------
+
+    @property
+    def done(self):
+        return self.region >= self.n_regions
+
+    @property
+    def tokens(self):
+        """The whole sequence so far (prompt, committed tokens, mask ids elsewhere)."""
+        return [self.x[i] for i in range(self.n_total)]
+
+    def tokens_between(self, int start, int end):
+        """Tokens at positions [start, end) (clamped to the sequence)."""
+        start = max(0, start)
+        end = min(end, self.n_total)
+        return [self.x[i] for i in range(start, end)]
+
+    def committed_per_step(self):
+        return [self.committed_log[i] for i in range(self.committed_log.size())]
+
+    def last_step(self):
+        """(positions, tokens) the last step committed, absolute positions."""
+        return ([self.step_positions[i] for i in range(self.step_positions.size())],
+                [self.step_tokens[i] for i in range(self.step_tokens.size())])
+
+    def region_bounds(self, int r):
+        """[start, end) of region (block) r."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ------------------------------------------------------------
+
+    cdef void put(self, int b, int32_t pos, int32_t token, bint want_logits) noexcept nogil:
+        self.ctx.batch.token[b] = token
+        self.ctx.batch.pos[b] = pos
+        self.ctx.batch.n_seq_id[b] = 1
+        self.ctx.batch.seq_id[b][0] = self.slot
+        self.ctx.batch.logits[b] = want_logits
+
+    cdef int account_decode(self, int n, double us) noexcept nogil:
+        self.n_decode += 1
+        self.n_decode_tokens += n
+        self.decode_us += us
+        return 0
+
+    cdef int decode_own(self, int n) except -1:
+        """A decode of this sequence alone (prefill chunks, passes that precede the step)."""
+        cdef int32_t rc
+        cdef int64_t t0 = C.llama_time_us()
+        with nogil:
+            rc = self.ctx.decode_batch(n)
+        self.account_decode(n, C.llama_time_us() - t0)
+        self.ctx.raise_for_decode(rc, n)
+        return 0
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    cdef int bind(self, Context ctx, int slot) except -1:
+        """Check the context can hold this sequence and prefill what is cached up front."""
+        self.ctx = ctx
+        self.slot = slot
+        return 0
+
+    cdef int prepare(self) except -1:
+        return 0
+
+    cdef int fill(self, int n) except -1 nogil:
+        with gil:
+            raise NotImplementedError("Sequence.fill")
+
+    cdef int after_decode(self) except -1 nogil:
+        return 0
+
+    cdef int sample(self, const float * logits, RowSampler sampler) except -1 nogil:
+        with gil:
+            raise NotImplementedError("Sequence.sample: only for sequences whose rows are not plain")
+
+    cdef int score(self, const float * logits) except -1 nogil:
+        """The sampled rows into the step view's arrays."""
+        cdef int i
+        if self.skip_commit:
+            return 0
+        check_rows(self.rows.data(), self.n_masked)
+        for i in range(self.n_masked):
+            self.x0[i] = self.rows[i].token
+            self.prob[i] = self.rows[i].prob
+            self.entropy[i] = self.rows[i].entropy
+            self.margin[i] = self.rows[i].margin
+        return 0
+
+    cdef int commit(self) except -1 nogil:
+        """The policy picks, the chosen positions are written; returns how many."""
+        cdef int i, j, count, least
+        cdef StepView view
+        if self.skip_commit:
+            return 0
+        self.step_positions.clear()
+        self.step_tokens.clear()
+        if self.force_all:
+            # the schedule's last step finishes the region, whatever the policy says
+            count = self.n_masked
+            for i in range(count):
+                self.chosen[i] = i
+        else:
+            view.n_masked = self.n_masked
+            view.positions = self.positions.data()
+            view.x0 = self.x0.data()
+            view.prob = self.prob.data()
+            view.entropy = self.entropy.data()
+            view.margin = self.margin.data()
+            view.counters = self.counters.data()
+            view.seed = self.sp.seed
+            view.n_transfer = self.n_transfer
+            view.step = self.step
+            view.steps = self.region_steps
+            view.block_index = self.region
+            view.block_length = self.region_length
+            view.region_start = self.region_start
+            count = self.policy.select(&view, self.chosen.data())
+            least = 1 if (self.min_commit > 0 or self.policy.adaptive) else 0
+            if count > self.n_masked:
+                count = self.n_masked
+            if count < least:
+                count = least
+                self.chosen[0] = 0
+            for i in range(count):
+                if self.chosen[i] < 0 or self.chosen[i] >= self.n_masked:
+                    _bad_choice(self.policy, self.chosen[i], self.n_masked)
+        for i in range(count):
+            j = self.chosen[i]
+            self.x[self.region_start + self.positions[j]] = self.x0[j]
+            self.step_positions.push_back(self.region_start + self.positions[j])
+            self.step_tokens.push_back(self.x0[j])
+        self.committed_log.push_back(count)
+        return count
+
+    cdef int end_step(self) except -1:
+        raise NotImplementedError("Sequence.end_step")
+
+
+cdef class Scheduler:
+    """Advances the sequences of one context, one step at a time, one decode per step.
+
+    ``add(seq)`` puts a sequence in a free slot (and prefills it), ``step()`` runs one
+    denoising step of every unfinished sequence and returns ``(stepped, finished)``: the
+    sequences that committed tokens, and those whose active region (block) finished at
+    this step; ``remove(seq)`` frees its slot and KV cells.
+    """
+
+    def __init__(self, Context ctx not None, RowSampler sampler not None):
+        ctx._check_open()
+        self.ctx = ctx
+        self.sampler = sampler
+        self._sequences = []
+
+    @property
+    def sequences(self):
+        return list(self._sequences)
+
+    def free_slot(self):
+        """The lowest free slot, or -1."""
+        used = {(<Sequence> s).slot for s in self._sequences}
+        for i in range(self.ctx.n_seq_max):
+            if i not in used:
+                return i
+        return -1
+
+    def add(self, Sequence seq not None, slot=None):
+        """Bind ``seq`` to a free slot (the lowest when ``slot`` is None) and prefill it."""
+        cdef Sequence other
+        cdef int s = self.free_slot() if slot is None else slot
+        if seq.slot >= 0:
+            raise ValueError("this sequence is already in a scheduler")
+        if s < 0:
+            raise ValueError(f"every slot is busy (the context has n_seq_max={self.ctx.n_seq_max})")
+        if s >= self.ctx.n_seq_max or any((<Sequence> o).slot == s for o in self._sequences):
+            raise ValueError(f"slot {s} is not free")
+        if self._sequences:
+            if not self.ctx.has_memory:
+                raise ValueError("a context without KV memory decodes one sequence at a time")
+            if not self.sampler.uses_host_logits:
+                raise ValueError(f"the {self.sampler.name!r} sampler serves one sequence at a time")
+            other = self._sequences[0]
+            if other.block_causal != seq.block_causal:
+                raise ValueError("sequences share a step only with the same attention: block "
+                                 f"length {seq.block_causal} cannot join block length {other.block_causal} "
+                                 "(0: full diffusion)")
+        seq.bind(self.ctx, s)
+        rows = seq.max_rows + sum((<Sequence> o).max_rows for o in self._sequences)
+        try:
+            self.sampler.reserve(rows, seq.n_vocab, &seq.sp)
+        except BaseException:
+            self._free(seq)
+            raise
+        if self.rows.size() < <size_t> rows:
+            self.rows.resize(rows)
+            self.counters.resize(rows)
+        self._sequences.append(seq)
+        self._sequences.sort(key=lambda o: (<Sequence> o).slot)    # the batch goes in slot order
+
+    cdef _free(self, Sequence seq):
+        if seq.slot >= 0 and self.ctx.has_memory:
+            C.llama_memory_seq_rm(self.ctx.mem, seq.slot, -1, -1)
+        seq.slot = -1
+
+    def remove(self, Sequence seq not None):
+        """Take ``seq`` out and free its KV cells (no-op when it is not here)."""
+        if seq in self._sequences:
+            self._sequences.remove(seq)
+            if not self.ctx.closed:
+                self._free(seq)
+
+    def clear(self):
+        for seq in list(self._sequences):
+            self.remove(seq)
+
+    def step(self):
+        """One denoising step of every unfinished sequence, in one llama_decode."""
+        cdef Sequence seq, first, other
+        cdef int n = 0, rows = 0, i, j, total, k
+        cdef int32_t rc
+        cdef int64_t t0, t1
+        cdef long kv = 0
+        cdef int64_t V
+        cdef const float * logits
+        active = [s for s in self._sequences if not (<Sequence> s).done]
+        if not active:
+            return [], []
+        for seq in active:
+            seq.prepare()
+        for seq in active:
+            seq.row_start = rows
+            k = n
+            with nogil:
+                n = seq.fill(n)
+            seq.n_step_tokens = n - k
+            rows += seq.n_rows
+            kv += seq.kv_tokens
+        if n > self.ctx.n_ubatch:
+            raise ValueError(f"this step decodes {n} tokens: the context needs n_ubatch >= {n} "
+                             f"(it has {self.ctx.n_ubatch})")
+        self.kv_tokens_peak = max(self.kv_tokens_peak, kv)
+        t0 = C.llama_time_us()
+        with nogil:
+            rc = self.ctx.decode_batch(n)
+        t1 = C.llama_time_us()
+        self.n_decode += 1
+        self.n_decode_tokens += n
+        self.decode_us += t1 - t0
+        self.n_steps += 1
+        for seq in active:
+            seq.account_decode(seq.n_step_tokens, t1 - t0)
+        self.ctx.raise_for_decode(rc, n)
+
+        # sample: runs of plain sequences with equal settings in one call, the rest alone
+        t0 = C.llama_time_us()
+        logits = C.llama_get_logits(self.ctx.ptr)
+        for seq in active:
+            with nogil:
+                seq.after_decode()
+        i = 0
+        while i < len(active):
+            first = active[i]
+            if not first.plain:
+                with nogil:
+                    first.sample(logits, self.sampler)
+                i += 1
+                continue
+            total = first.n_rows
+            j = i + 1
+            while j < len(active):
+                other = active[j]
+                if not (other.plain and _same_sampling(&other.sp, &first.sp)):
+                    break
+                total += other.n_rows
+                j += 1
+            for k in range(i, j):
+                other = active[k]
+                memcpy(self.counters.data() + other.row_start, other.counters.data(),
+                       other.n_rows * sizeof(uint64_t))
+            V = first.n_vocab
+            with nogil:
+                self.sampler.sample(logits + first.row_start * V if logits != NULL else NULL, V, total,
+                                    &first.sp, self.counters.data() + first.row_start,
+                                    self.rows.data() + first.row_start)
+            for k in range(i, j):
+                other = active[k]
+                memcpy(other.rows.data(), self.rows.data() + other.row_start, other.n_rows * sizeof(RowResult))
+            i = j
+        t1 = C.llama_time_us()
+        for seq in active:
+            with nogil:
+                seq.score(logits)
+        self.sample_us += C.llama_time_us() - t0
+        for seq in active:
+            seq.sample_us += C.llama_time_us() - t0
+        # the policies pick, the steps commit (as each sequence alone would)
+        t0 = C.llama_time_us()
+        for seq in active:
+            t1 = C.llama_time_us()
+            with nogil:
+                seq.commit()
+            seq.select_us += C.llama_time_us() - t1
+        self.select_us += C.llama_time_us() - t0
+        finished = []
+        for seq in active:
+            if seq.end_step():
+                finished.append(seq)
+        PyErr_CheckSignals()        # Ctrl-C between steps raises KeyboardInterrupt here
+        return active, finished

@@ -1,0 +1,332 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# distutils: language = c++
+"""Built-in remasking policies, one family of classes for every diffusion family.
+
+- SDAR's strategies: ``Sequential``, ``LowConfidenceStatic``, ``LowConfidenceDynamic``, and
+  the EB-sampler ``EntropyBounded``.
+- The LLaDA / Dream algorithms (upstream ``enum diffusion_algorithm``): ``Confidence``,
+  ``LowEntropy``, ``Margin``, ``RandomOrder`` (all ``Ranked``: the step's ``n_transfer`` best
+  positions, or a Gumbel-top-k draw with ``alg_temp``) and ``Origin`` (Dream's random transfer).
+- Fast-dLLM's parallel decoding: ``ParallelThreshold``, ``ParallelFactor`` (adaptive: the
+  region runs until no mask is left).
+
+Any of them drives any family. Ties are broken towards the leftmost position, so results
+are deterministic and match a stable sort: among equal scores the earlier position wins.
+"""
+
+from libc.math cimport log
+from libc.stdint cimport int32_t
+from libcpp.algorithm cimport sort
+from libcpp.vector cimport vector
+
+from llamadiff._kernels cimport ld_uniform, STREAM_RANDOM, STREAM_ORIGIN, STREAM_ALG_TEMP
+
+
+cdef inline bint _by_score(const Scored & a, const Scored & b) noexcept nogil:
+    # higher score first, ties to the earlier position
+    return a.score > b.score or (a.score == b.score and a.idx < b.idx)
+
+
+cdef inline float _gumbel(double u) noexcept nogil:
+    if u < 1e-20:
+        u = 1e-20
+    return <float> (-log(-log(u)))
+
+
+cdef int top_by_score(const StepView * view, const float * score, bint ascending, int n,
+                      int32_t * chosen) noexcept nogil:
+    """Indices of the n best scores (highest, or lowest when ascending), best first.
+
+    Selection sort: a block has few positions (<= 64 in practice), so this beats a heap.
+    """
+    cdef int i, j, best, t
+    cdef int m = view.n_masked
+    cdef float a, b
+    if n > m:
+        n = m
+    for i in range(m):
+        chosen[i] = i
+    for i in range(n):
+        best = i
+        for j in range(i + 1, m):
+            a = score[chosen[j]]
+            b = score[chosen[best]]
+            if (a < b if ascending else a > b) or (a == b and chosen[j] < chosen[best]):
+                best = j
+        t = chosen[i]
+        chosen[i] = chosen[best]
+        chosen[best] = t
+    return n
+
+
+cdef int _sorted_by_prob(const StepView * view, Scored * scored) noexcept nogil:
+    """Every masked position, most confident first."""
+    cdef int i
+    for i in range(view.n_masked):
+        scored[i].score = view.prob[i]
+        scored[i].idx = i
+    sort(scored, scored + view.n_masked, _by_score)
+    return view.n_masked
+
+
+cdef class RemaskPolicy:
+    """Base policy: commit the leftmost ``n_transfer`` masked positions."""
+
+    def __init__(self):
+        self.name = "sequential"
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i
+        for i in range(view.n_transfer):
+            chosen[i] = i
+        return view.n_transfer
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+cdef class Sequential(RemaskPolicy):
+    """Left to right: the first ``n_transfer`` masked positions (SDAR ``sequential``)."""
+
+
+cdef class LowConfidenceStatic(RemaskPolicy):
+    """The ``n_transfer`` positions with the highest p(x0) (SDAR ``low_confidence_static``)."""
+
+    def __init__(self):
+        self.name = "low_confidence_static"
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        return top_by_score(view, view.prob, False, view.n_transfer, chosen)
+
+
+cdef class LowConfidenceDynamic(RemaskPolicy):
+    """Every position with p(x0) > threshold if they are at least ``n_transfer``, else the
+    ``n_transfer`` most confident (SDAR ``low_confidence_dynamic``)."""
+
+    def __init__(self, float threshold=0.85):
+        if not (0.0 < threshold <= 1.0):
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.name = "low_confidence_dynamic"
+        self.threshold = threshold
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i, n = 0
+        for i in range(view.n_masked):
+            if view.prob[i] > self.threshold:
+                chosen[n] = i
+                n += 1
+        if n >= view.n_transfer:
+            return n
+        return top_by_score(view, view.prob, False, view.n_transfer, chosen)
+
+
+cdef class EntropyBounded(RemaskPolicy):
+    """EB-sampler: positions by ascending entropy, accepted while the running entropy sum
+    stays strictly below ``gamma``; at least one per step."""
+
+    def __init__(self, float gamma=0.35):
+        if not gamma > 0:
+            raise ValueError(f"eb_gamma must be > 0, got {gamma}")
+        self.name = "entropy_bounded"
+        self.gamma = gamma
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int n = top_by_score(view, view.entropy, True, view.n_masked, chosen)
+        cdef int i, k = 0
+        cdef double total = 0.0
+        for i in range(n):
+            total += view.entropy[chosen[i]]
+            if total >= self.gamma:
+                break
+            k += 1
+        return k if k > 0 else 1
+
+
+cdef class Ranked(RemaskPolicy):
+    """The ``n_transfer`` highest ``score()`` positions; with ``alg_temp`` > 0 they are drawn
+    without replacement from softmax(score / alg_temp) (Gumbel-top-k on the counter RNG)."""
+
+    def __init__(self, float alg_temp=0.0):
+        if not alg_temp >= 0:
+            raise ValueError(f"alg_temp must be >= 0, got {alg_temp}")
+        self.name = "ranked"
+        self.alg_temp = alg_temp
+
+    cdef float score(self, const StepView * view, int i) noexcept nogil:
+        return view.prob[i]
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i, n = view.n_masked
+        cdef int count = view.n_transfer
+        if <int> self.scored.size() < n:
+            self.scored.resize(n)
+        for i in range(n):
+            self.scored[i].score = self.score(view, i)
+            self.scored[i].idx = i
+            if self.alg_temp > 0:
+                self.scored[i].score = self.scored[i].score / self.alg_temp + _gumbel(
+                    ld_uniform(view.seed, view.counters[i], STREAM_ALG_TEMP))
+        sort(self.scored.begin(), self.scored.begin() + n, _by_score)
+        if count > n:
+            count = n
+        for i in range(count):
+            chosen[i] = self.scored[i].idx
+        return count
+
+
+cdef class Confidence(Ranked):
+    """Highest p(x0) first (LLaDA's ``low_confidence`` remasking, upstream ``confidence``)."""
+
+    def __init__(self, float alg_temp=0.0):
+        Ranked.__init__(self, alg_temp)
+        self.name = "confidence"
+
+
+cdef class LowEntropy(Ranked):
+    """Lowest entropy first (Dream's ``entropy``)."""
+
+    def __init__(self, float alg_temp=0.0):
+        Ranked.__init__(self, alg_temp)
+        self.name = "entropy"
+
+    cdef float score(self, const StepView * view, int i) noexcept nogil:
+        return -view.entropy[i]
+
+
+cdef class Margin(Ranked):
+    """Largest p(top1) - p(top2) first (Dream's ``topk_margin``)."""
+
+    def __init__(self, float alg_temp=0.0):
+        Ranked.__init__(self, alg_temp)
+        self.name = "margin"
+
+    cdef float score(self, const StepView * view, int i) noexcept nogil:
+        return view.margin[i]
+
+
+cdef class RandomOrder(Ranked):
+    """A uniformly random order (upstream ``random``)."""
+
+    def __init__(self, float alg_temp=0.0):
+        Ranked.__init__(self, alg_temp)
+        self.name = "random"
+
+    cdef float score(self, const StepView * view, int i) noexcept nogil:
+        return <float> ld_uniform(view.seed, view.counters[i], STREAM_RANDOM)
+
+
+cdef class Origin(RemaskPolicy):
+    """Dream's ``origin``: every masked position is committed with probability
+    n_transfer / n_masked (so ``n_transfer`` on average)."""
+
+    def __init__(self):
+        self.name = "origin"
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i, count = 0
+        cdef double p_transfer = <double> view.n_transfer / view.n_masked
+        for i in range(view.n_masked):
+            if ld_uniform(view.seed, view.counters[i], STREAM_ORIGIN) < p_transfer:
+                chosen[count] = i
+                count += 1
+        return count
+
+
+cdef class ParallelThreshold(RemaskPolicy):
+    """Fast-dLLM: every position whose p(x0) exceeds ``threshold``, at least the most
+    confident one; the region runs until no mask is left."""
+
+    def __init__(self, float threshold=0.9):
+        if not (0.0 < threshold <= 1.0):
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.name = "threshold"
+        self.threshold = threshold
+        self.adaptive = True
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i, k = 1
+        cdef int n = view.n_masked
+        if <int> self.scored.size() < n:
+            self.scored.resize(n)
+        _sorted_by_prob(view, self.scored.data())
+        while k < n and self.scored[k].score > self.threshold:
+            k += 1
+        for i in range(k):
+            chosen[i] = self.scored[i].idx
+        return k
+
+
+cdef class ParallelFactor(RemaskPolicy):
+    """Fast-dLLM: the k most confident positions for the largest k with
+    c_i >= 1 - factor / (i + 1) for every i <= k; adaptive like ``ParallelThreshold``."""
+
+    def __init__(self, float factor=1.0):
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        self.name = "factor"
+        self.factor = factor
+        self.adaptive = True
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i, k = 1
+        cdef int n = view.n_masked
+        if <int> self.scored.size() < n:
+            self.scored.resize(n)
+        _sorted_by_prob(view, self.scored.data())
+        while k < n and self.scored[k].score >= 1.0 - self.factor / (k + 2):
+            k += 1
+        for i in range(k):
+            chosen[i] = self.scored[i].idx
+        return k
+
+
+# block diffusion's strategies, by name
+STRATEGIES = {
+    "sequential": lambda threshold, eb_gamma: Sequential(),
+    "low_confidence_static": lambda threshold, eb_gamma: LowConfidenceStatic(),
+    "low_confidence_dynamic": lambda threshold, eb_gamma: LowConfidenceDynamic(threshold),
+    "entropy_bounded": lambda threshold, eb_gamma: EntropyBounded(eb_gamma),
+}
+
+# full diffusion's algorithms (upstream's numbering) and parallel modes, by name
+ALGORITHMS = {
+    "origin": lambda alg_temp: Origin(),
+    "entropy": LowEntropy,
+    "margin": Margin,
+    "random": RandomOrder,
+    "confidence": Confidence,
+}
+PARALLEL_MODES = {
+    "threshold": lambda threshold, factor: ParallelThreshold(threshold),
+    "factor": lambda threshold, factor: ParallelFactor(factor),
+}
+
+
+def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35):
+    """A policy object from a block strategy name (or an existing RemaskPolicy, returned as is)."""
+    if isinstance(strategy, RemaskPolicy):
+        return strategy
+    try:
+        factory = STRATEGIES[strategy]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)} "
+                         "or pass a RemaskPolicy") from None
+    return factory(threshold, eb_gamma)
+
+
+def make_full_policy(algorithm="confidence", *, parallel=None, alg_temp=0.0, threshold=0.9, factor=1.0):
+    """The policy of a full-diffusion algorithm, or of a parallel mode when one is given."""
+    if parallel is not None:
+        if algorithm != "confidence":
+            raise ValueError("parallel decoding ranks positions by p(x0): use algorithm='confidence'")
+        if alg_temp > 0:
+            raise ValueError("parallel decoding is deterministic in its choice of positions: alg_temp must be 0")
+        try:
+            return PARALLEL_MODES[parallel](threshold, factor)
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown parallel mode {parallel!r}; choose None or one of "
+                             f"{', '.join(PARALLEL_MODES)}") from None
+    try:
+        return ALGORITHMS[algorithm](alg_temp)
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}") from None
