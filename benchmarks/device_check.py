@@ -86,8 +86,8 @@ def pinned_copy(a: np.ndarray):
 
 def sampler_alone(rows_list, results):
     gpu = cuda.CudaRowSampler()
-    cpu1 = RowSampler(1)
-    cpun = RowSampler(os.cpu_count() or 1)
+    cpu1 = CpuRowSampler(1)
+    cpun = CpuRowSampler(os.cpu_count() or 1)
     rng = np.random.default_rng(0)
     for rows in rows_list:
         logits = (rng.normal(size=(rows, VOCAB)) * 3).astype(np.float32)
@@ -120,7 +120,7 @@ def decode_routes(model: Model, rows_list, results):
     mask = model.mask_token_id
     prefix = [int(t) for t in np.random.default_rng(1).integers(0, 256, size=256)]
     gpu = cuda.CudaRowSampler()
-    cpu = RowSampler(os.cpu_count() or 1)
+    cpu = CpuRowSampler(os.cpu_count() or 1)
     for rows in rows_list:
         row = {"rows": rows}
         block = [mask] * rows
@@ -195,9 +195,9 @@ def main(argv=None):
         if args.write_model_only:
             return 0
 
-    global Context, Generator, Model, cuda, RowSampler
+    global Context, Generator, Model, cuda, CpuRowSampler
     from llamadiff import Context, Generator, Model, cuda
-    from llamadiff._sampling import RowSampler
+    from llamadiff._sampling import CpuRowSampler
 
     info = {"device": cuda.device_name(0) if cuda.device_count() else None, "cuda_runtime": cuda.runtime_version(),
             "cuda_driver": cuda.driver_version(), "ggml_cuda": cuda.ggml_cuda_built(), "cpus": os.cpu_count(),

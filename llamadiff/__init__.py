@@ -15,8 +15,9 @@ from llamadiff.errors import (LlamaDiffError, ModelLoadError, UnsupportedModelEr
                               CudaUnavailableError)
 from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, system_info,
                              supports_gpu_offload, quantize, MASK_TOKEN_TEXTS)
-from llamadiff._remask import (RemaskPolicy, Sequential, LowConfidenceStatic,
-                               LowConfidenceDynamic, EntropyBounded)
+from llamadiff.policy import (RemaskPolicy, Sequential, LowConfidenceStatic, LowConfidenceDynamic,
+                              EntropyBounded, Ranked, Confidence, LowEntropy, Margin, RandomOrder,
+                              Origin, ParallelThreshold, ParallelFactor)
 from llamadiff.generator import (Generator, GenerationConfig, GenerationResult, StreamChunk,
                                  StepInfo)
 
@@ -25,6 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo",
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
+    "Ranked", "Confidence", "LowEntropy", "Margin", "RandomOrder", "Origin", "ParallelThreshold",
+    "ParallelFactor",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
     "supports_gpu_offload", "quantize", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted", "CudaError",

@@ -43,7 +43,7 @@ cdef class BackendRowSampler(RowSampler):
     cdef readonly int mask_id
 
     def __init__(self, int mask_id):
-        RowSampler.__init__(self, 1)
+        RowSampler.__init__(self)
         self.uses_host_logits = False
         self.mask_id = mask_id
         self.chain = ld_bs_chain_new(mask_id)
@@ -132,7 +132,3 @@ cdef class BackendRowSampler(RowSampler):
             probs[r] = stats[0]
             ents[r] = stats[1]
         return tokens, probs, ents
-
-    def sample_logits(self, logits, **kwargs):
-        raise NotImplementedError("the backend sampler reads its rows from a context's decode, "
-                                  "not from an array")

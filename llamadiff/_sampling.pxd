@@ -42,17 +42,22 @@ cdef int check_logits(const float * row, int64_t n) except -1 nogil
 
 
 cdef class RowSampler:
-    """Samples the rows of a block's logits: x0, p(x0), entropy and margin per row.
+    """Where a step's logits rows are sampled: x0, p(x0), entropy and margin per row.
 
-    This class is the CPU implementation (``sample_rows`` on ``n_threads`` threads); a
-    subclass may compute the same anywhere (``llamadiff.cuda.CudaRowSampler`` on the GPU,
-    ``llamadiff._backend.BackendRowSampler`` inside llama.cpp's graph).
+    Abstract: ``CpuRowSampler`` here, ``llamadiff.cuda.CudaRowSampler`` on the GPU,
+    ``llamadiff._backend.BackendRowSampler`` inside llama.cpp's graph. A route's
+    capabilities are fixed when it is made.
     """
-    cdef readonly int n_threads
-    cdef vector[Candidate] scratch
-    # reads the logits from llama_get_logits (False: the sampler gets its rows elsewhere)
+    # reads the logits from llama_get_logits (False: the rows are computed elsewhere, and
+    # only for one sequence at a time -- full diffusion and batches then sample on the CPU)
     cdef readonly bint uses_host_logits
 
     cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1
     cdef int sample(self, const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
                     const uint64_t * counters, RowResult * out) except -1 nogil
+
+
+cdef class CpuRowSampler(RowSampler):
+    """``sample_rows`` on ``n_threads`` threads."""
+    cdef readonly int n_threads
+    cdef vector[Candidate] scratch

@@ -179,7 +179,7 @@ def sample_logits(logits, *, float temperature=0.0, int top_k=0, float top_p=1.0
     ``logits``: float32 array (rows, n_vocab). ``counters``: one RNG counter per row
     (default: the row index).
     """
-    result = RowSampler(n_threads).sample_logits(
+    result = CpuRowSampler(n_threads).sample_logits(
         logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         skip_token=skip_token, counters=counters)
     return result if with_margin else result[:3]
@@ -217,23 +217,53 @@ cdef int _raise_non_finite() except -1 nogil:
 
 
 cdef class RowSampler:
-    """CPU row sampler: ``sample_rows`` with its scratch space and thread count."""
+    """The sampler interface (abstract; see _sampling.pxd)."""
 
-    def __init__(self, int n_threads=1):
-        if n_threads < 1:
-            raise ValueError("n_threads must be >= 1")
-        self.n_threads = n_threads
+    def __init__(self):
         self.uses_host_logits = True
 
     @property
     def name(self):
-        return "cpu"
+        raise NotImplementedError
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r})"
 
     cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1:
         """Make room for n_rows rows (no allocation in sample() afterwards)."""
+        return 0
+
+    cdef int sample(self, const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
+                    const uint64_t * counters, RowResult * out) except -1 nogil:
+        with gil:
+            raise NotImplementedError(f"{type(self).__name__}.sample")
+
+    def sample_logits(self, logits, *, float temperature=0.0, int top_k=0, float top_p=1.0,
+                      unsigned long long seed=0, int skip_token=-1, counters=None):
+        """Sample a (rows, n_vocab) float32 array: returns (tokens, probs, entropies, margins).
+
+        ``counters``: one RNG counter per row (default: the row index).
+        """
+        if not self.uses_host_logits:
+            raise NotImplementedError(f"the {self.name!r} sampler reads its rows from a context's decode, "
+                                      "not from an array")
+        return _sample_array(self, logits, temperature, top_k, top_p, seed, skip_token, counters)
+
+
+cdef class CpuRowSampler(RowSampler):
+    """CPU row sampler: ``sample_rows`` with its scratch space and thread count."""
+
+    def __init__(self, int n_threads=1):
+        RowSampler.__init__(self)
+        if n_threads < 1:
+            raise ValueError("n_threads must be >= 1")
+        self.n_threads = n_threads
+
+    @property
+    def name(self):
+        return "cpu"
+
+    cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1:
         if ((0 < sp.top_k < n_vocab) or sp.top_p < 1.0) and \
                 self.scratch.size() < <size_t> n_rows * <size_t> n_vocab:
             self.scratch.resize(<size_t> n_rows * <size_t> n_vocab)
@@ -247,14 +277,6 @@ cdef class RowSampler:
                 self.reserve(n_rows, n_vocab, sp)
         sample_rows(logits, n_vocab, n_rows, sp, counters, self.scratch.data(), out, self.n_threads)
         return 0
-
-    def sample_logits(self, logits, *, float temperature=0.0, int top_k=0, float top_p=1.0,
-                      unsigned long long seed=0, int skip_token=-1, counters=None):
-        """Sample a (rows, n_vocab) float32 array: returns (tokens, probs, entropies, margins).
-
-        ``counters``: one RNG counter per row (default: the row index).
-        """
-        return _sample_array(self, logits, temperature, top_k, top_p, seed, skip_token, counters)
 
 
 cdef _sample_array(RowSampler sampler, logits, float temperature, int top_k, float top_p,

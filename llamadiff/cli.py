@@ -21,12 +21,6 @@ from typing import Optional
 
 from llamadiff.errors import LlamaDiffError
 
-_GENERATION_OPTIONS = ("max_new_tokens", "block_length", "steps", "strategy", "threshold",
-                       "eb_gamma", "temperature", "top_k", "top_p", "seed", "cache",
-                       "eps", "algorithm", "alg_temp", "cfg_scale", "add_gumbel_noise", "parallel",
-                       "factor", "rng")
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None,
                    help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
@@ -35,46 +29,40 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU")
 
 
+def _generation_fields():
+    """GenerationConfig's fields that have a command-line flag (their declarations are the
+    one source of flags, defaults, choices and help)."""
+    import dataclasses
+
+    from llamadiff.generator import GenerationConfig
+
+    return [f for f in dataclasses.fields(GenerationConfig) if f.metadata.get("cli")]
+
+
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("generation")
-    g.add_argument("-n", "--max-new-tokens", type=int, default=256)
-    g.add_argument("-b", "--block-length", "--diffusion-block-length", type=int, default=None,
-                   help="block length (block diffusion default: the model's diffusion.block_length, "
-                        "else 4; full diffusion: LLaDA-style block schedule, default 32 for llada)")
-    g.add_argument("-s", "--steps", "--diffusion-steps", type=int, default=None,
-                   help="block diffusion: steps per block (default: block length); full diffusion: "
-                        "total steps (default: one per new token)")
-    g.add_argument("--strategy", default="low_confidence_dynamic",
-                   choices=["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"],
-                   help="remasking policy (block diffusion)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="confidence threshold: low_confidence_dynamic (default 0.85) or "
-                        "--parallel threshold (default 0.9)")
-    g.add_argument("--eb-gamma", type=float, default=0.35, help="entropy bound (entropy_bounded)")
-    g.add_argument("--temperature", "--temp", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--stop", action="append", default=None,
-                   help="stop string (repeatable; default: the model's end-of-generation tokens)")
-    g.add_argument("--no-cache", dest="cache", action="store_const", const=False, default=None,
-                   help="block diffusion: recompute prefix + block every step (reference behaviour)")
-    f = p.add_argument_group("full diffusion (LLaDA, Dream)")
-    f.add_argument("--cache", dest="cache", choices=["none", "prefix", "dual"],
-                   help="none: exact, whole sequence every step (default); prefix / dual: Fast-dLLM caches")
-    f.add_argument("--eps", "--diffusion-eps", type=float, default=None,
-                   help="Dream-style timestep schedule (default for dream / rnd1: 1e-3)")
-    f.add_argument("--algorithm", "--diffusion-algorithm", default="confidence",
-                   choices=["origin", "entropy", "margin", "random", "confidence"])
-    f.add_argument("--alg-temp", "--diffusion-alg-temp", type=float, default=0.0)
-    f.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
-    f.add_argument("--gumbel", dest="add_gumbel_noise", action="store_true",
-                   help="LLaDA-style Gumbel-noise sampling (confidence from the plain softmax)")
-    f.add_argument("--parallel", choices=["threshold", "factor"], default=None,
-                   help="Fast-dLLM parallel decoding")
-    f.add_argument("--factor", type=float, default=1.0, help="factor of --parallel factor")
-    f.add_argument("--rng", choices=["counter", "llama.cpp"], default="counter",
-                   help="llama.cpp: reproduce llama-diffusion-cli draw for draw")
+    groups = {"generation": p.add_argument_group("generation"),
+              "full": p.add_argument_group("full diffusion (LLaDA, Dream)")}
+    for f in _generation_fields():
+        meta = f.metadata
+        flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
+        kwargs = dict(dest=f.name, help=meta["help"])
+        if meta["cli"] == "flag":
+            kwargs.update(action="store_true")
+        elif meta["cli"] == "append":
+            kwargs.update(action="append", default=None)
+        else:
+            kind = float if meta["bounds"] is not None else int if meta["minimum"] is not None else None
+            kwargs.update(default=f.default)
+            if kind is not None:
+                kwargs.update(type=kind)
+            if meta["choices"] is not None:
+                kwargs.update(choices=list(meta["choices"]))
+        groups[meta["group"]].add_argument(*flags, **kwargs)
+    # cache: one option, a switch for block diffusion and a mode for full diffusion
+    groups["generation"].add_argument("--no-cache", dest="cache", action="store_const", const=False, default=None,
+                                      help="block diffusion: recompute prefix + block every step (reference behaviour)")
+    groups["full"].add_argument("--cache", dest="cache", choices=["none", "prefix", "dual"],
+                                help="none: exact, whole sequence every step (default); prefix / dual: Fast-dLLM caches")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generation_options(args) -> dict:
-    opts = {name: getattr(args, name) for name in _GENERATION_OPTIONS}
-    opts["stop"] = args.stop
+    opts = {f.name: getattr(args, f.name) for f in _generation_fields()}
+    opts["cache"] = args.cache
     return opts
 
 

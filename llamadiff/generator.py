@@ -43,6 +43,49 @@ MAX_INT_OPTION = 2 ** 31 - 1
 MAX_FLOAT_OPTION = 1e4
 
 
+def _option(default, help: str, *, flags: tuple = (), choices: Optional[tuple] = None,
+            bounds: Optional[tuple] = None, minimum: Optional[int] = None,
+            maximum: Optional[int] = MAX_INT_OPTION, cli: Optional[str] = "value", group: str = "generation"):
+    """A GenerationConfig field and everything else about it, stated once: its help, CLI flags
+    (default ``--name``; ``cli``: "value", "flag", "append", or None for no flag), choices,
+    float ``bounds`` (low, high, brackets: "(]" is low < x <= high; None: unbounded) or
+    integer ``minimum`` / ``maximum``. Validation and the CLI read these."""
+    meta = dict(help=help, flags=flags, choices=choices, bounds=bounds, minimum=minimum,
+                maximum=maximum, cli=cli, group=group)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _check_option(f: dataclasses.Field, value) -> None:
+    """One option against its declaration (see ``_option``)."""
+    meta, name = f.metadata, f.name
+    if value is None or not meta:
+        return
+    if meta["bounds"] is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+        if abs(value) > MAX_FLOAT_OPTION:
+            # beyond this a softmax is uniform noise (temperature) or every score saturates
+            raise ValueError(f"{name}={value} is out of range (|{name}| <= {MAX_FLOAT_OPTION:g})")
+        low, high, brackets = meta["bounds"]
+        ok = (low is None or (value > low if brackets[0] == "(" else value >= low)) and \
+             (high is None or (value < high if brackets[-1] == ")" else value <= high))
+        if not ok:
+            if high is None:
+                raise ValueError(f"{name} must be {'>' if brackets[0] == '(' else '>='} {low:g}, got {value}")
+            raise ValueError(f"{name} must be in {brackets[0]}{low:g}, {high:g}{brackets[-1]}, got {value}")
+    elif meta["minimum"] is not None:
+        _int_argument(name, value, meta["minimum"], meta["maximum"])
+    elif meta["cli"] == "flag" and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    if meta["choices"] is not None and not isinstance(value, RemaskPolicy) and value not in meta["choices"]:
+        extra = " or pass a RemaskPolicy" if name == "strategy" else ""
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, meta['choices']))}{extra}")
+    if name == "shift_logits" and not isinstance(value, bool):
+        raise TypeError("shift_logits must be None, True or False")
+
+
 @dataclasses.dataclass
 class GenerationConfig:
     """Options of one generation, validated on creation (and by ``replace``).
@@ -64,31 +107,51 @@ class GenerationConfig:
     llama-diffusion-cli draw for draw). See docs/GENERATION.md.
     """
 
-    max_new_tokens: int = 256
-    block_length: Optional[int] = None
-    steps: Optional[int] = None
-    strategy: Union[str, RemaskPolicy] = "low_confidence_dynamic"
-    threshold: Optional[float] = None   # block: 0.85 (dynamic remasking); full: 0.9 (parallel)
-    eb_gamma: float = 0.35
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    stop: Optional[Sequence[Union[str, int]]] = None
-    cache: Union[bool, str, None] = None    # block: True / False; full: "none" / "prefix" / "dual"
+    max_new_tokens: int = _option(256, "tokens to generate at most", flags=("-n", "--max-new-tokens"),
+                                  minimum=1)
+    block_length: Optional[int] = _option(
+        None, "block length (block diffusion default: the model's diffusion.block_length, else 4; full "
+        "diffusion: LLaDA-style block schedule, default 32 for llada)",
+        flags=("-b", "--block-length", "--diffusion-block-length"), minimum=1)
+    steps: Optional[int] = _option(
+        None, "block diffusion: steps per block (default: block length); full diffusion: total steps "
+        "(default: one per new token)", flags=("-s", "--steps", "--diffusion-steps"), minimum=1)
+    strategy: Union[str, RemaskPolicy] = _option(
+        "low_confidence_dynamic", "remasking policy of block diffusion (a RemaskPolicy object drives "
+        "either family)", choices=tuple(STRATEGIES))
+    threshold: Optional[float] = _option(
+        None, "confidence threshold: low_confidence_dynamic (default 0.85) or --parallel threshold "
+        "(default 0.9)", bounds=(0.0, 1.0, "(]"))
+    eb_gamma: float = _option(0.35, "entropy bound (entropy_bounded)", bounds=(0.0, None, "("))
+    temperature: float = _option(0.0, "0 = greedy", flags=("--temperature", "--temp"), bounds=(0.0, None, "["))
+    top_k: int = _option(0, "keep the k most likely tokens (0: off)", minimum=0)
+    top_p: float = _option(1.0, "nucleus sampling mass (1: off)", bounds=(0.0, 1.0, "(]"))
+    seed: int = _option(0, "seed of the counter-based RNG", minimum=0, maximum=2 ** 64 - 1)
+    stop: Optional[Sequence[Union[str, int]]] = _option(
+        None, "stop string (repeatable; default: the model's end-of-generation tokens)", cli="append")
+    cache: Union[bool, str, None] = _option(
+        None, "block diffusion: True (exact KV cache, default) or False (recompute); full diffusion: "
+        "none (exact, default), prefix or dual (Fast-dLLM caches)", cli=None)
     # full diffusion only
-    eps: Optional[float] = None
-    algorithm: str = "confidence"
-    alg_temp: float = 0.0
-    cfg_scale: float = 0.0
-    add_gumbel_noise: bool = False
-    shift_logits: Optional[bool] = None
-    parallel: Optional[str] = None
-    factor: float = 1.0
-    rng: str = "counter"
-    progress: bool = False
-    callback: Optional[Callable[[StepInfo], Any]] = None
-    profile: bool = False
+    eps: Optional[float] = _option(None, "Dream-style timestep schedule (default for dream / rnd1: 1e-3)",
+                                   flags=("--eps", "--diffusion-eps"), bounds=(0.0, 1.0, "()"), group="full")
+    algorithm: str = _option("confidence", "which positions a full-diffusion step commits",
+                             flags=("--algorithm", "--diffusion-algorithm"), choices=ALGORITHMS, group="full")
+    alg_temp: float = _option(0.0, "sample the committed positions from softmax(score / alg_temp)",
+                              flags=("--alg-temp", "--diffusion-alg-temp"), bounds=(0.0, None, "["), group="full")
+    cfg_scale: float = _option(0.0, "classifier-free guidance scale", bounds=(0.0, None, "["), group="full")
+    add_gumbel_noise: bool = _option(False, "LLaDA-style Gumbel-noise sampling (confidence from the plain "
+                                     "softmax)", flags=("--gumbel",), cli="flag", group="full")
+    shift_logits: Optional[bool] = _option(None, "row i predicts position i + 1 (None: GGUF metadata, else "
+                                           "True)", cli=None, group="full")
+    parallel: Optional[str] = _option(None, "Fast-dLLM parallel decoding", choices=PARALLEL_MODES, group="full")
+    factor: float = _option(1.0, "factor of --parallel factor", bounds=(0.0, None, "("), group="full")
+    rng: str = _option("counter", "llama.cpp: reproduce llama-diffusion-cli draw for draw",
+                       choices=("counter", "llama.cpp"), group="full")
+    progress: bool = _option(False, "a progress bar (tqdm)", cli=None)
+    callback: Optional[Callable[[StepInfo], Any]] = _option(None, "called after every step with a StepInfo; "
+                                                            "False stops the generation", cli=None)
+    profile: bool = _option(False, "where the time went, in stats['profile']", cli=None)
 
     def __post_init__(self):
         self.validate()
@@ -100,59 +163,13 @@ class GenerationConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        for name in ("threshold", "eb_gamma", "temperature", "top_p", "eps", "alg_temp", "cfg_scale", "factor"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}")
-            if abs(value) > MAX_FLOAT_OPTION:
-                # beyond this a softmax is uniform noise (temperature) or every score saturates
-                raise ValueError(f"{name}={value} is out of range (|{name}| <= {MAX_FLOAT_OPTION:g})")
-        _int_argument("max_new_tokens", self.max_new_tokens, 1)
-        if self.block_length is not None:
-            _int_argument("block_length", self.block_length, 1)
-        if self.steps is not None:
-            _int_argument("steps", self.steps, 1)
-        if not isinstance(self.strategy, RemaskPolicy) and self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
-                             f"{sorted(STRATEGIES)} or pass a RemaskPolicy")
-        if self.threshold is not None and not (0.0 < float(self.threshold) <= 1.0):
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.eps is not None and not (0.0 < float(self.eps) < 1.0):
-            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if not float(self.alg_temp) >= 0.0:
-            raise ValueError(f"alg_temp must be >= 0, got {self.alg_temp}")
-        if not float(self.cfg_scale) >= 0.0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        if self.parallel is not None and self.parallel not in PARALLEL_MODES:
-            raise ValueError(f"unknown parallel mode {self.parallel!r}; choose None or one of "
-                             f"{', '.join(PARALLEL_MODES)}")
-        if not float(self.factor) > 0.0:
-            raise ValueError(f"factor must be > 0, got {self.factor}")
-        if self.rng not in ("counter", "llama.cpp"):
-            raise ValueError(f"rng must be 'counter' or 'llama.cpp', got {self.rng!r}")
-        if self.cache is not None and not isinstance(self.cache, bool) and self.cache not in CACHE_MODES:
+        """Each option against its declared type, bounds and choices, then the rules that
+        tie options together."""
+        for f in dataclasses.fields(self):
+            _check_option(f, getattr(self, f.name))
+        if isinstance(self.cache, str) and self.cache not in CACHE_MODES:
             raise ValueError(f"cache must be True/False (block diffusion) or one of "
                              f"{', '.join(CACHE_MODES)} (full diffusion), got {self.cache!r}")
-        if self.shift_logits is not None and not isinstance(self.shift_logits, bool):
-            raise TypeError("shift_logits must be None, True or False")
-        if not isinstance(self.add_gumbel_noise, bool):
-            raise TypeError(f"add_gumbel_noise must be True or False, not {self.add_gumbel_noise!r}")
-        if not float(self.eb_gamma) > 0.0:
-            raise ValueError(f"eb_gamma must be > 0, got {self.eb_gamma}")
-        if not float(self.temperature) >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        _int_argument("top_k", self.top_k, 0)
-        if not (0.0 < float(self.top_p) <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        _int_argument("seed", self.seed, 0, maximum=None)
-        if self.seed >= 2 ** 64:
-            raise ValueError("seed must be < 2**64")
         if self.callback is not None and not callable(self.callback):
             raise TypeError("callback must be callable")
         if self.stop is not None:
@@ -336,7 +353,9 @@ class Generator:
         self.n_batch = n_batch
         self._context_args = dict(flash_attn=flash_attn, type_k=type_k, type_v=type_v)
         self.sampler = make_row_sampler(sampler, n_threads=self.n_threads, model=self.model)
-        self._cpu_sampler = None
+        # full diffusion and batches read host logits: a route that does not falls back to the CPU
+        self._host_sampler = (self.sampler if self.sampler.uses_host_logits
+                              else make_row_sampler("cpu", n_threads=self.n_threads))
         self._ctx: Optional[Context] = None
         self._batch_ctx: Optional[Context] = None
         self._lock = _CallLock()
@@ -625,7 +644,7 @@ class Generator:
         if full:
             one_at_a_time = cfg.rng == "llama.cpp"     # upstream's way: no KV memory
         else:
-            one_at_a_time = not cfg.cache or not self.sampler.uses_host_logits
+            one_at_a_time = not cfg.cache
         if single or one_at_a_time:
             if full:
                 # the whole sequence is one non-causal batch; rounded up so nearby lengths reuse it
@@ -633,7 +652,7 @@ class Generator:
             else:
                 # the fused store pass decodes two blocks at once
                 ctx, ms = self._context(max(self.n_batch, 2 * cfg.block_length))
-            sampler = self._full_sampler() if full else self.sampler
+            sampler = self._host_sampler if full else self.sampler
             return Scheduler(ctx, sampler), ms, 1
         if n_parallel is None:
             n_parallel = min(len(ids), 16)
@@ -643,7 +662,7 @@ class Generator:
             n_parallel = min(n_parallel, max(1, FULL_BATCH_TOKENS // capacity))
         slots = max(1, min(n_parallel, len(ids)))
         ctx, ms = self._batch_context(slots, capacity, cfg.block_length if not full else 0)
-        return Scheduler(ctx, self._full_sampler()), ms, slots
+        return Scheduler(ctx, self._host_sampler), ms, slots
 
     def _run(self, prompts: list, config, chat, options, n_parallel, stream: bool, single: bool):
         """Every generation: the prompts queue for the scheduler's slots; each step is one
@@ -751,15 +770,6 @@ class Generator:
                 for r in results:
                     r.stats["batch"] = totals
         yield results
-
-    def _full_sampler(self):
-        """Sequences that read host logits (full diffusion, batches) cannot use the backend
-        route: it falls back to the CPU."""
-        if self.sampler.uses_host_logits:
-            return self.sampler
-        if self._cpu_sampler is None:
-            self._cpu_sampler = make_row_sampler("cpu", n_threads=self.n_threads)
-        return self._cpu_sampler
 
     def _batch_context(self, n_parallel: int, capacity: int, block_length: int) -> tuple:
         """A context for several sequences: one KV buffer for n_parallel slots of ``capacity``

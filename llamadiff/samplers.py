@@ -1,6 +1,6 @@
 """Choosing the row sampler of a Generator: ``sampler="auto" | "cpu" | "cuda" | "backend"``.
 
-- ``"cpu"``: the vectorised CPU sampler (``llamadiff._sampling.RowSampler``).
+- ``"cpu"``: the vectorised CPU sampler (``llamadiff._sampling.CpuRowSampler``).
 - ``"cuda"``: the GPU sampler (``llamadiff.cuda.CudaRowSampler``): the block's logits rows are
   uploaded and reduced on the GPU. Needs a CUDA build and a device, else
   ``CudaUnavailableError``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from llamadiff._sampling import RowSampler
+from llamadiff._sampling import CpuRowSampler, RowSampler
 from llamadiff.errors import CudaError, CudaUnavailableError
 
 __all__ = ["SAMPLERS", "make_row_sampler"]
@@ -34,7 +34,7 @@ def make_row_sampler(kind, *, n_threads: int = 1, model=None) -> RowSampler:
     if not isinstance(kind, str) or kind not in SAMPLERS:
         raise ValueError(f"unknown sampler {kind!r}; choose one of {list(SAMPLERS)} or pass a RowSampler")
     if kind == "cpu":
-        return RowSampler(n_threads)
+        return CpuRowSampler(n_threads)
     if kind == "backend":
         from llamadiff._backend import BackendRowSampler
         mask = getattr(model, "mask_token_id", None)
@@ -48,12 +48,12 @@ def make_row_sampler(kind, *, n_threads: int = 1, model=None) -> RowSampler:
         return cuda.CudaRowSampler()
     # auto
     if not cuda.is_built():
-        return RowSampler(n_threads)
+        return CpuRowSampler(n_threads)
     if cuda.device_count() == 0:
         log.info("llamadiff: no CUDA device is visible; sampling on the CPU")
-        return RowSampler(n_threads)
+        return CpuRowSampler(n_threads)
     try:
         return cuda.CudaRowSampler()
     except CudaError as exc:
         log.warning("the CUDA sampler is built but unusable (%s); sampling on the CPU", exc)
-        return RowSampler(n_threads)
+        return CpuRowSampler(n_threads)

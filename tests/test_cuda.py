@@ -16,7 +16,7 @@ import pytest
 import llamadiff
 from llamadiff import Context, Generator, testing
 from llamadiff import cuda
-from llamadiff._sampling import RowSampler, sample_logits
+from llamadiff._sampling import CpuRowSampler, sample_logits
 from llamadiff.errors import CudaUnavailableError
 from llamadiff.samplers import make_row_sampler
 
@@ -126,7 +126,7 @@ def test_auto_falls_back_to_cpu(qwen3_model, caplog):
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="unknown sampler"):
         make_row_sampler("tpu")
-    s = RowSampler(2)
+    s = CpuRowSampler(2)
     assert make_row_sampler(s) is s
 
 
@@ -214,7 +214,7 @@ def test_gpu_matches_cpu_greedy(rows):
     skip = 151669
     logits[:, skip] += 100.0                       # the mask token must never win
     gpu = cuda.CudaRowSampler()
-    cpu = RowSampler(2)
+    cpu = CpuRowSampler(2)
     g = gpu.sample_logits(logits, skip_token=skip)
     c = cpu.sample_logits(logits, skip_token=skip)
     np.testing.assert_array_equal(g[0], c[0])
@@ -234,7 +234,7 @@ def test_gpu_matches_cpu_sampling(kwargs):
     logits = (rng.normal(size=(64, 151936)) * 2).astype(np.float32)
     counters = np.arange(1000, 1064, dtype=np.uint64)
     g = cuda.CudaRowSampler().sample_logits(logits, seed=123, counters=counters, skip_token=3, **kwargs)
-    c = RowSampler(2).sample_logits(logits, seed=123, counters=counters, skip_token=3, **kwargs)
+    c = CpuRowSampler(2).sample_logits(logits, seed=123, counters=counters, skip_token=3, **kwargs)
     assert (g[0] == c[0]).mean() >= 62 / 64, kwargs
     same = g[0] == c[0]
     assert _rel(g[1][same], c[1][same]).max() <= 1e-4

@@ -51,6 +51,10 @@ def test_downstream_cython_policy(tmp_path):
     positions = [p[0] for p in order]
     # prompt "hello" is one token: block 0 holds positions 1..3, then blocks of 4
     assert positions == [3, 2, 1, 7, 6, 5, 4, 11, 10, 9, 8]
+    # the same policy on LLaDA: the prompt's tokens, then 8 positions right to left
+    full_line = next(l for l in out.splitlines() if l.startswith("full diffusion commit order"))
+    full = [p[0] for p in eval(full_line.split(":", 1)[1])]
+    assert full == list(range(full[0], full[0] - 8, -1)) and full[-1] >= 1
     sys.path.insert(0, str(work))
     try:
         import right_to_left

@@ -3,13 +3,14 @@
 """A remasking policy written in Cython against llamadiff's public .pxd files.
 
 It commits masked positions from the right end of each block, one step at a time,
-without the GIL -- the block loop calls ``select`` exactly like the built-in strategies.
+without the GIL -- the engine calls ``select`` exactly like the built-in policies, for block
+diffusion (SDAR) and full diffusion (LLaDA, Dream) alike.
 """
 
 from libc.stdint cimport int32_t
 
-from llamadiff._core cimport Context
-from llamadiff._remask cimport RemaskPolicy, StepView
+from llamadiff.core cimport Context
+from llamadiff.policy cimport RemaskPolicy, StepView
 
 
 cdef class RightToLeft(RemaskPolicy):
@@ -26,5 +27,5 @@ cdef class RightToLeft(RemaskPolicy):
 
 
 def kv_cells(Context ctx):
-    """Reads a native field of a llamadiff Context from Cython (shows ``cimport`` of _core)."""
+    """Reads a native field of a llamadiff Context from Cython (shows ``cimport`` of core)."""
     return ctx.n_ctx

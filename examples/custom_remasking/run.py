@@ -37,6 +37,13 @@ def main(argv):
                            callback=lambda info: order.append(info.positions), stop=[])
         print("commit order (absolute positions):", order)
         print("tokens:", out.tokens)
+    # the same policy drives full diffusion (LLaDA blocks of 8, one position per step)
+    full = testing.write_model(Path(tempfile.mkdtemp()) / "llada.gguf", "llada")
+    with Generator(full, n_ctx=512) as gen:
+        order = []
+        gen.generate("hello", max_new_tokens=8, block_length=8, steps=8, strategy=RightToLeft(),
+                     callback=lambda info: order.append(info.positions), stop=[])
+        print("full diffusion commit order:", order)
 
 
 if __name__ == "__main__":

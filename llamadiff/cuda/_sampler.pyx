@@ -84,7 +84,7 @@ cdef class CudaRowSampler(RowSampler):
     cdef ld_cuda_params params
 
     def __init__(self, int device=0):
-        RowSampler.__init__(self, 1)
+        RowSampler.__init__(self)
         self.device = device
         cdef int n = ld_cuda_device_count()
         if n == 0:
