@@ -21,6 +21,7 @@ cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
 from llamadiff.engine cimport Sequence
 from llamadiff.policy cimport RemaskPolicy
+from llamadiff.policy import make_policy
 
 
 cdef inline int transfer_count(int block_length, int steps, int step) noexcept nogil:
@@ -154,3 +155,73 @@ cdef class BlockSequence(Sequence):
             self.step = 0
             self.store_pending = self.use_cache
         return self.region_done
+
+
+class BlockFamily:
+    """Block diffusion (SDAR family) for the Generator: option defaults and rules, the
+    sequence of a prompt, the contexts it needs. (``llamadiff.generator.FAMILIES``)"""
+    name = "block"
+    # a single sequence may sample on the device (sampler="backend": only its own rows)
+    device_sampling = True
+
+    def resolve(self, gen, cfg):
+        """The block length (the model's trained one by default), steps, cache and threshold."""
+        block = cfg.block_length or gen.default_block_length
+        if 2 * block > gen.n_ctx:
+            raise ValueError(f"block_length={block} needs n_ctx >= {2 * block} (a step decodes the "
+                             f"finished block and the next one together); this Generator has "
+                             f"n_ctx={gen.n_ctx}")
+        steps = cfg.steps or block
+        if steps > block:
+            raise ValueError(f"steps ({steps}) cannot exceed block_length ({block}): each step "
+                             "commits at least one token")
+        cache = cfg.cache
+        if cache is None or cache == "none":
+            cache = cache is None
+        elif not isinstance(cache, bool):
+            raise ValueError(f"cache={cache!r} is for full-diffusion models; block diffusion "
+                             "takes cache=True (exact KV cache) or False")
+        if cfg.eps is not None:
+            raise ValueError("eps (a timestep schedule) is for full-diffusion models; "
+                             "block diffusion uses block_length")
+        threshold = 0.85 if cfg.threshold is None else cfg.threshold
+        return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold)
+
+    def positions(self, cfg, int n_prompt):
+        """Positions a sequence occupies: whole blocks."""
+        cdef int B = cfg.block_length
+        return (n_prompt + cfg.max_new_tokens + B - 1) // B * B
+
+    def check_prompt(self, gen, cfg, ids, bint single):
+        total = self.positions(cfg, len(ids))
+        if total > gen.n_ctx:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}), "
+                             f"rounded up to whole blocks of {cfg.block_length} ({total}), exceeds "
+                             f"n_ctx={gen.n_ctx}" + ("" if single else " (the bound per sequence)"))
+
+    def policy(self, cfg):
+        return make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma)
+
+    def sequence(self, model, ids, cfg, policy):
+        return BlockSequence(model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps, policy,
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                             seed=cfg.seed, cache=cfg.cache)
+
+    def runs_alone(self, cfg):
+        # the recompute mode (reference behaviour) re-decodes each sequence's prefix alone
+        return not cfg.cache
+
+    def context(self, gen, cfg, int slots, int capacity):
+        """(positions per slot, n_ubatch, diffusion_kv) of a context for ``slots`` sequences:
+        each step decodes a store pass and a block per slot (the fused store pass decodes
+        two blocks at once); prompts are prefilled in chunks of n_batch."""
+        B = cfg.block_length
+        if slots == 1:
+            return capacity, max(gen.n_batch, 2 * B), False
+        return capacity, max(2 * B * slots, min(gen.n_batch, capacity)), False
+
+    def max_slots(self, cfg, int capacity):
+        return 1 << 30
+
+    def stats(self, seq, cfg):
+        return {}

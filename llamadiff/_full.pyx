@@ -107,6 +107,25 @@ def schedule_regions(int n_prompt, int n_generate, int block_length, int steps):
     return out
 
 
+def check_modes(int block_length, float eps, str cache, parallel, float cfg_scale, str rng,
+                bint custom_policy=False):
+    """The rules that tie full-diffusion options together (checked when a call's options are
+    resolved, and by FullSequence)."""
+    if cache not in CACHE_MODES:
+        raise ValueError(f"unknown cache mode {cache!r}; choose one of {', '.join(CACHE_MODES)}")
+    if rng not in ("counter", "llama.cpp"):
+        raise ValueError(f"rng must be 'counter' or 'llama.cpp', got {rng!r}")
+    if (block_length > 0) == (eps > 0):
+        raise ValueError("give exactly one schedule: block_length (LLaDA-style blocks) or eps "
+                         "(Dream-style timesteps)")
+    if cfg_scale > 0 and cache != "none":
+        raise ValueError("cfg_scale > 0 needs cache='none' (the unconditional pass is not cached)")
+    if rng == "llama.cpp" and (cache != "none" or parallel is not None or cfg_scale > 0 or custom_policy):
+        raise ValueError("rng='llama.cpp' reproduces llama-diffusion-cli: it needs cache='none', "
+                         "no parallel mode, cfg_scale=0 and the algorithm's own policy (the CLI "
+                         "has no guidance option)")
+
+
 cdef class FullSequence(Sequence):
     """One full-diffusion generation: prompt + ``n_generate`` masks, resolved region by region.
 
@@ -149,39 +168,16 @@ cdef class FullSequence(Sequence):
         cdef int n_prompt = len(prompt)
         if n_prompt < 1:
             raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
-        if n_generate < 1:
-            raise ValueError("n_generate must be >= 1")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if cache not in CACHE_MODES:
-            raise ValueError(f"unknown cache mode {cache!r}; choose one of {', '.join(CACHE_MODES)}")
-        if rng not in ("counter", "llama.cpp"):
-            raise ValueError(f"rng must be 'counter' or 'llama.cpp', got {rng!r}")
-        if (block_length > 0) == (eps > 0):
-            raise ValueError("give exactly one schedule: block_length (LLaDA-style blocks) or eps "
-                             "(Dream-style timesteps)")
-        if eps > 0 and not eps < 1:
-            raise ValueError(f"eps must be in (0, 1), got {eps}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if not cfg_scale >= 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
-        if temperature < 0 or not (0.0 < top_p <= 1.0) or top_k < 0:
-            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if n_generate < 1 or steps < 1:
+            raise ValueError("n_generate and steps must be >= 1")
+        check_modes(block_length, eps, cache, parallel, cfg_scale, rng, policy is not None)
         self.compat = rng == "llama.cpp"
         self.cache_mode = CACHE_MODES.index(cache)
-        if cfg_scale > 0 and self.cache_mode != CACHE_NONE:
-            raise ValueError("cfg_scale > 0 needs cache='none' (the unconditional pass is not cached)")
-        if self.compat and (self.cache_mode != CACHE_NONE or parallel is not None or cfg_scale > 0
-                            or policy is not None):
-            raise ValueError("rng='llama.cpp' reproduces llama-diffusion-cli: it needs cache='none', "
-                             "no parallel mode, cfg_scale=0 and the algorithm's own policy (the CLI "
-                             "has no guidance option)")
         if policy is None:
             policy = make_full_policy(algorithm, parallel=parallel, alg_temp=alg_temp,
                                       threshold=threshold, factor=factor)
         self._init_sequence(model, prompt, n_prompt + n_generate, policy, temperature, top_k, top_p, seed)
-        self.algorithm = ALGORITHMS.index(algorithm)
+        self.algorithm = ALGORITHMS.index(algorithm) if algorithm in ALGORITHMS else ALG_CONFIDENCE
         self.algorithm_name = algorithm
         self.cache_name = cache
         self.timestep = eps > 0
@@ -517,3 +513,93 @@ cdef class FullSequence(Sequence):
         cur.selected = -1
         cur.sorted = False
         C.llama_sampler_apply(self.chain, cur)
+
+
+class FullFamily:
+    """Full diffusion (LLaDA, Dream, RND1) for the Generator: option defaults and rules, the
+    sequence of a prompt, the contexts it needs. (``llamadiff.generator.FAMILIES``)"""
+    name = "full"
+    device_sampling = False      # every row is read on the host
+
+    def resolve(self, gen, cfg):
+        """The schedule, steps, cache, shift_logits and threshold of a call."""
+        if cfg.block_length is not None and cfg.eps is not None:
+            raise ValueError("give one schedule: block_length (LLaDA-style blocks) or eps "
+                             "(Dream-style timesteps), not both")
+        block, eps = cfg.block_length, cfg.eps
+        if block is None and eps is None:
+            if gen.model.architecture in ("dream", "rnd1"):
+                eps = DEFAULT_EPS
+            else:
+                block = 32
+        steps = cfg.steps or cfg.max_new_tokens
+        if steps > 4 * cfg.max_new_tokens:
+            raise ValueError(f"steps ({steps}) is more than 4 per new token ({cfg.max_new_tokens}): "
+                             "the extra steps would commit nothing")
+        cache = cfg.cache
+        if cache is None or cache is False:
+            cache = "none"
+        elif cache is True:
+            raise ValueError("full diffusion has no exact cache: choose cache='none' (exact), "
+                             "'prefix' or 'dual' (approximate)")
+        shift = cfg.shift_logits
+        if shift is None:
+            meta = gen.model.meta("diffusion.shift_logits")
+            shift = True if meta is None else str(meta).strip().lower() in ("true", "1")
+        threshold = 0.9 if cfg.threshold is None else cfg.threshold
+        custom = isinstance(cfg.strategy, RemaskPolicy)
+        check_modes(block or 0, eps or 0.0, cache, cfg.parallel, cfg.cfg_scale, cfg.rng, custom)
+        if not custom:
+            make_full_policy(cfg.algorithm, parallel=cfg.parallel, alg_temp=cfg.alg_temp,
+                             threshold=threshold, factor=cfg.factor)      # its rules, up front
+        return cfg.replace(block_length=block, eps=eps, steps=steps, cache=cache,
+                           shift_logits=shift, threshold=threshold)
+
+    def positions(self, cfg, int n_prompt):
+        return n_prompt + cfg.max_new_tokens
+
+    def check_prompt(self, gen, cfg, ids, bint single):
+        n = len(ids)
+        if not ids:
+            raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
+        if n + cfg.max_new_tokens > gen.n_ctx:
+            raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
+                             f"= {n + cfg.max_new_tokens} exceeds n_ctx={gen.n_ctx}")
+
+    def policy(self, cfg):
+        # None: each sequence takes the policy of its algorithm / parallel mode
+        return cfg.strategy if isinstance(cfg.strategy, RemaskPolicy) else None
+
+    def sequence(self, model, ids, cfg, policy):
+        return FullSequence(model, ids, cfg.max_new_tokens, steps=cfg.steps,
+                            block_length=cfg.block_length or 0, eps=cfg.eps or 0.0,
+                            algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
+                            threshold=cfg.threshold, factor=cfg.factor, cfg_scale=cfg.cfg_scale,
+                            alg_temp=cfg.alg_temp, add_gumbel_noise=cfg.add_gumbel_noise,
+                            shift_logits=cfg.shift_logits, temperature=cfg.temperature,
+                            top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, rng=cfg.rng,
+                            policy=policy)
+
+    def runs_alone(self, cfg):
+        # upstream's way (rng="llama.cpp") has no KV memory: one sequence per decode
+        return cfg.rng == "llama.cpp"
+
+    def context(self, gen, cfg, int slots, int capacity):
+        """(positions per slot, n_ubatch, diffusion_kv) of a context for ``slots`` sequences:
+        a step may decode every slot's whole sequence in one non-causal batch (rounded up
+        so that nearby lengths reuse the context)."""
+        capacity = (capacity + 63) // 64 * 64
+        return capacity, slots * capacity, cfg.rng != "llama.cpp"
+
+    def max_slots(self, cfg, int capacity):
+        return max(1, BATCH_TOKENS // ((capacity + 63) // 64 * 64))
+
+    def stats(self, seq, cfg):
+        return dict(schedule="block" if cfg.block_length else "timestep", eps=cfg.eps,
+                    algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
+                    policy=seq.policy.name, sequence=seq.tokens)
+
+
+# tokens one full-diffusion batch may decode at once (every slot's whole sequence): bounds
+# the non-causal attention's work and memory
+BATCH_TOKENS = 2048

@@ -64,6 +64,8 @@ cdef class Sequence:
     cdef int _init_sequence(self, Model model, prompt, int n_total, RemaskPolicy policy,
                             float temperature, int top_k, float top_p, unsigned long long seed) except -1:
         cdef int i
+        if temperature < 0 or not (0.0 < top_p <= 1.0) or top_k < 0:
+            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
         self.model = model
         model._check_open()
         mask = model.mask_token_id

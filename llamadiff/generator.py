@@ -24,17 +24,21 @@ import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from llamadiff import rpc
-from llamadiff._block import BlockSequence
-from llamadiff._full import ALGORITHMS, CACHE_MODES, DEFAULT_EPS, PARALLEL_MODES, FullSequence
+from llamadiff._block import BlockFamily
+from llamadiff._full import ALGORITHMS, CACHE_MODES, PARALLEL_MODES, FullFamily
 from llamadiff._core import Context, Model, default_threads
 from llamadiff.engine import Scheduler, StepInfo
-from llamadiff.policy import RemaskPolicy, STRATEGIES, make_policy
+from llamadiff.policy import RemaskPolicy, STRATEGIES
 from llamadiff.errors import UnsupportedModelError
 from llamadiff.samplers import make_row_sampler
 
 __all__ = ["Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo"]
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
+
+# What each diffusion family brings (option defaults and rules, its engine sequence, the
+# contexts it needs), by ``Model.family``. A new family is one module and one entry here.
+FAMILIES = {"block": BlockFamily(), "full": FullFamily()}
 
 # Bounds of numeric options. Integers reach C as int32 (a larger top_k or block length is
 # an error naming the option, not an OverflowError); no float option means anything past
@@ -366,6 +370,7 @@ class Generator:
             if self._owns_model:
                 self.model.close()
             raise
+        self._family = FAMILIES[self.model.family]
         self.default_block_length = self._model_block_length()
 
     # -- resources -------------------------------------------------------------------
@@ -471,57 +476,7 @@ class Generator:
             raise TypeError("config must be a GenerationConfig")
         if overrides:
             cfg = cfg.replace(**overrides)
-        if self.model.family == "full":
-            return self._config_full(cfg)
-        block = cfg.block_length or self.default_block_length
-        if 2 * block > self.n_ctx:
-            raise ValueError(f"block_length={block} needs n_ctx >= {2 * block} (a step decodes the "
-                             f"finished block and the next one together); this Generator has "
-                             f"n_ctx={self.n_ctx}")
-        steps = cfg.steps or block
-        if steps > block:
-            raise ValueError(f"steps ({steps}) cannot exceed block_length ({block}): each step "
-                             "commits at least one token")
-        cache = cfg.cache
-        if cache is None or cache == "none":
-            cache = cache is None
-        elif not isinstance(cache, bool):
-            raise ValueError(f"cache={cache!r} is for full-diffusion models; block diffusion "
-                             "takes cache=True (exact KV cache) or False")
-        if cfg.eps is not None:
-            raise ValueError("eps (a timestep schedule) is for full-diffusion models; "
-                             "block diffusion uses block_length")
-        threshold = 0.85 if cfg.threshold is None else cfg.threshold
-        return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold)
-
-    def _config_full(self, cfg: GenerationConfig) -> GenerationConfig:
-        """Resolve full-diffusion defaults: the schedule, steps, cache, shift_logits."""
-        if cfg.block_length is not None and cfg.eps is not None:
-            raise ValueError("give one schedule: block_length (LLaDA-style blocks) or eps "
-                             "(Dream-style timesteps), not both")
-        block, eps = cfg.block_length, cfg.eps
-        if block is None and eps is None:
-            if self.model.architecture in ("dream", "rnd1"):
-                eps = DEFAULT_EPS
-            else:
-                block = 32
-        steps = cfg.steps or cfg.max_new_tokens
-        if steps > 4 * cfg.max_new_tokens:
-            raise ValueError(f"steps ({steps}) is more than 4 per new token ({cfg.max_new_tokens}): "
-                             "the extra steps would commit nothing")
-        cache = cfg.cache
-        if cache is None or cache is False:
-            cache = "none"
-        elif cache is True:
-            raise ValueError("full diffusion has no exact cache: choose cache='none' (exact), "
-                             "'prefix' or 'dual' (approximate)")
-        shift = cfg.shift_logits
-        if shift is None:
-            meta = self.model.meta("diffusion.shift_logits")
-            shift = True if meta is None else str(meta).strip().lower() in ("true", "1")
-        threshold = 0.9 if cfg.threshold is None else cfg.threshold
-        return cfg.replace(block_length=block, eps=eps, steps=steps, cache=cache,
-                           shift_logits=shift, threshold=threshold)
+        return self._family.resolve(self, cfg)
 
     # -- generation ------------------------------------------------------------------
 
@@ -590,78 +545,20 @@ class Generator:
 
     # -- the engine ------------------------------------------------------------------
 
-    def _policy(self, cfg: GenerationConfig) -> Optional[RemaskPolicy]:
-        """The remasking policy of a call (None: a full-diffusion sequence takes the one of
-        its algorithm / parallel mode). One policy object serves every sequence of the call."""
-        if isinstance(cfg.strategy, RemaskPolicy):
-            return cfg.strategy
-        if self.model.family == "full":
-            return None
-        return make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma)
-
-    def _sequence(self, cfg: GenerationConfig, ids: list, policy):
-        """The family's engine sequence for one prompt."""
-        if self.model.family == "full":
-            return FullSequence(self.model, ids, cfg.max_new_tokens, steps=cfg.steps,
-                                block_length=cfg.block_length or 0, eps=cfg.eps or 0.0,
-                                algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
-                                threshold=cfg.threshold, factor=cfg.factor, cfg_scale=cfg.cfg_scale,
-                                alg_temp=cfg.alg_temp, add_gumbel_noise=cfg.add_gumbel_noise,
-                                shift_logits=cfg.shift_logits, temperature=cfg.temperature,
-                                top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, rng=cfg.rng,
-                                policy=policy)
-        return BlockSequence(self.model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps, policy,
-                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                             seed=cfg.seed, cache=cfg.cache)
-
-    def _positions(self, cfg: GenerationConfig, n_prompt: int) -> int:
-        """Positions a sequence occupies: whole blocks for block diffusion."""
-        if self.model.family == "full":
-            return n_prompt + cfg.max_new_tokens
-        B = cfg.block_length
-        return -(-(n_prompt + cfg.max_new_tokens) // B) * B
-
-    def _check_prompt(self, cfg: GenerationConfig, ids: list, single: bool) -> None:
-        n = len(ids)
-        total = self._positions(cfg, n)
-        if self.model.family == "full":
-            if not ids:
-                raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
-            if total > self.n_ctx:
-                raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
-                                 f"= {total} exceeds n_ctx={self.n_ctx}")
-        elif total > self.n_ctx:
-            raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({cfg.max_new_tokens}), "
-                             f"rounded up to whole blocks of {cfg.block_length} ({total}), exceeds "
-                             f"n_ctx={self.n_ctx}" + ("" if single else " (the bound per sequence)"))
-
     def _scheduler(self, cfg: GenerationConfig, ids: dict, n_parallel, single: bool) -> tuple:
         """(Scheduler, context_ms, slots) for a call: the reusable one-sequence context for a
         single prompt (and for the modes that run one sequence at a time), else a context
         with one KV buffer shared by ``slots`` sequences."""
-        full = self.model.family == "full"
-        totals = [self._positions(cfg, len(t)) for t in ids.values()] or [1]
-        if full:
-            one_at_a_time = cfg.rng == "llama.cpp"     # upstream's way: no KV memory
-        else:
-            one_at_a_time = not cfg.cache
-        if single or one_at_a_time:
-            if full:
-                # the whole sequence is one non-causal batch; rounded up so nearby lengths reuse it
-                ctx, ms = self._context(-(-max(totals) // 64) * 64, diffusion_kv=cfg.rng != "llama.cpp")
-            else:
-                # the fused store pass decodes two blocks at once
-                ctx, ms = self._context(max(self.n_batch, 2 * cfg.block_length))
-            sampler = self._host_sampler if full else self.sampler
-            return Scheduler(ctx, sampler), ms, 1
+        family = self._family
+        capacity = max([family.positions(cfg, len(t)) for t in ids.values()] or [1])
+        if single or family.runs_alone(cfg):
+            _, need, diffusion_kv = family.context(self, cfg, 1, capacity)
+            ctx, ms = self._context(need, diffusion_kv)
+            return Scheduler(ctx, self.sampler if family.device_sampling else self._host_sampler), ms, 1
         if n_parallel is None:
             n_parallel = min(len(ids), 16)
-        capacity = max(totals)
-        if full:
-            capacity = -(-capacity // 64) * 64
-            n_parallel = min(n_parallel, max(1, FULL_BATCH_TOKENS // capacity))
-        slots = max(1, min(n_parallel, len(ids)))
-        ctx, ms = self._batch_context(slots, capacity, cfg.block_length if not full else 0)
+        slots = max(1, min(n_parallel, len(ids), family.max_slots(cfg, capacity)))
+        ctx, ms = self._batch_context(cfg, slots, capacity)
         return Scheduler(ctx, self._host_sampler), ms, slots
 
     def _run(self, prompts: list, config, chat, options, n_parallel, stream: bool, single: bool):
@@ -680,14 +577,14 @@ class Generator:
         for index, prompt in enumerate(prompts):
             try:
                 toks = self.prompt_tokens(prompt, chat=chat)
-                self._check_prompt(cfg, toks, single)
+                self._family.check_prompt(self, cfg, toks, single)
                 ids[index] = toks
             except (ValueError, TypeError) as exc:
                 if single:
                     raise
                 results[index] = GenerationResult("", [], "error", {}, [], error=str(exc))
         stops = _StopMatcher(self.model, cfg.stop)
-        policy = self._policy(cfg)
+        policy = self._family.policy(cfg)   # one policy object serves every sequence of the call
         tag = (lambda index: None) if single else (lambda index: index)
         with self._lock:
             t_start = time.perf_counter()
@@ -701,7 +598,7 @@ class Generator:
                     while queue and len(running) < slots:
                         index = queue.pop(0)
                         try:
-                            seq = self._sequence(cfg, ids[index], policy)
+                            seq = self._family.sequence(self.model, ids[index], cfg, policy)
                             sched.add(seq)
                         except (ValueError, TypeError) as exc:
                             if single:
@@ -764,32 +661,27 @@ class Generator:
                           "steps": sched.n_steps, "decode_ms": sched.decode_us / 1e3,
                           "sampling_ms": sched.sample_us / 1e3, "selection_ms": sched.select_us / 1e3,
                           "kv_tokens_peak": sched.kv_tokens_peak,
-                          "kv_tokens_per_sequence_max": max([self._positions(cfg, len(t)) for t in ids.values()]
-                                                            or [0]),
+                          "kv_tokens_per_sequence_max": max([self._family.positions(cfg, len(t))
+                                                             for t in ids.values()] or [0]),
                           "errors": sum(r.stop_reason == "error" for r in results)}
                 for r in results:
                     r.stats["batch"] = totals
         yield results
 
-    def _batch_context(self, n_parallel: int, capacity: int, block_length: int) -> tuple:
-        """A context for several sequences: one KV buffer for n_parallel slots of ``capacity``
-        positions each; kept for later calls of the same or smaller shape. ``block_length``
-        0: full diffusion (each step may decode every slot's whole sequence)."""
-        full = self.model.family == "full"
-        if full:
-            need_ubatch = n_parallel * capacity
-        else:
-            need_ubatch = max(2 * block_length * n_parallel, min(self.n_batch, capacity))
+    def _batch_context(self, cfg: GenerationConfig, slots: int, capacity: int) -> tuple:
+        """A context for several sequences: one KV buffer for ``slots`` sequences of
+        ``capacity`` positions each; kept for later calls of the same or smaller shape."""
+        capacity, need_ubatch, diffusion_kv = self._family.context(self, cfg, slots, capacity)
         ctx = self._batch_ctx
-        if (ctx is not None and not ctx.closed and ctx.n_seq_max >= n_parallel
-                and ctx.n_ctx >= n_parallel * capacity and ctx.n_ubatch >= need_ubatch):
+        if (ctx is not None and not ctx.closed and ctx.n_seq_max >= slots
+                and ctx.n_ctx >= slots * capacity and ctx.n_ubatch >= need_ubatch):
             return ctx, 0.0
         if ctx is not None:
             ctx.close()
         t0 = time.perf_counter()
-        self._batch_ctx = Context(self.model, n_ctx=n_parallel * capacity, n_batch=need_ubatch,
-                                  n_ubatch=need_ubatch, n_seq_max=n_parallel, kv_unified=True,
-                                  n_threads=self.n_threads, causal=False, diffusion_kv=full,
+        self._batch_ctx = Context(self.model, n_ctx=slots * capacity, n_batch=need_ubatch,
+                                  n_ubatch=need_ubatch, n_seq_max=slots, kv_unified=True,
+                                  n_threads=self.n_threads, causal=False, diffusion_kv=diffusion_kv,
                                   **self._context_args)
         return self._batch_ctx, (time.perf_counter() - t0) * 1e3
 
@@ -819,10 +711,7 @@ class Generator:
             "tokens_per_step": (sum(committed) / len(committed)) if committed else 0.0,
             "tokens_per_second": len(generated) / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
         }
-        if self.model.family == "full":
-            stats.update(schedule="block" if cfg.block_length else "timestep", eps=cfg.eps,
-                         algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
-                         policy=seq.policy.name, sequence=seq.tokens)
+        stats.update(self._family.stats(seq, cfg))
         if not single:
             stats["slot"] = run.slot
         if cfg.profile:
@@ -848,9 +737,6 @@ class _Running:
         self.sampler = sampler
 
 
-# tokens one full-diffusion batch may decode at once (every slot's whole sequence): bounds
-# the non-causal attention's work and memory
-FULL_BATCH_TOKENS = 2048
 MAX_PARALLEL = 256
 
 
