@@ -15,20 +15,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context
 from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
-
-
-cdef extern from "llama.h" nogil:
-    ctypedef struct llama_sampler:
-        pass
-    bint llama_set_sampler(C.llama_context * ctx, C.llama_seq_id seq_id, llama_sampler * smpl)
-    void llama_sampler_free(llama_sampler * smpl)
-    C.llama_token llama_get_sampled_token_ith(C.llama_context * ctx, int32_t i)
-    float * llama_get_sampled_probs_ith(C.llama_context * ctx, int32_t i)
-    uint32_t llama_get_sampled_probs_count_ith(C.llama_context * ctx, int32_t i)
-
-
-cdef extern from "_backend_sampler.h" nogil:
-    llama_sampler * ld_bs_chain_new(int32_t mask_id)
+from llamadiff._backend_sampler cimport ld_bs_chain_new
 
 
 cdef class BackendRowSampler(RowSampler):
@@ -38,7 +25,7 @@ cdef class BackendRowSampler(RowSampler):
     time (attaching to another detaches it from the first). ``margin`` is not computed on
     this route (NaN).
     """
-    cdef llama_sampler * chain
+    cdef C.llama_sampler * chain
     cdef Context ctx
     cdef readonly int mask_id
 
@@ -64,22 +51,22 @@ cdef class BackendRowSampler(RowSampler):
             return
         self.detach()
         ctx._check_open()
-        if not llama_set_sampler(ctx.ptr, 0, self.chain):
+        if not C.llama_set_sampler(ctx.ptr, 0, self.chain):
             raise RuntimeError("llama.cpp refused the backend sampler for this context "
                                "(an operation is not supported by the output device)")
         self.ctx = ctx
 
     def detach(self):
         if self.ctx is not None and not self.ctx.closed:
-            llama_set_sampler(self.ctx.ptr, 0, NULL)
+            C.llama_set_sampler(self.ctx.ptr, 0, NULL)
         self.ctx = None
 
     def __dealloc__(self):
         if self.ctx is not None and not self.ctx.closed:
-            llama_set_sampler(self.ctx.ptr, 0, NULL)
+            C.llama_set_sampler(self.ctx.ptr, 0, NULL)
         self.ctx = None
         if self.chain != NULL:
-            llama_sampler_free(self.chain)
+            C.llama_sampler_free(self.chain)
             self.chain = NULL
 
     cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1:
@@ -100,9 +87,9 @@ cdef class BackendRowSampler(RowSampler):
         cdef float * stats
         cdef C.llama_context * ptr = self.ctx.ptr
         for r in range(n_rows):
-            out[r].token = llama_get_sampled_token_ith(ptr, r - n_rows)
-            stats = llama_get_sampled_probs_ith(ptr, r - n_rows)
-            if out[r].token < 0 or stats == NULL or llama_get_sampled_probs_count_ith(ptr, r - n_rows) < 2:
+            out[r].token = C.llama_get_sampled_token_ith(ptr, r - n_rows)
+            stats = C.llama_get_sampled_probs_ith(ptr, r - n_rows)
+            if out[r].token < 0 or stats == NULL or C.llama_get_sampled_probs_count_ith(ptr, r - n_rows) < 2:
                 with gil:
                     raise RuntimeError(f"llama.cpp returned no backend-sampled result for output row {r}")
             out[r].prob = stats[0]
@@ -125,8 +112,8 @@ cdef class BackendRowSampler(RowSampler):
         cdef C.llama_context * ptr = self.ctx.ptr
         cdef float * stats
         for r in range(n_rows):
-            tokens[r] = llama_get_sampled_token_ith(ptr, r - n_rows)
-            stats = llama_get_sampled_probs_ith(ptr, r - n_rows)
+            tokens[r] = C.llama_get_sampled_token_ith(ptr, r - n_rows)
+            stats = C.llama_get_sampled_probs_ith(ptr, r - n_rows)
             if tokens[r] < 0 or stats == NULL:
                 raise RuntimeError(f"llama.cpp returned no backend-sampled result for output row {r}")
             probs[r] = stats[0]

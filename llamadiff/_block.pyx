@@ -62,7 +62,7 @@ cdef class BlockSequence(Sequence):
     def region_bounds(self, int r):
         return (r * self.block_length, (r + 1) * self.block_length)
 
-    cdef int bind(self, Context ctx, int slot) except -1:
+    cdef int bind(self, Context ctx, int slot, int companion) except -1:
         cdef int B = self.block_length
         cdef int n, pos = 0
         cdef int n_full = self.region * B
@@ -74,7 +74,7 @@ cdef class BlockSequence(Sequence):
         if self.n_total > ctx.n_ctx:
             raise ValueError(f"prompt ({self.n_prompt}) + generation rounded up to whole blocks "
                              f"({self.n_total} positions) exceeds n_ctx={ctx.n_ctx}")
-        Sequence.bind(self, ctx, slot)
+        Sequence.bind(self, ctx, slot, companion)
         # prefill: the full prompt blocks, block-causally, on a clean slot
         cdef int64_t t0 = C.llama_time_us()
         C.llama_memory_seq_rm(ctx.mem, slot, -1, -1)
@@ -212,13 +212,14 @@ class BlockFamily:
         return not cfg.cache
 
     def context(self, gen, cfg, int slots, int capacity):
-        """(positions per slot, n_ubatch, diffusion_kv) of a context for ``slots`` sequences:
+        """(positions per slot, n_ubatch, diffusion_kv, sequence ids per slot) of a context for
+        ``slots`` sequences:
         each step decodes a store pass and a block per slot (the fused store pass decodes
         two blocks at once); prompts are prefilled in chunks of n_batch."""
         B = cfg.block_length
         if slots == 1:
-            return capacity, max(gen.n_batch, 2 * B), False
-        return capacity, max(2 * B * slots, min(gen.n_batch, capacity)), False
+            return capacity, max(gen.n_batch, 2 * B), False, 1
+        return capacity, max(2 * B * slots, min(gen.n_batch, capacity)), False, 1
 
     def max_slots(self, cfg, int capacity):
         return 1 << 30

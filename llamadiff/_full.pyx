@@ -201,6 +201,7 @@ cdef class FullSequence(Sequence):
         self.n_transfer_sched.resize(max(steps, 1) + 1)
         if cfg_scale > 0:
             self.rowbuf.resize(<size_t> rows_cap * self.n_vocab)
+            self.n_seq_ids = 2      # the unconditional pass decodes as a companion sequence
         if self.compat:
             self._init_compat(temperature, top_k, top_p, <uint32_t> seed)
 
@@ -229,7 +230,7 @@ cdef class FullSequence(Sequence):
 
     # -- binding and the decode window --------------------------------------------------------
 
-    cdef int bind(self, Context ctx, int slot) except -1:
+    cdef int bind(self, Context ctx, int slot, int companion) except -1:
         if ctx.block_causal:
             raise ValueError("full diffusion needs a context without block-causal attention")
         if self.cache_mode != CACHE_NONE and not ctx.has_memory:
@@ -243,9 +244,11 @@ cdef class FullSequence(Sequence):
         if self.n_total > ctx.n_ubatch:
             raise ValueError(f"full diffusion decodes the whole sequence at once: prompt + generation "
                              f"({self.n_total}) needs n_ubatch >= {self.n_total} (it is {ctx.n_ubatch})")
-        Sequence.bind(self, ctx, slot)
+        Sequence.bind(self, ctx, slot, companion)
         if ctx.has_memory:
             C.llama_memory_seq_rm(ctx.mem, slot, -1, -1)
+            if companion >= 0:
+                C.llama_memory_seq_rm(ctx.mem, companion, -1, -1)
         return 0
 
     cdef inline int _row_of(self, int pos) noexcept nogil:
@@ -263,13 +266,14 @@ cdef class FullSequence(Sequence):
         return lo - 1 if (self.shift and lo > 0) else lo
 
     cdef int _put_window(self, int n, bint uncond) noexcept nogil:
-        """x[lo:hi] into the batch from index n (the prompt masked for the unconditional
-        pass), logits on the rows that predict masked positions (every row in compatible
-        mode); returns the new batch length."""
+        """x[lo:hi] into the batch from index n (the unconditional pass: the prompt masked, as
+        the companion sequence), logits on the rows that predict masked positions (every row
+        in compatible mode); returns the new batch length."""
         cdef int i, p
+        cdef int seq_id = self.companion if uncond else self.slot
         for p in range(self.lo, self.hi):
-            self.put(n + p - self.lo, p,
-                     self.mask_id if (uncond and p < self.n_prompt) else self.x[p], self.compat)
+            self.put_seq(n + p - self.lo, p,
+                         self.mask_id if (uncond and p < self.n_prompt) else self.x[p], self.compat, seq_id)
         if not self.compat:
             for i in range(self.n_masked):
                 self.ctx.batch.logits[n + self._row_of(self.region_start + self.positions[i]) - self.lo] = True
@@ -314,15 +318,8 @@ cdef class FullSequence(Sequence):
             self.lo, self.hi = 0, self.n_total
             if self.ctx.has_memory:
                 C.llama_memory_seq_rm(self.ctx.mem, self.slot, -1, -1)
-            if self.cfg_scale > 0:
-                # classifier-free guidance: the unconditional pass (prompt masked) first, its
-                # rows kept; the conditional pass is this step's share of the shared decode
-                self._put_window(0, True)
-                self.decode_own(self.hi - self.lo)
-                logits = C.llama_get_logits(self.ctx.ptr)
-                for i in range(self.n_masked):
-                    memcpy(self.rowbuf.data() + i * V, logits + i * V, V * sizeof(float))
-                C.llama_memory_seq_rm(self.ctx.mem, self.slot, -1, -1)
+            if self.companion >= 0:
+                C.llama_memory_seq_rm(self.ctx.mem, self.companion, -1, -1)
             return 0
         if self.step == 0:
             # refresh: the whole sequence into the cache, then drop what later steps recompute
@@ -337,7 +334,13 @@ cdef class FullSequence(Sequence):
     cdef int fill(self, int n) except -1 nogil:
         self.n_rows = (self.hi - self.lo) if self.compat else self.n_masked
         self.kv_tokens = self.n_total
-        return self._put_window(n, False)
+        n = self._put_window(n, False)
+        if self.cfg_scale > 0:
+            # classifier-free guidance: the unconditional pass rides on the same decode
+            n = self._put_window(n, True)
+            self.n_rows += self.n_masked
+            self.kv_tokens += self.n_total
+        return n
 
     cdef int after_decode(self) except -1 nogil:
         cdef int lo, hi
@@ -353,17 +356,19 @@ cdef class FullSequence(Sequence):
         cdef int64_t j
         cdef float * row
         cdef const float * cond
+        cdef const float * unc
         cdef float scale
         if self.compat:
             self._compat_step(<float *> logits + <size_t> self.row_start * self.n_vocab)
             return 0
-        # guidance: un + (cfg + 1) * (cond - un), into the kept unconditional rows
+        # guidance: un + (cfg + 1) * (cond - un); the unconditional rows follow the conditional ones
         scale = self.cfg_scale + 1.0
         for i in range(self.n_masked):
             row = self.rowbuf.data() + <size_t> i * self.n_vocab
             cond = logits + <size_t> (self.row_start + i) * self.n_vocab
+            unc = logits + <size_t> (self.row_start + self.n_masked + i) * self.n_vocab
             for j in range(self.n_vocab):
-                row[j] = row[j] + scale * (cond[j] - row[j])
+                row[j] = unc[j] + scale * (cond[j] - unc[j])
         sampler.sample(self.rowbuf.data(), self.n_vocab, self.n_masked, &self.sp, self.counters.data(),
                        self.rows.data())
         return 0
@@ -585,14 +590,16 @@ class FullFamily:
         return cfg.rng == "llama.cpp"
 
     def context(self, gen, cfg, int slots, int capacity):
-        """(positions per slot, n_ubatch, diffusion_kv) of a context for ``slots`` sequences:
-        a step may decode every slot's whole sequence in one non-causal batch (rounded up
-        so that nearby lengths reuse the context)."""
+        """(positions per slot, n_ubatch, diffusion_kv, sequence ids per slot) of a context for
+        ``slots`` sequences: a step may decode every slot's whole sequence in one non-causal
+        batch (rounded up so that nearby lengths reuse the context), twice with guidance."""
+        cdef int per = 2 if cfg.cfg_scale > 0 else 1
         capacity = (capacity + 63) // 64 * 64
-        return capacity, slots * capacity, cfg.rng != "llama.cpp"
+        return capacity, slots * per * capacity, cfg.rng != "llama.cpp", per
 
     def max_slots(self, cfg, int capacity):
-        return max(1, BATCH_TOKENS // ((capacity + 63) // 64 * 64))
+        cdef int per = 2 if cfg.cfg_scale > 0 else 1
+        return max(1, BATCH_TOKENS // (per * ((capacity + 63) // 64 * 64)))
 
     def stats(self, seq, cfg):
         return dict(schedule="block" if cfg.block_length else "timestep", eps=cfg.eps,

@@ -40,6 +40,8 @@ cdef class Sequence:
     cdef SamplingParams sp
     cdef vector[int32_t] x           # the whole sequence: prompt, committed tokens, masks
     cdef readonly int slot           # llama.cpp sequence id (-1: not in a scheduler)
+    cdef readonly int companion      # a second sequence id in the same step (-1: none)
+    cdef int n_seq_ids               # 2: the sequence decodes a companion pass (guidance)
     cdef readonly int n_prompt, n_total, mask_id, n_vocab
     cdef readonly int region         # index of the active region (block)
     cdef readonly int n_regions
@@ -76,11 +78,12 @@ cdef class Sequence:
                             float temperature, int top_k, float top_p, unsigned long long seed) except -1
     cdef int _size_scratch(self, int n_rows) except -1
     cdef void put(self, int b, int32_t pos, int32_t token, bint want_logits) noexcept nogil
+    cdef void put_seq(self, int b, int32_t pos, int32_t token, bint want_logits, int seq_id) noexcept nogil
     cdef int decode_own(self, int n) except -1
     cdef int account_decode(self, int n, double us) noexcept nogil
 
     # hooks (see the module doc)
-    cdef int bind(self, Context ctx, int slot) except -1
+    cdef int bind(self, Context ctx, int slot, int companion) except -1
     cdef int prepare(self) except -1
     cdef int fill(self, int n) except -1 nogil
     cdef int after_decode(self) except -1 nogil

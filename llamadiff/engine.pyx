@@ -59,6 +59,8 @@ cdef class Sequence:
 
     def __cinit__(self):
         self.slot = -1
+        self.companion = -1
+        self.n_seq_ids = 1
         self.steps_per_region = []
 
     cdef int _init_sequence(self, Model model, prompt, int n_total, RemaskPolicy policy,
@@ -134,10 +136,13 @@ cdef class Sequence:
     # -- helpers for subclasses ------------------------------------------------------------
 
     cdef void put(self, int b, int32_t pos, int32_t token, bint want_logits) noexcept nogil:
+        self.put_seq(b, pos, token, want_logits, self.slot)
+
+    cdef void put_seq(self, int b, int32_t pos, int32_t token, bint want_logits, int seq_id) noexcept nogil:
         self.ctx.batch.token[b] = token
         self.ctx.batch.pos[b] = pos
         self.ctx.batch.n_seq_id[b] = 1
-        self.ctx.batch.seq_id[b][0] = self.slot
+        self.ctx.batch.seq_id[b][0] = seq_id
         self.ctx.batch.logits[b] = want_logits
 
     cdef int account_decode(self, int n, double us) noexcept nogil:
@@ -158,10 +163,11 @@ cdef class Sequence:
 
     # -- hooks ------------------------------------------------------------------------------
 
-    cdef int bind(self, Context ctx, int slot) except -1:
+    cdef int bind(self, Context ctx, int slot, int companion) except -1:
         """Check the context can hold this sequence and prefill what is cached up front."""
         self.ctx = ctx
         self.slot = slot
+        self.companion = companion
         return 0
 
     cdef int prepare(self) except -1:
@@ -260,11 +266,15 @@ cdef class Scheduler:
     def sequences(self):
         return list(self._sequences)
 
-    def free_slot(self):
-        """The lowest free slot, or -1."""
-        used = {(<Sequence> s).slot for s in self._sequences}
+    def _used(self):
+        return ({(<Sequence> s).slot for s in self._sequences}
+                | {(<Sequence> s).companion for s in self._sequences})
+
+    def free_slot(self, exclude=()):
+        """The lowest free sequence id, or -1."""
+        used = self._used()
         for i in range(self.ctx.n_seq_max):
-            if i not in used:
+            if i not in used and i not in exclude:
                 return i
         return -1
 
@@ -276,8 +286,14 @@ cdef class Scheduler:
             raise ValueError("this sequence is already in a scheduler")
         if s < 0:
             raise ValueError(f"every slot is busy (the context has n_seq_max={self.ctx.n_seq_max})")
-        if s >= self.ctx.n_seq_max or any((<Sequence> o).slot == s for o in self._sequences):
+        if s >= self.ctx.n_seq_max or s in self._used():
             raise ValueError(f"slot {s} is not free")
+        cdef int companion = -1
+        if seq.n_seq_ids > 1:
+            companion = self.free_slot(exclude=(s,))
+            if companion < 0:
+                raise ValueError("this sequence decodes a second pass (classifier-free guidance) and "
+                                 f"needs two free sequence ids; the context has n_seq_max={self.ctx.n_seq_max}")
         if self._sequences:
             if not self.ctx.has_memory:
                 raise ValueError("a context without KV memory decodes one sequence at a time")
@@ -288,7 +304,7 @@ cdef class Scheduler:
                 raise ValueError("sequences share a step only with the same attention: block "
                                  f"length {seq.block_causal} cannot join block length {other.block_causal} "
                                  "(0: full diffusion)")
-        seq.bind(self.ctx, s)
+        seq.bind(self.ctx, s, companion)
         rows = seq.max_rows + sum((<Sequence> o).max_rows for o in self._sequences)
         try:
             self.sampler.reserve(rows, seq.n_vocab, &seq.sp)
@@ -302,9 +318,12 @@ cdef class Scheduler:
         self._sequences.sort(key=lambda o: (<Sequence> o).slot)    # the batch goes in slot order
 
     cdef _free(self, Sequence seq):
-        if seq.slot >= 0 and self.ctx.has_memory:
-            C.llama_memory_seq_rm(self.ctx.mem, seq.slot, -1, -1)
+        if self.ctx.has_memory:
+            for i in (seq.slot, seq.companion):
+                if i >= 0:
+                    C.llama_memory_seq_rm(self.ctx.mem, i, -1, -1)
         seq.slot = -1
+        seq.companion = -1
 
     def remove(self, Sequence seq not None):
         """Take ``seq`` out and free its KV cells (no-op when it is not here)."""

@@ -551,13 +551,14 @@ class Generator:
         with one KV buffer shared by ``slots`` sequences."""
         family = self._family
         capacity = max([family.positions(cfg, len(t)) for t in ids.values()] or [1])
-        if single or family.runs_alone(cfg):
-            _, need, diffusion_kv = family.context(self, cfg, 1, capacity)
+        alone = single or family.runs_alone(cfg)
+        _, need, diffusion_kv, per_slot = family.context(self, cfg, 1, capacity)
+        if alone and per_slot == 1:
             ctx, ms = self._context(need, diffusion_kv)
             return Scheduler(ctx, self.sampler if family.device_sampling else self._host_sampler), ms, 1
         if n_parallel is None:
             n_parallel = min(len(ids), 16)
-        slots = max(1, min(n_parallel, len(ids), family.max_slots(cfg, capacity)))
+        slots = 1 if alone else max(1, min(n_parallel, len(ids), family.max_slots(cfg, capacity)))
         ctx, ms = self._batch_context(cfg, slots, capacity)
         return Scheduler(ctx, self._host_sampler), ms, slots
 
@@ -669,18 +670,21 @@ class Generator:
         yield results
 
     def _batch_context(self, cfg: GenerationConfig, slots: int, capacity: int) -> tuple:
-        """A context for several sequences: one KV buffer for ``slots`` sequences of
-        ``capacity`` positions each; kept for later calls of the same or smaller shape."""
-        capacity, need_ubatch, diffusion_kv = self._family.context(self, cfg, slots, capacity)
+        """A context for several sequences (or one that decodes a companion pass): one KV
+        buffer for ``slots`` sequences of ``capacity`` positions each; kept for later calls of
+        the same or smaller shape."""
+        capacity, need_ubatch, diffusion_kv, per_slot = self._family.context(self, cfg, slots, capacity)
+        n_seq = slots * per_slot
         ctx = self._batch_ctx
-        if (ctx is not None and not ctx.closed and ctx.n_seq_max >= slots
-                and ctx.n_ctx >= slots * capacity and ctx.n_ubatch >= need_ubatch):
+        if (ctx is not None and not ctx.closed and ctx.n_seq_max >= n_seq
+                and (not self.model.is_diffusion or ctx.has_memory == diffusion_kv)
+                and ctx.n_ctx >= n_seq * capacity and ctx.n_ubatch >= need_ubatch):
             return ctx, 0.0
         if ctx is not None:
             ctx.close()
         t0 = time.perf_counter()
-        self._batch_ctx = Context(self.model, n_ctx=slots * capacity, n_batch=need_ubatch,
-                                  n_ubatch=need_ubatch, n_seq_max=slots, kv_unified=True,
+        self._batch_ctx = Context(self.model, n_ctx=n_seq * capacity, n_batch=need_ubatch,
+                                  n_ubatch=need_ubatch, n_seq_max=n_seq, kv_unified=True,
                                   n_threads=self.n_threads, causal=False, diffusion_kv=diffusion_kv,
                                   **self._context_args)
         return self._batch_ctx, (time.perf_counter() - t0) * 1e3

@@ -381,3 +381,8 @@ cdef extern from "llama.h" nogil:
     llama_sampler * llama_sampler_init_temp(float t)
     void llama_sampler_apply(llama_sampler * smpl, llama_token_data_array * cur_p) nogil
     void llama_sampler_free(llama_sampler * smpl)
+    # backend sampling (llama.cpp's experimental API): a sampler inside the graph, per sequence
+    bint llama_set_sampler(llama_context * ctx, llama_seq_id seq_id, llama_sampler * smpl)
+    llama_token llama_get_sampled_token_ith(llama_context * ctx, int32_t i)
+    float * llama_get_sampled_probs_ith(llama_context * ctx, int32_t i)
+    uint32_t llama_get_sampled_probs_count_ith(llama_context * ctx, int32_t i)

@@ -90,15 +90,16 @@ def test_bad_input(gen):
                                      dict(block_length=8, steps=16, cfg_scale=1.0),
                                      dict(block_length=8, steps=16, temperature=0.8, seed=3)])
 def test_full_family_lists_decode_together(llada_model, options):
-    """Full-diffusion lists share one decode per step, with the tokens of solo runs."""
+    """Full-diffusion lists share one decode per step, with the tokens of solo runs (exact
+    numerics: with an F16 KV cache the batch shape can flip a near-tie, as documented)."""
     prompts = ["one", "two three", "four five six"]
-    with Generator(llada_model, n_ctx=256, n_threads=2) as g:
+    with Generator(llada_model, n_ctx=256, n_threads=1, type_k="f32", type_v="f32", flash_attn=False) as g:
         res = g.generate(prompts, max_new_tokens=16, stop=[], **options)
         assert [r.tokens for r in res] == [g.generate(p, max_new_tokens=16, stop=[], **options).tokens
                                            for p in prompts]
         batch = res[0].stats["batch"]
         assert batch["n_parallel"] == 3
-        # one shared decode per step (guidance adds each sequence's unconditional pass)
+        # one shared decode per step (guidance's unconditional passes ride on it too)
         assert batch["steps"] == max(len(r.stats["committed_per_step"]) for r in res)
         assert batch["decode_calls"] == batch["steps"]
         chunks = list(g.stream(prompts[:2], max_new_tokens=16, stop=[], **options))
