@@ -75,6 +75,8 @@ cdef class BlockSequence(Sequence):
             raise ValueError(f"prompt ({self.n_prompt}) + generation rounded up to whole blocks "
                              f"({self.n_total} positions) exceeds n_ctx={ctx.n_ctx}")
         Sequence.bind(self, ctx, slot, companion)
+        # a step: the store pass and the block, or (recompute) a chunk ending with the block
+        self.max_step_tokens = 2 * B if self.use_cache else self.chunk
         # prefill: the full prompt blocks, block-causally, on a clean slot
         cdef int64_t t0 = C.llama_time_us()
         C.llama_memory_seq_rm(ctx.mem, slot, -1, -1)

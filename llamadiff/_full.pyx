@@ -41,7 +41,7 @@ keep masks with ``origin``). It exists to check parity with upstream; the defaul
 ``diffusion_generate``) with a thread-independent counter-based RNG.
 """
 
-from libc.math cimport exp, log, pow, logf
+from libc.math cimport exp, log, pow, logf, INFINITY
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from libcpp.algorithm cimport partial_sort
@@ -133,7 +133,7 @@ cdef class FullSequence(Sequence):
     """
     cdef readonly str algorithm_name, cache_name
     cdef int algorithm, cache_mode
-    cdef bint shift, gumbel, timestep, compat, uncond
+    cdef bint shift, gumbel, timestep, compat, guided
     cdef float eps, cfg_scale, alg_temp
     cdef vector[int] r_start, r_end, r_steps
     cdef vector[int32_t] n_transfer_sched
@@ -170,6 +170,11 @@ cdef class FullSequence(Sequence):
             raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
         if n_generate < 1 or steps < 1:
             raise ValueError("n_generate and steps must be >= 1")
+        for name, value in (("cfg_scale", cfg_scale), ("alg_temp", alg_temp), ("eps", eps)):
+            if not value >= 0 or value == INFINITY:        # NaN and infinities too
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not eps < 1:
+            raise ValueError(f"eps must be in (0, 1), got {eps}")
         check_modes(block_length, eps, cache, parallel, cfg_scale, rng, policy is not None)
         self.compat = rng == "llama.cpp"
         self.cache_mode = CACHE_MODES.index(cache)
@@ -199,9 +204,13 @@ cdef class FullSequence(Sequence):
         self._size_scratch(rows_cap)
         self.scored.resize(rows_cap)
         self.n_transfer_sched.resize(max(steps, 1) + 1)
-        if cfg_scale > 0:
+        self.guided = cfg_scale > 0
+        if self.guided:
             self.rowbuf.resize(<size_t> rows_cap * self.n_vocab)
             self.n_seq_ids = 2      # the unconditional pass decodes as a companion sequence
+        # a step decodes the whole sequence at most (twice when guided); compatible mode reads every row
+        self.max_step_tokens = self.n_seq_ids * self.n_total
+        self.max_out_rows = self.n_total if self.compat else self.n_seq_ids * rows_cap
         if self.compat:
             self._init_compat(temperature, top_k, top_p, <uint32_t> seed)
 
@@ -241,9 +250,10 @@ cdef class FullSequence(Sequence):
         if self.n_total > ctx.n_ctx:
             raise ValueError(f"prompt ({self.n_prompt}) + generation ({self.n_total - self.n_prompt}) = "
                              f"{self.n_total} positions exceeds n_ctx={ctx.n_ctx}")
-        if self.n_total > ctx.n_ubatch:
+        if self.max_step_tokens > ctx.n_ubatch:
             raise ValueError(f"full diffusion decodes the whole sequence at once: prompt + generation "
-                             f"({self.n_total}) needs n_ubatch >= {self.n_total} (it is {ctx.n_ubatch})")
+                             f"({self.n_total}{', twice with guidance' if self.guided else ''}) needs "
+                             f"n_ubatch >= {self.max_step_tokens} (it is {ctx.n_ubatch})")
         Sequence.bind(self, ctx, slot, companion)
         if ctx.has_memory:
             C.llama_memory_seq_rm(ctx.mem, slot, -1, -1)
@@ -310,7 +320,7 @@ cdef class FullSequence(Sequence):
             self.n_transfer = 0
         self.force_all = (not self.compat and not self.policy.adaptive and self.step >= n_steps - 1)
         self.skip_commit = self.compat
-        self.plain = not self.compat and self.cfg_scale <= 0
+        self.plain = not self.compat and not self.guided
         self.refresh = False
         if self.compat or self.cache_mode == CACHE_NONE:
             # exact: the whole sequence from scratch (only the masked rows reach the output
@@ -335,7 +345,7 @@ cdef class FullSequence(Sequence):
         self.n_rows = (self.hi - self.lo) if self.compat else self.n_masked
         self.kv_tokens = self.n_total
         n = self._put_window(n, False)
-        if self.cfg_scale > 0:
+        if self.guided:
             # classifier-free guidance: the unconditional pass rides on the same decode
             n = self._put_window(n, True)
             self.n_rows += self.n_masked
@@ -386,7 +396,7 @@ cdef class FullSequence(Sequence):
             # LLaDA: x0 drawn with Gumbel noise at the temperature, the confidence from the
             # plain softmax
             for i in range(self.n_masked):
-                if self.cfg_scale > 0:
+                if self.guided:
                     row = self.rowbuf.data() + <size_t> i * self.n_vocab
                 else:
                     row = logits + <size_t> (self.row_start + i) * self.n_vocab
@@ -413,6 +423,8 @@ cdef class FullSequence(Sequence):
     cdef int _scheduled_count(self, int r, int step, int n_masked) noexcept nogil:
         cdef float t, s, p
         cdef int total = self.r_steps[r]
+        if step >= total:
+            return n_masked     # past the schedule (adaptive policies): everything is due
         if self.timestep:
             # Dream / upstream: float arithmetic as upstream computes it
             t = 1.0 - <float> step / total * (1.0 - self.eps)

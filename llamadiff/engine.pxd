@@ -67,7 +67,11 @@ cdef class Sequence:
     cdef vector[RowResult] rows
     cdef vector[int32_t] step_positions, step_tokens   # what this step committed (absolute)
     cdef vector[int32_t] committed_log
-    cdef int max_rows                # most rows a step can need
+    cdef int max_rows                # most masked positions a step can have (scratch size)
+    cdef int max_out_rows            # most logits rows a step can ask for
+    cdef int max_step_tokens         # most tokens a step puts in the shared batch
+    cdef readonly bint started       # bound once: a sequence runs in one scheduler, start to end
+    cdef vector[float] work          # policy scratch (StepView.work)
 
     # telemetry
     cdef readonly long n_decode, n_decode_tokens
@@ -101,6 +105,6 @@ cdef class Scheduler:
     cdef vector[uint64_t] counters
     cdef int rows_reserved
     cdef readonly long n_steps, n_decode, n_decode_tokens, kv_tokens_peak
-    cdef readonly double decode_us, sample_us, select_us
+    cdef readonly double decode_us, sample_us, select_us, prefill_us
 
     cdef _free(self, Sequence seq)

@@ -102,6 +102,8 @@ cdef class Sequence:
         self.rows.resize(n_rows)
         self.step_positions.reserve(n_rows)
         self.step_tokens.reserve(n_rows)
+        self.work.resize(2 * <size_t> n_rows)
+        self.max_out_rows = n_rows
         return 0
 
     # -- read-only views ----------------------------------------------------------------
@@ -225,6 +227,7 @@ cdef class Sequence:
             view.block_index = self.region
             view.block_length = self.region_length
             view.region_start = self.region_start
+            view.work = self.work.data()
             count = self.policy.select(&view, self.chosen.data())
             least = 1 if (self.min_commit > 0 or self.policy.adaptive) else 0
             if count > self.n_masked:
@@ -237,9 +240,12 @@ cdef class Sequence:
                     _bad_choice(self.policy, self.chosen[i], self.n_masked)
         for i in range(count):
             j = self.chosen[i]
+            if self.x[self.region_start + self.positions[j]] != self.mask_id:
+                continue        # chosen twice: committed once
             self.x[self.region_start + self.positions[j]] = self.x0[j]
             self.step_positions.push_back(self.region_start + self.positions[j])
             self.step_tokens.push_back(self.x0[j])
+        count = <int> self.step_positions.size()
         self.committed_log.push_back(count)
         return count
 
@@ -282,8 +288,13 @@ cdef class Scheduler:
         """Bind ``seq`` to a free slot (the lowest when ``slot`` is None) and prefill it."""
         cdef Sequence other
         cdef int s = self.free_slot() if slot is None else slot
-        if seq.slot >= 0:
-            raise ValueError("this sequence is already in a scheduler")
+        if seq.slot >= 0 or seq.started:
+            raise ValueError("this sequence has already run in a scheduler (a sequence runs in one, "
+                             "from start to end)")
+        if seq.done:
+            raise ValueError("this sequence has nothing left to generate")
+        if seq.model is not self.ctx.model:
+            raise ValueError("this sequence was made for another model than the scheduler's context")
         if s < 0:
             raise ValueError(f"every slot is busy (the context has n_seq_max={self.ctx.n_seq_max})")
         if s >= self.ctx.n_seq_max or s in self._used():
@@ -304,13 +315,27 @@ cdef class Scheduler:
                 raise ValueError("sequences share a step only with the same attention: block "
                                  f"length {seq.block_causal} cannot join block length {other.block_causal} "
                                  "(0: full diffusion)")
-        seq.bind(self.ctx, s, companion)
-        rows = seq.max_rows + sum((<Sequence> o).max_rows for o in self._sequences)
+        cdef long n_decode = seq.n_decode, n_tokens = seq.n_decode_tokens
+        cdef double decode_us = seq.decode_us
+        cdef int64_t t0 = C.llama_time_us()
+        seq.started = True
         try:
+            seq.bind(self.ctx, s, companion)       # sizes the sequence's step on this context
+            tokens = seq.max_step_tokens + sum((<Sequence> o).max_step_tokens for o in self._sequences)
+            if tokens > self.ctx.n_ubatch or tokens > self.ctx.batch_capacity:
+                raise ValueError(f"a step of these sequences decodes up to {tokens} tokens at once: the "
+                                 f"context needs n_ubatch >= {tokens} (it has {self.ctx.n_ubatch})")
+            rows = seq.max_out_rows + sum((<Sequence> o).max_out_rows for o in self._sequences)
             self.sampler.reserve(rows, seq.n_vocab, &seq.sp)
         except BaseException:
             self._free(seq)
             raise
+        finally:
+            self.prefill_us += C.llama_time_us() - t0
+            self.n_decode += seq.n_decode - n_decode
+            self.n_decode_tokens += seq.n_decode_tokens - n_tokens
+            self.decode_us += seq.decode_us - decode_us
+        rows = seq.max_out_rows + sum((<Sequence> o).max_out_rows for o in self._sequences)
         if self.rows.size() < <size_t> rows:
             self.rows.resize(rows)
             self.counters.resize(rows)
@@ -318,7 +343,7 @@ cdef class Scheduler:
         self._sequences.sort(key=lambda o: (<Sequence> o).slot)    # the batch goes in slot order
 
     cdef _free(self, Sequence seq):
-        if self.ctx.has_memory:
+        if self.ctx.has_memory and not self.ctx.closed:
             for i in (seq.slot, seq.companion):
                 if i >= 0:
                     C.llama_memory_seq_rm(self.ctx.mem, i, -1, -1)
@@ -342,14 +367,19 @@ cdef class Scheduler:
         cdef int n = 0, rows = 0, i, j, total, k
         cdef int32_t rc
         cdef int64_t t0, t1
-        cdef long kv = 0
+        cdef long kv = 0, n_decode, tokens
+        cdef double decode_us
         cdef int64_t V
         cdef const float * logits
         active = [s for s in self._sequences if not (<Sequence> s).done]
         if not active:
             return [], []
         for seq in active:
-            seq.prepare()
+            n_decode, tokens, decode_us = seq.n_decode, seq.n_decode_tokens, seq.decode_us
+            seq.prepare()       # may decode on its own (the recompute mode's prefix)
+            self.n_decode += seq.n_decode - n_decode
+            self.n_decode_tokens += seq.n_decode_tokens - tokens
+            self.decode_us += seq.decode_us - decode_us
         for seq in active:
             seq.row_start = rows
             k = n
@@ -409,13 +439,13 @@ cdef class Scheduler:
                 other = active[k]
                 memcpy(other.rows.data(), self.rows.data() + other.row_start, other.n_rows * sizeof(RowResult))
             i = j
-        t1 = C.llama_time_us()
         for seq in active:
             with nogil:
                 seq.score(logits)
-        self.sample_us += C.llama_time_us() - t0
+        t1 = C.llama_time_us()
+        self.sample_us += t1 - t0
         for seq in active:
-            seq.sample_us += C.llama_time_us() - t0
+            seq.sample_us += (t1 - t0) * seq.n_rows / max(rows, 1)     # its share of the rows
         # the policies pick, the steps commit (as each sequence alone would)
         t0 = C.llama_time_us()
         for seq in active:

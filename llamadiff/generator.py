@@ -62,7 +62,11 @@ def _option(default, help: str, *, flags: tuple = (), choices: Optional[tuple] =
 def _check_option(f: dataclasses.Field, value) -> None:
     """One option against its declaration (see ``_option``)."""
     meta, name = f.metadata, f.name
-    if value is None or not meta:
+    if not meta:
+        return
+    if value is None:
+        if f.default is not None:
+            raise TypeError(f"{name} may not be None")
         return
     if meta["bounds"] is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -83,7 +87,8 @@ def _check_option(f: dataclasses.Field, value) -> None:
         _int_argument(name, value, meta["minimum"], meta["maximum"])
     elif meta["cli"] == "flag" and not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, not {value!r}")
-    if meta["choices"] is not None and not isinstance(value, RemaskPolicy) and value not in meta["choices"]:
+    policy_ok = name == "strategy" and isinstance(value, RemaskPolicy)
+    if meta["choices"] is not None and not policy_ok and (not isinstance(value, str) or value not in meta["choices"]):
         extra = " or pass a RemaskPolicy" if name == "strategy" else ""
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, meta['choices']))}{extra}")
     if name == "shift_logits" and not isinstance(value, bool):
@@ -171,7 +176,7 @@ class GenerationConfig:
         tie options together."""
         for f in dataclasses.fields(self):
             _check_option(f, getattr(self, f.name))
-        if isinstance(self.cache, str) and self.cache not in CACHE_MODES:
+        if self.cache is not None and not isinstance(self.cache, bool) and self.cache not in CACHE_MODES:
             raise ValueError(f"cache must be True/False (block diffusion) or one of "
                              f"{', '.join(CACHE_MODES)} (full diffusion), got {self.cache!r}")
         if self.callback is not None and not callable(self.callback):
@@ -517,10 +522,11 @@ class Generator:
                 if item.stop_reason is not None:
                     closed.add(item.index)
                 yield item
-            elif not single:               # the results: close the prompts that had no last chunk
+            else:                          # the results: close the prompts that had no last chunk
                 for index, result in enumerate(item):
-                    if index not in closed:
-                        yield StreamChunk("", [], -1, result.stop_reason, index=index)
+                    tag = None if single else index
+                    if tag not in closed:
+                        yield StreamChunk("", [], -1, result.stop_reason, index=tag)
 
     def generate_batch(self, prompts: Sequence, config: Optional[GenerationConfig] = None, *,
                        chat: bool = False, n_parallel: Optional[int] = None, **options) -> list:
@@ -555,7 +561,9 @@ class Generator:
         _, need, diffusion_kv, per_slot = family.context(self, cfg, 1, capacity)
         if alone and per_slot == 1:
             ctx, ms = self._context(need, diffusion_kv)
-            return Scheduler(ctx, self.sampler if family.device_sampling else self._host_sampler), ms, 1
+            # a device-side route samples one sequence's rows: single prompts only
+            on_device = single and family.device_sampling
+            return Scheduler(ctx, self.sampler if on_device else self._host_sampler), ms, 1
         if n_parallel is None:
             n_parallel = min(len(ids), 16)
         slots = 1 if alone else max(1, min(n_parallel, len(ids), family.max_slots(cfg, capacity)))
@@ -570,8 +578,8 @@ class Generator:
         if not prompts:
             raise ValueError("the list of prompts is empty")
         if n_parallel is not None and (isinstance(n_parallel, bool) or not isinstance(n_parallel, int)
-                                       or not 1 <= n_parallel <= MAX_PARALLEL):
-            raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
+                                       or n_parallel < 1):
+            raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
         cfg = self._config(config, options)       # bad options fail the whole call, up front
         results: list = [None] * len(prompts)
         ids: dict = {}
@@ -584,18 +592,22 @@ class Generator:
                 if single:
                     raise
                 results[index] = GenerationResult("", [], "error", {}, [], error=str(exc))
+        if not ids:                       # every prompt failed: nothing to run
+            yield results
+            return
         stops = _StopMatcher(self.model, cfg.stop)
         policy = self._family.policy(cfg)   # one policy object serves every sequence of the call
         tag = (lambda index: None) if single else (lambda index: index)
         with self._lock:
             t_start = time.perf_counter()
-            sched, context_ms, slots = self._scheduler(cfg, ids, n_parallel, single)
+            sched, context_ms, slots = None, 0.0, 1
             queue = list(ids)
             running: dict = {}           # Sequence -> _Running
             halted = None
             bar = _progress_bar(cfg.progress and single, cfg.max_new_tokens)
             try:
-                while queue or running:
+                sched, context_ms, slots = self._scheduler(cfg, ids, n_parallel, single)
+                while (queue or running) and not halted:
                     while queue and len(running) < slots:
                         index = queue.pop(0)
                         try:
@@ -618,9 +630,7 @@ class Generator:
                             info = StepInfo(seq.step_region, seq.step_index, positions, tokens,
                                             seq.step_left, tag(running[seq].index))
                             if cfg.callback(info) is False:
-                                halted = "cancelled"     # a callback returned False: stop the call
-                    if halted:
-                        break
+                                halted = "cancelled"     # a callback returned False: stop after this step
                     for seq in finished:
                         run = running[seq]
                         region = seq.region - 1
@@ -642,11 +652,13 @@ class Generator:
             finally:
                 if bar is not None:
                     bar.close()
-                sched.clear()
+                if sched is not None:
+                    sched.clear()
             # stopped early: every sequence returns what it had (queued ones: nothing)
             for seq, run in running.items():
                 if stream:
-                    yield StreamChunk(run.out.text([], True), [], seq.region, halted, index=tag(run.index))
+                    yield StreamChunk(run.out.text([], True), [], seq.region if single else -1, halted,
+                                      index=tag(run.index))
                 results[run.index] = run.out.result(halted, self._stats(seq, cfg, run, context_ms, single),
                                                     ids[run.index])
             for index in range(len(prompts)):
@@ -658,12 +670,16 @@ class Generator:
                 totals = {"prompts": len(prompts), "n_parallel": slots, "generated_tokens": n_gen,
                           "wall_ms": wall_ms, "context_ms": context_ms,
                           "tokens_per_second": n_gen / (wall_ms / 1e3) if wall_ms > 0 else 0.0,
-                          "decode_calls": sched.n_decode, "decode_tokens": sched.n_decode_tokens,
-                          "steps": sched.n_steps, "decode_ms": sched.decode_us / 1e3,
-                          "sampling_ms": sched.sample_us / 1e3, "selection_ms": sched.select_us / 1e3,
-                          "kv_tokens_peak": sched.kv_tokens_peak,
-                          "kv_tokens_per_sequence_max": max([self._family.positions(cfg, len(t))
-                                                             for t in ids.values()] or [0]),
+                          "decode_calls": sched.n_decode if sched else 0,
+                          "decode_tokens": sched.n_decode_tokens if sched else 0,
+                          "steps": sched.n_steps if sched else 0,
+                          "decode_ms": sched.decode_us / 1e3 if sched else 0.0,
+                          "sampling_ms": sched.sample_us / 1e3 if sched else 0.0,
+                          "selection_ms": sched.select_us / 1e3 if sched else 0.0,
+                          "prefill_ms": sched.prefill_us / 1e3 if sched else 0.0,
+                          "kv_tokens_peak": sched.kv_tokens_peak if sched else 0,
+                          "kv_tokens_per_sequence_max": max(self._family.positions(cfg, len(t))
+                                                            for t in ids.values()),
                           "errors": sum(r.stop_reason == "error" for r in results)}
                 for r in results:
                     r.stats["batch"] = totals
@@ -740,8 +756,6 @@ class _Running:
         self.slot = slot
         self.sampler = sampler
 
-
-MAX_PARALLEL = 256
 
 
 MAX_THREADS = 1024

@@ -9,7 +9,6 @@ diffusion (LLaDA's blocks, Dream's whole sequence). Downstream Cython code does
 """
 
 from libc.stdint cimport int32_t, uint64_t
-from libcpp.vector cimport vector
 
 
 cdef struct StepView:
@@ -27,6 +26,7 @@ cdef struct StepView:
     int block_index           # index of the active region (block)
     int block_length          # positions in the active region
     int region_start          # absolute position of the region's first position
+    float * work              # scratch for the policy: room for 2 * n_masked floats
 
 
 cdef struct Scored:
@@ -65,7 +65,6 @@ cdef class Ranked(RemaskPolicy):
     # the n_transfer best positions by score() (the LLaDA / Dream algorithms), optionally
     # sampled without replacement from softmax(score / alg_temp); higher scores first
     cdef readonly float alg_temp
-    cdef vector[Scored] scored
     cdef float score(self, const StepView * view, int i) noexcept nogil
 
 
@@ -91,12 +90,10 @@ cdef class Origin(RemaskPolicy):
 
 cdef class ParallelThreshold(RemaskPolicy):
     cdef readonly float threshold
-    cdef vector[Scored] scored
 
 
 cdef class ParallelFactor(RemaskPolicy):
     cdef readonly float factor
-    cdef vector[Scored] scored
 
 
 cdef int top_by_score(const StepView * view, const float * score, bint ascending, int n,

@@ -69,6 +69,11 @@ cdef int _sorted_by_prob(const StepView * view, Scored * scored) noexcept nogil:
     return view.n_masked
 
 
+cdef inline Scored * _scratch(const StepView * view) noexcept nogil:
+    # the sequence's scratch (a policy object may serve several sequences, even threads)
+    return <Scored *> view.work
+
+
 cdef class RemaskPolicy:
     """Base policy: commit the leftmost ``n_transfer`` masked positions."""
 
@@ -158,19 +163,18 @@ cdef class Ranked(RemaskPolicy):
     cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
         cdef int i, n = view.n_masked
         cdef int count = view.n_transfer
-        if <int> self.scored.size() < n:
-            self.scored.resize(n)
+        cdef Scored * scored = _scratch(view)
         for i in range(n):
-            self.scored[i].score = self.score(view, i)
-            self.scored[i].idx = i
+            scored[i].score = self.score(view, i)
+            scored[i].idx = i
             if self.alg_temp > 0:
-                self.scored[i].score = self.scored[i].score / self.alg_temp + _gumbel(
+                scored[i].score = scored[i].score / self.alg_temp + _gumbel(
                     ld_uniform(view.seed, view.counters[i], STREAM_ALG_TEMP))
-        sort(self.scored.begin(), self.scored.begin() + n, _by_score)
+        sort(scored, scored + n, _by_score)
         if count > n:
             count = n
         for i in range(count):
-            chosen[i] = self.scored[i].idx
+            chosen[i] = scored[i].idx
         return count
 
 
@@ -246,13 +250,12 @@ cdef class ParallelThreshold(RemaskPolicy):
     cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
         cdef int i, k = 1
         cdef int n = view.n_masked
-        if <int> self.scored.size() < n:
-            self.scored.resize(n)
-        _sorted_by_prob(view, self.scored.data())
-        while k < n and self.scored[k].score > self.threshold:
+        cdef Scored * scored = _scratch(view)
+        _sorted_by_prob(view, scored)
+        while k < n and scored[k].score > self.threshold:
             k += 1
         for i in range(k):
-            chosen[i] = self.scored[i].idx
+            chosen[i] = scored[i].idx
         return k
 
 
@@ -270,13 +273,12 @@ cdef class ParallelFactor(RemaskPolicy):
     cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
         cdef int i, k = 1
         cdef int n = view.n_masked
-        if <int> self.scored.size() < n:
-            self.scored.resize(n)
-        _sorted_by_prob(view, self.scored.data())
-        while k < n and self.scored[k].score >= 1.0 - self.factor / (k + 2):
+        cdef Scored * scored = _scratch(view)
+        _sorted_by_prob(view, scored)
+        while k < n and scored[k].score >= 1.0 - self.factor / (k + 2):
             k += 1
         for i in range(k):
-            chosen[i] = self.scored[i].idx
+            chosen[i] = scored[i].idx
         return k
 
 
