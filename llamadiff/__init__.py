@@ -18,6 +18,7 @@ from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, s
 from llamadiff.policy import (RemaskPolicy, Sequential, LowConfidenceStatic, LowConfidenceDynamic,
                               EntropyBounded, Ranked, Confidence, LowEntropy, Margin, RandomOrder,
                               Origin, ParallelThreshold, ParallelFactor)
+from llamadiff.serving import Engine, Request, QueueFullError, EngineClosedError
 from llamadiff.generator import (Generator, GenerationConfig, GenerationResult, StreamChunk,
                                  StepInfo)
 
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo",
+    "Engine", "Request", "QueueFullError", "EngineClosedError",
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
     "Ranked", "Confidence", "LowEntropy", "Margin", "RandomOrder", "Origin", "ParallelThreshold",
     "ParallelFactor",

@@ -226,5 +226,15 @@ class BlockFamily:
     def max_slots(self, cfg, int capacity):
         return 1 << 30
 
+    def batch_key(self, cfg):
+        """Requests share a step when these agree (one block-causal mask per context)."""
+        return ("block", cfg.block_length, bool(cfg.cache))
+
+    def serving_context(self, gen, cfg, int slots):
+        """(n_ctx, n_ubatch, n_seq_max, diffusion_kv) of a serving context: every slot keeps up
+        to the Generator's n_ctx positions cached."""
+        _, n_ubatch, diffusion_kv, per = self.context(gen, cfg, slots, gen.n_ctx)
+        return slots * gen.n_ctx, n_ubatch, slots * per, diffusion_kv
+
     def stats(self, seq, cfg):
         return {}

@@ -613,6 +613,18 @@ class FullFamily:
         cdef int per = 2 if cfg.cfg_scale > 0 else 1
         return max(1, BATCH_TOKENS // (per * ((capacity + 63) // 64 * 64)))
 
+    def batch_key(self, cfg):
+        """Requests share a step when these agree (a guided request takes two sequence ids)."""
+        return ("full", cfg.rng, cfg.cfg_scale > 0)
+
+    def serving_context(self, gen, cfg, int slots):
+        """(n_ctx, n_ubatch, n_seq_max, diffusion_kv) of a serving context: each step decodes every
+        running sequence whole, and all of them stay in the KV cache, so one budget of tokens
+        bounds both (requests wait for room); at least one request of the Generator's n_ctx."""
+        cdef int per = 2 if cfg.cfg_scale > 0 else 1
+        cdef int budget = max(BATCH_TOKENS, per * ((gen.n_ctx + 63) // 64 * 64))
+        return budget, budget, slots * per, cfg.rng != "llama.cpp"
+
     def stats(self, seq, cfg):
         return dict(schedule="block" if cfg.block_length else "timestep", eps=cfg.eps,
                     algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,

@@ -6,6 +6,7 @@
     llamadiff convert SDAR_HF_DIR -o model.gguf [--outtype f16|q8_0]
     llamadiff bench [--quick]
     llamadiff rpc-server [--host H] [--port P] [--threads N]
+    llamadiff serve [-m model.gguf] [--host H] [--port P] [--api-key KEY]   (the [server] extra)
 
 Errors print one line (``llamadiff: error: ...``) and exit with status 1.
 """
@@ -21,10 +22,11 @@ from typing import Optional
 
 from llamadiff.errors import LlamaDiffError
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096, n_ctx_help: str = "") -> None:
     p.add_argument("-m", "--model", default=None,
                    help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
-    p.add_argument("-c", "--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("-c", "--n-ctx", type=int, default=n_ctx,
+                   help=n_ctx_help or f"context size in tokens (default {n_ctx})")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU")
 
@@ -100,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "is unauthenticated: trusted networks only)")
     srv.add_argument("--port", type=int, default=50052)
     srv.add_argument("--threads", type=int, default=None)
+
+    web = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the [server] extra)")
+    _add_model_args(web, 2048, "most tokens of one request, prompt + generation (default 2048); the KV "
+                               "cache holds n-parallel x n-ctx positions")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--api-key", default=None,
+                     help="require 'Authorization: Bearer KEY' (use one whenever the address is not local)")
+    web.add_argument("--n-parallel", type=int, default=16, help="requests decoded together (default 16)")
+    web.add_argument("--max-queue", type=int, default=64,
+                     help="requests that may wait for a slot; more are answered 503 (default 64)")
+    web.add_argument("--model-name", default=None, help="the model's id in the API (default: the file name)")
 
     bench = sub.add_parser("bench", help="run the block-generation benchmark")
     bench.add_argument("--quick", action="store_true")
@@ -295,8 +309,17 @@ def cmd_rpc_server(args) -> int:
     os.execv(cmd[0], cmd)
 
 
+def cmd_serve(args) -> int:
+    from llamadiff.server import serve    # ImportError names the [server] extra
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, n_parallel=args.n_parallel,
+          max_queue=args.max_queue, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+          model_name=args.model_name)
+    return 0
+
+
 COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "bench": cmd_bench,
-            "convert": cmd_convert, "rpc-server": cmd_rpc_server}
+            "convert": cmd_convert, "rpc-server": cmd_rpc_server, "serve": cmd_serve}
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -304,7 +327,7 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (LlamaDiffError, OSError, ValueError, TypeError, RuntimeError) as exc:
+    except (LlamaDiffError, OSError, ValueError, TypeError, RuntimeError, ImportError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"llamadiff: error: {message}", file=sys.stderr)
         return 1

@@ -687,22 +687,24 @@ class Generator:
 
     def _batch_context(self, cfg: GenerationConfig, slots: int, capacity: int) -> tuple:
         """A context for several sequences (or one that decodes a companion pass): one KV
-        buffer for ``slots`` sequences of ``capacity`` positions each; kept for later calls of
-        the same or smaller shape."""
+        buffer for ``slots`` sequences of ``capacity`` positions each."""
         capacity, need_ubatch, diffusion_kv, per_slot = self._family.context(self, cfg, slots, capacity)
-        n_seq = slots * per_slot
+        return self._shared_context(slots * per_slot * capacity, need_ubatch, slots * per_slot, diffusion_kv)
+
+    def _shared_context(self, n_ctx: int, n_ubatch: int, n_seq: int, diffusion_kv: bool) -> tuple:
+        """A context with one KV buffer (``kv_unified``) shared by ``n_seq`` sequences; kept for
+        later calls of the same or a smaller shape. Returns (context, ms spent making it)."""
         ctx = self._batch_ctx
         if (ctx is not None and not ctx.closed and ctx.n_seq_max >= n_seq
                 and (not self.model.is_diffusion or ctx.has_memory == diffusion_kv)
-                and ctx.n_ctx >= n_seq * capacity and ctx.n_ubatch >= need_ubatch):
+                and ctx.n_ctx >= n_ctx and ctx.n_ubatch >= n_ubatch):
             return ctx, 0.0
         if ctx is not None:
             ctx.close()
         t0 = time.perf_counter()
-        self._batch_ctx = Context(self.model, n_ctx=n_seq * capacity, n_batch=need_ubatch,
-                                  n_ubatch=need_ubatch, n_seq_max=n_seq, kv_unified=True,
-                                  n_threads=self.n_threads, causal=False, diffusion_kv=diffusion_kv,
-                                  **self._context_args)
+        self._batch_ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch, n_seq_max=n_seq,
+                                  kv_unified=True, n_threads=self.n_threads, causal=False,
+                                  diffusion_kv=diffusion_kv, **self._context_args)
         return self._batch_ctx, (time.perf_counter() - t0) * 1e3
 
     def _stats(self, seq, cfg: GenerationConfig, run: "_Running", context_ms: float, single: bool) -> dict:

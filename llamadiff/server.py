@@ -1,0 +1,324 @@
+"""An OpenAI-compatible HTTP server over an ``Engine``: ``llamadiff serve``.
+
+    pip install "llamadiff[server]"
+    llamadiff serve -m model.gguf            # default: the shipped block-diffusion model
+
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (the model's chat template
+applied), both with ``"stream": true`` as server-sent events in OpenAI's chunk format;
+``GET /v1/models``; ``GET /health``. Request fields: OpenAI's ``max_tokens`` (default 16 for
+completions, the engine's default for chat), ``temperature`` (default 0: greedy, unlike
+OpenAI's 1), ``top_p``, ``stop`` (a string or a list), ``seed``, ``stream``,
+``stream_options.include_usage``, ``n`` (1 only), ``user`` (ignored); and llamadiff's options
+under their own names (``block_length``, ``steps``, ``strategy``, ``threshold``, ``top_k``, ...:
+every ``GenerationConfig`` field that has a command-line flag). Unknown fields, bad values and
+prompts longer than the context are answered 400 with an OpenAI-style error body; a full
+queue 503; a missing or wrong API key (``--api-key``) 401. A client that disconnects cancels
+its request. Built on FastAPI and uvicorn (the web stack of llama-cpp-python's server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Union
+
+try:
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from pydantic import BaseModel, ConfigDict, Field, create_model
+except ImportError as exc:       # the optional extra is missing
+    raise ImportError("the llamadiff server needs its optional extra: pip install \"llamadiff[server]\" "
+                      f"(FastAPI and uvicorn); missing: {exc.name}") from None
+
+from llamadiff.errors import LlamaDiffError
+from llamadiff.generator import GenerationResult
+from llamadiff.serving import Engine, EngineClosedError, QueueFullError
+
+__all__ = ["create_app", "serve"]
+
+# OpenAI's fields that map onto ours (the rest of ours keep their names)
+_OPENAI_NAMES = {"max_new_tokens", "temperature", "top_p", "stop", "seed"}
+_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "interrupted": "stop"}
+
+
+def _diffusion_fields() -> dict:
+    """llamadiff's own request fields, from GenerationConfig's declarations (stated once)."""
+    from llamadiff.cli import _generation_fields
+
+    fields: Dict[str, Any] = {}
+    for f in _generation_fields():
+        if f.name in _OPENAI_NAMES:
+            continue
+        meta = f.metadata
+        if meta["cli"] == "flag":
+            kind = bool
+        elif meta["bounds"] is not None:
+            kind = float
+        elif meta["minimum"] is not None:
+            kind = int
+        else:
+            kind = str
+        fields[f.name] = (Optional[kind], Field(None, description=meta["help"]))
+    fields["cache"] = (Optional[Union[bool, str]], Field(None, description="block diffusion: true / false; "
+                                                          "full diffusion: none, prefix or dual"))
+    return fields
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Optional[str] = None
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    stop: Optional[Union[str, List[str]]] = None
+    seed: Optional[int] = None
+    stream: bool = False
+    stream_options: Optional[Dict[str, Any]] = None
+    n: int = 1
+    user: Optional[str] = None
+
+
+_Diffusion = create_model("DiffusionOptions", __base__=_Base, **_diffusion_fields())
+
+
+class CompletionRequest(_Diffusion):
+    prompt: Union[str, List[int]]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    content: str
+    name: Optional[str] = None
+
+
+class ChatRequest(_Diffusion):
+    messages: List[ChatMessage]
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None):
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+def _error_body(message: str, kind: str, param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _options(body: _Base, default_max: Optional[int]) -> dict:
+    """Our generation options from a request body."""
+    if body.n != 1:
+        raise _HTTPError(400, "n must be 1: each request generates one completion", param="n")
+    opts = {name: value for name, value in body.model_dump(exclude_unset=True).items()
+            if name not in _Base.model_fields and name not in ("prompt", "messages") and value is not None}
+    max_tokens = body.max_tokens if body.max_tokens is not None else default_max
+    if max_tokens is not None:
+        opts["max_new_tokens"] = max_tokens
+    for name in ("temperature", "top_p", "seed"):
+        value = getattr(body, name)
+        if value is not None:
+            opts[name] = value
+    if body.stop is not None:
+        opts["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    return opts
+
+
+def _usage(result: GenerationResult) -> dict:
+    n_prompt, n_gen = len(result.prompt_tokens), len(result.tokens)
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen}
+
+
+def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Optional[str] = None,
+               close_engine: bool = False) -> FastAPI:
+    """The FastAPI application serving ``engine``. ``close_engine``: the app's shutdown closes
+    the engine (requests still running are cancelled); else the caller closes it."""
+    import contextlib
+    import os
+    import sys
+
+    name = model_name or os.path.basename(engine.model.path)
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        if close_engine:
+            running, queued = engine.running, engine.queued
+            await asyncio.to_thread(engine.close, True, 30)
+            print(f"llamadiff: stopped ({running} running and {queued} queued requests cancelled; "
+                  f"{engine.stats['completed']} completed)", file=sys.stderr, flush=True)
+
+    app = FastAPI(title="llamadiff", description="OpenAI-compatible API for diffusion language models",
+                  lifespan=lifespan)
+
+    @app.exception_handler(_HTTPError)
+    async def _http_error(request: Request, exc: _HTTPError):
+        return JSONResponse(_error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        where = ".".join(loc)
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "extra_forbidden":
+            message = f"unknown field {where!r}"
+        elif first.get("type") == "json_invalid":
+            message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
+            where = ""
+        elif where:
+            message = f"{where}: {message}"
+        return JSONResponse(_error_body(message, "invalid_request_error", where or None), status_code=400)
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if header != f"Bearer {api_key}":
+            raise _HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                             "authentication_error", code="invalid_api_key")
+
+    def submit(prompt, chat: bool, opts: dict, listener):
+        try:
+            return engine.submit(prompt, chat=chat, listener=listener, **opts)
+        except QueueFullError as exc:
+            raise _HTTPError(503, f"the server is busy: {exc}", "server_error", code="queue_full")
+        except EngineClosedError as exc:
+            raise _HTTPError(503, str(exc), "server_error", code="shutting_down")
+        except (ValueError, TypeError, LlamaDiffError) as exc:
+            raise _HTTPError(400, str(exc))
+
+    async def run(http: Request, prompt, chat: bool, opts: dict, stream: bool, include_usage: bool,
+                  kind: str):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        finished = loop.create_future()
+
+        def listener(item):                  # called in the engine's thread
+            if stream:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            elif isinstance(item, GenerationResult):     # one wake-up per request
+                loop.call_soon_threadsafe(finished.set_result, item)
+
+        job = submit(prompt, chat, opts, listener)
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        obj = "chat.completion" if kind == "chat" else "text_completion"
+        if not stream:
+            try:
+                while not finished.done():
+                    await asyncio.wait((finished,), timeout=1.0)
+                    if not finished.done() and await http.is_disconnected():
+                        job.cancel()          # the client went away: free the slot
+            finally:
+                if not job.done():
+                    job.cancel()
+            result = finished.result()
+            if result.stop_reason == "error":
+                raise _HTTPError(500, result.error or "generation failed", "server_error")
+            finish = _FINISH.get(result.stop_reason, "stop")
+            if kind == "chat":
+                choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
+                          "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": result.text, "finish_reason": finish, "logprobs": None}
+            return JSONResponse({"id": rid, "object": obj, "created": int(time.time()), "model": name,
+                                 "choices": [choice], "usage": _usage(result)})
+
+        chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+        def event(choice: dict, usage=None) -> str:
+            import json
+            payload = {"id": rid, "object": chunk_obj, "created": int(time.time()), "model": name,
+                       "choices": [choice] if choice else []}
+            if usage is not None:
+                payload["usage"] = usage
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def choice(text: str, finish: Optional[str], first: bool = False) -> dict:
+            if kind == "chat":
+                delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+                return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+        async def events_stream():
+            first = True
+            try:
+                while True:
+                    item = await events.get()
+                    if isinstance(item, GenerationResult):
+                        if item.stop_reason == "error":
+                            import json
+                            yield f"data: {json.dumps(_error_body(item.error or 'generation failed', 'server_error'))}\n\n"
+                        elif include_usage:
+                            yield event({}, usage=_usage(item))
+                        yield "data: [DONE]\n\n"
+                        return
+                    if item.stop_reason == "error":
+                        continue
+                    finish = _FINISH.get(item.stop_reason) if item.stop_reason else None
+                    if item.text or finish or first:
+                        yield event(choice(item.text, finish, first))
+                        first = False
+            finally:
+                if not job.done():
+                    job.cancel()              # the client went away: free the slot
+
+        return StreamingResponse(events_stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "running": engine.running, "queued": engine.queued,
+                "completed": engine.stats["completed"], "cancelled": engine.stats["cancelled"],
+                "rejected": engine.stats["rejected"]}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
+                                            "owned_by": "llamadiff"}]}
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(body: CompletionRequest, http: Request):
+        opts = _options(body, 16)
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return await run(http, body.prompt, False, opts, body.stream, include_usage, "text")
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(body: ChatRequest, http: Request):
+        if not body.messages:
+            raise _HTTPError(400, "messages is empty", param="messages")
+        if engine.model.chat_template is None:
+            raise _HTTPError(400, f"this model ({name}) has no chat template: use /v1/completions",
+                             param="messages", code="no_chat_template")
+        opts = _options(body, None)
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return await run(http, messages, False, opts, body.stream, include_usage, "chat")
+
+    return app
+
+
+def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+          n_parallel: int = 16, max_queue: int = 64, n_ctx: int = 2048, n_threads: Optional[int] = None,
+          n_gpu_layers: int = 0, model_name: Optional[str] = None, log_level: str = "info") -> None:
+    """Run the server until SIGINT / SIGTERM: new requests stop, those in flight get up to
+    5 s to finish, then the rest are cancelled and the model is freed (uvicorn then ends the
+    process with the signal it received, as its convention is)."""
+    import sys
+
+    import uvicorn
+
+    # the event loop and the engine thread take turns on the GIL; hand it over sooner than
+    # Python's default 5 ms, or each request waits for the other side's turn to expire
+    sys.setswitchinterval(0.0005)
+    engine = Engine(model, n_parallel=n_parallel, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
+                    n_gpu_layers=n_gpu_layers)
+    try:
+        app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        engine.close(cancel=True, timeout=30)

@@ -1,0 +1,110 @@
+"""llamadiff.serving.Engine: requests from many threads join one running batch."""
+
+import threading
+import time
+
+import pytest
+
+from llamadiff import Generator, default_model, testing
+from llamadiff.serving import Engine, EngineClosedError, QueueFullError
+
+EXACT = dict(n_threads=1, type_k="f32", type_v="f32", flash_attn=False)
+PROMPTS = ["47+38=", "sort 93715=", "rev python=", "copy k9x2=", "a1b7c4:b=", "12+9=", "sort 4817=", "rev abc="]
+
+
+def _from_threads(engine, prompts, **options):
+    out = [None] * len(prompts)
+
+    def ask(i):
+        out[i] = engine.submit(prompts[i], **options).result(timeout=120)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def test_threads_share_steps_and_get_solo_tokens():
+    with Generator(default_model("block"), n_ctx=256, **EXACT) as gen:
+        solo = [gen.generate(p, max_new_tokens=16).tokens for p in PROMPTS]
+    with Engine(default_model("block"), n_parallel=9, n_ctx=256, **EXACT) as engine:
+        # a long request keeps the batch running; the others join it between its steps
+        long = engine.submit("rev python=", max_new_tokens=160, stop=["never"])
+        next(iter(long))
+        results = _from_threads(engine, PROMPTS, max_new_tokens=16)
+        assert [r.tokens for r in results] == solo
+        assert [r.text for r in results[:2]] == ["85", "13579"]
+        results.append(long.result(120))
+        assert engine.stats["completed"] == 9
+        # shared steps: fewer than the requests' own steps added up
+        assert engine.stats["steps"] < sum(len(r.stats["committed_per_step"]) for r in results)
+
+
+def test_full_diffusion_requests_batch_too(tmp_path):
+    path = testing.write_model(tmp_path / "llada.gguf", "llada")
+    prompts = ["one", "two three", "four five six", "seven"]
+    opts = dict(max_new_tokens=16, block_length=8, steps=16, stop=[])
+    with Generator(path, n_ctx=128, **EXACT) as gen:
+        solo = [gen.generate(p, **opts).tokens for p in prompts]
+    with Engine(path, n_parallel=4, n_ctx=128, **EXACT) as engine:
+        assert [r.tokens for r in _from_threads(engine, prompts, **opts)] == solo
+        # guidance and another cache mode use another batch key: they run after
+        a = engine.submit("one", cfg_scale=1.0, **opts)
+        b = engine.submit("one", cache="dual", **opts)
+        assert a.result(60).stop_reason == b.result(60).stop_reason == "length"
+
+
+def test_streaming_cancel_and_keys():
+    with Engine(default_model("block"), n_parallel=4, n_ctx=512, **EXACT) as engine:
+        req = engine.submit("sort 93715=", max_new_tokens=16)
+        chunks = list(req)
+        assert "".join(c.text for c in chunks) == "13579" and chunks[-1].stop_reason == "stop"
+        # another block length cannot share a step: both finish, one after the other
+        r4 = engine.submit("47+38=", max_new_tokens=16, block_length=4)
+        r8 = engine.submit("47+38=", max_new_tokens=16, block_length=8)
+        assert r4.result(60).text == "85" and r8.result(60).stop_reason in ("stop", "length")
+        # cancel: a long request leaves before its next step
+        long = engine.submit("rev python=", max_new_tokens=400, stop=["never"])
+        it = iter(long)
+        next(it)
+        long.cancel()
+        res = long.result(30)
+        assert res.stop_reason == "cancelled" and 0 < len(res.tokens) < 400
+        assert engine.running == 0
+
+
+def test_bad_requests_raise_in_the_caller():
+    with Engine(default_model("block"), n_parallel=2, n_ctx=64, max_queue=1, **EXACT) as engine:
+        with pytest.raises(ValueError, match="temperature"):
+            engine.submit("x", temperature=-1)
+        with pytest.raises(ValueError, match="n_ctx"):
+            engine.submit("x " * 100, max_new_tokens=16)
+        with pytest.raises(ValueError, match="callback"):
+            engine.submit("x", callback=print)
+        # a full queue: two requests run, one may wait, the next is refused
+        blockers = []
+        for _ in range(2):
+            blockers.append(engine.submit("rev python=", max_new_tokens=48, stop=["never"]))
+            deadline = time.time() + 30
+            while engine.queued and time.time() < deadline:
+                time.sleep(0.005)
+        blockers.append(engine.submit("rev python=", max_new_tokens=48, stop=["never"]))
+        if engine.running == 2:               # (the first two may already have finished)
+            with pytest.raises(QueueFullError):
+                engine.submit("rev python=", max_new_tokens=48, stop=["never"])
+            assert engine.stats["rejected"] == 1
+        for r in blockers:
+            assert r.result(120).stop_reason == "length"
+    with pytest.raises(EngineClosedError):
+        engine.submit("x")
+
+
+def test_close_with_cancel_ends_everything():
+    engine = Engine(default_model("block"), n_parallel=2, n_ctx=512, **EXACT)
+    reqs = [engine.submit("rev python=", max_new_tokens=400, stop=["never"]) for _ in range(5)]
+    time.sleep(0.2)
+    engine.close(cancel=True, timeout=30)
+    reasons = {r.result(10).stop_reason for r in reqs}
+    assert reasons <= {"cancelled", "length"} and "cancelled" in reasons
