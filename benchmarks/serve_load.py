@@ -144,7 +144,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "qwen3-100m.gguf")
             testing.write_model(path, "qwen3", shape=SHAPE, dtype="f16")
-            bodies = [{"prompt": [100 + i, 200 + i, 300 + i, 17], "max_tokens": 32, "stop": []}
+            bodies = [{"prompt": [100 + i, 200 + i, 300 + i, 17], "max_tokens": 32, "ignore_eos": True}
                       for i in range(args.requests)]
             rows += measure("random qwen3 ~100M (F16)", path, bodies,
                             lambda i, got, seq: got == seq, clients, args.threads, args.rounds)

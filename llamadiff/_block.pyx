@@ -226,6 +226,10 @@ class BlockFamily:
     def max_slots(self, cfg, int capacity):
         return 1 << 30
 
+    def step_tokens(self, cfg, int n_prompt):
+        """Tokens one step of a sequence puts in the shared batch: a store pass and a block."""
+        return 2 * cfg.block_length
+
     def batch_key(self, cfg):
         """Requests share a step when these agree (one block-causal mask per context)."""
         return ("block", cfg.block_length, bool(cfg.cache))

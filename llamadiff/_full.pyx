@@ -613,6 +613,10 @@ class FullFamily:
         cdef int per = 2 if cfg.cfg_scale > 0 else 1
         return max(1, BATCH_TOKENS // (per * ((capacity + 63) // 64 * 64)))
 
+    def step_tokens(self, cfg, int n_prompt):
+        """Tokens one step of a sequence may put in the shared batch: all of it (twice when guided)."""
+        return (2 if cfg.cfg_scale > 0 else 1) * (n_prompt + cfg.max_new_tokens)
+
     def batch_key(self, cfg):
         """Requests share a step when these agree (a guided request takes two sequence ids)."""
         return ("full", cfg.rng, cfg.cfg_scale > 0)

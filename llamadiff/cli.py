@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--max-queue", type=int, default=64,
                      help="requests that may wait for a slot; more are answered 503 (default 64)")
     web.add_argument("--model-name", default=None, help="the model's id in the API (default: the file name)")
+    web.add_argument("--max-block-length", type=int, default=None,
+                     help="largest block_length a request may ask for (default: 64, or the model's trained one)")
 
     bench = sub.add_parser("bench", help="run the block-generation benchmark")
     bench.add_argument("--quick", action="store_true")
@@ -314,7 +316,7 @@ def cmd_serve(args) -> int:
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, n_parallel=args.n_parallel,
           max_queue=args.max_queue, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-          model_name=args.model_name)
+          model_name=args.model_name, max_block_length=args.max_block_length)
     return 0
 
 

@@ -250,6 +250,10 @@ class _StopMatcher:
                     raise ValueError(f"stop token id {item} is out of range")
                 self.ids.add(item)
             else:
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"stop string {item!r} is not valid UTF-8 text") from None
                 ids = model.tokenize(item, add_special=False, parse_special=True)
                 if len(ids) == 1 and model.token_to_piece(ids[0], special=True) == item:
                     self.ids.add(ids[0])      # a single (special) token: match by id

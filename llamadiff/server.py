@@ -8,7 +8,10 @@ applied), both with ``"stream": true`` as server-sent events in OpenAI's chunk f
 ``GET /v1/models``; ``GET /health``. Request fields: OpenAI's ``max_tokens`` (default 16 for
 completions, the engine's default for chat), ``temperature`` (default 0: greedy, unlike
 OpenAI's 1), ``top_p``, ``stop`` (a string or a list), ``seed``, ``stream``,
-``stream_options.include_usage``, ``n`` (1 only), ``user`` (ignored); and llamadiff's options
+``stream_options.include_usage``, ``n`` (1 only), ``user`` (ignored), ``max_completion_tokens``,
+the penalties / ``logit_bias`` / ``logprobs`` / ``echo`` at their neutral values, ``ignore_eos``
+(llama.cpp's server: generate past the end-of-generation tokens; OpenAI's ``stop`` otherwise
+adds to them); and llamadiff's options
 under their own names (``block_length``, ``steps``, ``strategy``, ``threshold``, ``top_k``, ...:
 every ``GenerationConfig`` field that has a command-line flag). Unknown fields, bad values and
 prompts longer than the context are answered 400 with an OpenAI-style error body; a full
@@ -66,32 +69,63 @@ def _diffusion_fields() -> dict:
     return fields
 
 
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: Optional[str] = None
     max_tokens: Optional[int] = None
+    max_completion_tokens: Optional[int] = None     # the newer name of max_tokens
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     stop: Optional[Union[str, List[str]]] = None
     seed: Optional[int] = None
     stream: bool = False
-    stream_options: Optional[Dict[str, Any]] = None
+    stream_options: Optional[_StreamOptions] = None
     n: int = 1
     user: Optional[str] = None
+    # accepted at their neutral values only (clients send them by default)
+    frequency_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    logit_bias: Optional[Dict[str, float]] = None
+    logprobs: Optional[Union[bool, int]] = None
+    # llama.cpp's server convention: go on past the model's end-of-generation tokens
+    ignore_eos: bool = False
 
 
 _Diffusion = create_model("DiffusionOptions", __base__=_Base, **_diffusion_fields())
 
 
 class CompletionRequest(_Diffusion):
-    prompt: Union[str, List[int]]
+    prompt: Union[str, List[int], List[str]]
+    echo: bool = False
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    text: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str
-    content: str
+    content: Optional[Union[str, List[_TextPart]]] = None
     name: Optional[str] = None
+
+    def as_dict(self) -> dict:
+        """role + text content (text parts joined; other part types refused)."""
+        content = self.content
+        if isinstance(content, list):
+            for part in content:
+                if part.type != "text":
+                    raise _HTTPError(400, f"content parts of type {part.type!r} are not supported (text only)",
+                                     param="messages")
+            content = "".join(part.text for part in content)
+        return {"role": self.role, "content": content or ""}
 
 
 class ChatRequest(_Diffusion):
@@ -108,21 +142,37 @@ def _error_body(message: str, kind: str, param=None, code=None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _options(body: _Base, default_max: Optional[int]) -> dict:
+def _options(body: _Base, default_max: Optional[int], eog: list) -> dict:
     """Our generation options from a request body."""
     if body.n != 1:
         raise _HTTPError(400, "n must be 1: each request generates one completion", param="n")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(body, name) not in (None, 0):
+            raise _HTTPError(400, f"{name} is not supported (diffusion decoding has no such penalty)", param=name)
+    if body.logit_bias:
+        raise _HTTPError(400, "logit_bias is not supported", param="logit_bias")
+    if body.logprobs:
+        raise _HTTPError(400, "logprobs are not supported", param="logprobs")
+    if getattr(body, "echo", False):
+        raise _HTTPError(400, "echo is not supported", param="echo")
+    if body.stream_options is not None and not body.stream:
+        raise _HTTPError(400, "stream_options needs stream: true", param="stream_options")
     opts = {name: value for name, value in body.model_dump(exclude_unset=True).items()
-            if name not in _Base.model_fields and name not in ("prompt", "messages") and value is not None}
-    max_tokens = body.max_tokens if body.max_tokens is not None else default_max
+            if name not in _Base.model_fields and name not in ("prompt", "messages", "echo") and value is not None}
+    max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
+    max_tokens = max_tokens if max_tokens is not None else default_max
     if max_tokens is not None:
         opts["max_new_tokens"] = max_tokens
     for name in ("temperature", "top_p", "seed"):
         value = getattr(body, name)
         if value is not None:
             opts[name] = value
-    if body.stop is not None:
-        opts["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    # OpenAI's stop sequences come on top of the model's end of generation (unless ignore_eos)
+    stops = [] if body.stop is None else ([body.stop] if isinstance(body.stop, str) else list(body.stop))
+    if body.stop is not None or body.ignore_eos:
+        opts["stop"] = stops + ([] if body.ignore_eos else list(eog))
+        if not opts["stop"]:
+            opts["stop"] = []        # nothing stops it: max_tokens does
     return opts
 
 
@@ -132,12 +182,19 @@ def _usage(result: GenerationResult) -> dict:
 
 
 def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Optional[str] = None,
-               close_engine: bool = False) -> FastAPI:
+               close_engine: bool = False, max_block_length: Optional[int] = None) -> FastAPI:
     """The FastAPI application serving ``engine``. ``close_engine``: the app's shutdown closes
-    the engine (requests still running are cancelled); else the caller closes it."""
+    the engine (requests still running are cancelled); else the caller closes it.
+    ``max_block_length``: the largest block length a request may ask for (a step decodes
+    2 x block length tokens per request; default: 64, or the model's trained one if larger)."""
     import contextlib
+    import hmac
     import os
     import sys
+
+    eog = sorted(engine.model.eog_token_ids)
+    if max_block_length is None:
+        max_block_length = max(64, engine.generator.default_block_length)
 
     name = model_name or os.path.basename(engine.model.path)
     created = int(time.time())
@@ -157,6 +214,11 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     @app.exception_handler(_HTTPError)
     async def _http_error(request: Request, exc: _HTTPError):
         return JSONResponse(_error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return JSONResponse(_error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -178,13 +240,18 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         if api_key is None:
             return
         header = request.headers.get("authorization", "")
-        if header != f"Bearer {api_key}":
+        if not hmac.compare_digest(header.encode(), f"Bearer {api_key}".encode()):
             raise _HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                              "authentication_error", code="invalid_api_key")
 
-    def submit(prompt, chat: bool, opts: dict, listener):
+    async def submit(prompt, chat: bool, opts: dict, listener):
+        block = opts.get("block_length")
+        if block is not None and block > max_block_length:
+            raise _HTTPError(400, f"block_length={block} is above this server's limit ({max_block_length})",
+                             param="block_length")
         try:
-            return engine.submit(prompt, chat=chat, listener=listener, **opts)
+            # tokenising (and templating) a long prompt runs off the event loop
+            return await asyncio.to_thread(engine.submit, prompt, chat=chat, listener=listener, **opts)
         except QueueFullError as exc:
             raise _HTTPError(503, f"the server is busy: {exc}", "server_error", code="queue_full")
         except EngineClosedError as exc:
@@ -199,13 +266,17 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         finished = loop.create_future()
 
         def listener(item):                  # called in the engine's thread
-            if stream:
-                loop.call_soon_threadsafe(events.put_nowait, item)
-            elif isinstance(item, GenerationResult):     # one wake-up per request
-                loop.call_soon_threadsafe(finished.set_result, item)
+            try:
+                if stream:
+                    loop.call_soon_threadsafe(events.put_nowait, item)
+                elif isinstance(item, GenerationResult):     # one wake-up per request
+                    loop.call_soon_threadsafe(finished.set_result, item)
+            except RuntimeError:             # the event loop is gone (shutdown): nobody listens
+                pass
 
-        job = submit(prompt, chat, opts, listener)
+        job = await submit(prompt, chat, opts, listener)
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        stamp = int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
         if not stream:
             try:
@@ -219,22 +290,25 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
             result = finished.result()
             if result.stop_reason == "error":
                 raise _HTTPError(500, result.error or "generation failed", "server_error")
+            if result.stop_reason in ("cancelled", "interrupted"):
+                raise _HTTPError(503, "the request was cancelled (the server is shutting down)",
+                                 "server_error", code="cancelled")
             finish = _FINISH.get(result.stop_reason, "stop")
             if kind == "chat":
                 choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
                           "finish_reason": finish, "logprobs": None}
             else:
                 choice = {"index": 0, "text": result.text, "finish_reason": finish, "logprobs": None}
-            return JSONResponse({"id": rid, "object": obj, "created": int(time.time()), "model": name,
+            return JSONResponse({"id": rid, "object": obj, "created": stamp, "model": name,
                                  "choices": [choice], "usage": _usage(result)})
 
         chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
         def event(choice: dict, usage=None) -> str:
             import json
-            payload = {"id": rid, "object": chunk_obj, "created": int(time.time()), "model": name,
+            payload = {"id": rid, "object": chunk_obj, "created": stamp, "model": name,
                        "choices": [choice] if choice else []}
-            if usage is not None:
+            if include_usage:
                 payload["usage"] = usage
             return f"data: {json.dumps(payload)}\n\n"
 
@@ -250,14 +324,16 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
                 while True:
                     item = await events.get()
                     if isinstance(item, GenerationResult):
-                        if item.stop_reason == "error":
+                        if item.stop_reason in ("error", "cancelled", "interrupted"):
                             import json
-                            yield f"data: {json.dumps(_error_body(item.error or 'generation failed', 'server_error'))}\n\n"
+                            message = (item.error or "generation failed" if item.stop_reason == "error"
+                                       else "the request was cancelled (the server is shutting down)")
+                            yield f"data: {json.dumps(_error_body(message, 'server_error', code=item.stop_reason))}\n\n"
                         elif include_usage:
                             yield event({}, usage=_usage(item))
                         yield "data: [DONE]\n\n"
                         return
-                    if item.stop_reason == "error":
+                    if item.stop_reason in ("error", "cancelled", "interrupted"):
                         continue
                     finish = _FINISH.get(item.stop_reason) if item.stop_reason else None
                     if item.text or finish or first:
@@ -272,6 +348,8 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 
     @app.get("/health")
     async def health():
+        if not engine.alive:
+            return JSONResponse({"status": "unavailable", "model": name}, status_code=503)
         return {"status": "ok", "model": name, "running": engine.running, "queued": engine.queued,
                 "completed": engine.stats["completed"], "cancelled": engine.stats["cancelled"],
                 "rejected": engine.stats["rejected"]}
@@ -283,9 +361,14 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, http: Request):
-        opts = _options(body, 16)
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return await run(http, body.prompt, False, opts, body.stream, include_usage, "text")
+        opts = _options(body, 16, eog)
+        prompt = body.prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise _HTTPError(400, "one prompt per request (a list of one string is accepted)", param="prompt")
+            prompt = prompt[0]
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return await run(http, prompt, False, opts, body.stream, include_usage, "text")
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatRequest, http: Request):
@@ -294,9 +377,9 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         if engine.model.chat_template is None:
             raise _HTTPError(400, f"this model ({name}) has no chat template: use /v1/completions",
                              param="messages", code="no_chat_template")
-        opts = _options(body, None)
-        messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        opts = _options(body, None, eog)
+        messages = [m.as_dict() for m in body.messages]
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
         return await run(http, messages, False, opts, body.stream, include_usage, "chat")
 
     return app
@@ -304,7 +387,8 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 
 def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
           n_parallel: int = 16, max_queue: int = 64, n_ctx: int = 2048, n_threads: Optional[int] = None,
-          n_gpu_layers: int = 0, model_name: Optional[str] = None, log_level: str = "info") -> None:
+          n_gpu_layers: int = 0, model_name: Optional[str] = None, max_block_length: Optional[int] = None,
+          log_level: str = "info") -> None:
     """Run the server until SIGINT / SIGTERM: new requests stop, those in flight get up to
     5 s to finish, then the rest are cancelled and the model is freed (uvicorn then ends the
     process with the signal it received, as its convention is)."""
@@ -318,7 +402,8 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
     engine = Engine(model, n_parallel=n_parallel, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
                     n_gpu_layers=n_gpu_layers)
     try:
-        app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True)
+        app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True,
+                         max_block_length=max_block_length)
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
         engine.close(cancel=True, timeout=30)

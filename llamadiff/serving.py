@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import queue as queue_module
 import threading
 import time
@@ -34,6 +35,8 @@ from llamadiff.generator import (GenerationConfig, GenerationResult, Generator, 
                                  _Running, _StopMatcher)
 
 __all__ = ["Engine", "Request", "QueueFullError", "EngineClosedError"]
+
+log = logging.getLogger("llamadiff")
 
 
 class QueueFullError(LlamaDiffError):
@@ -52,12 +55,15 @@ class Request:
     """A submitted generation: wait for it (``result``), stream it (iterate), or ``cancel`` it."""
 
     def __init__(self, engine: "Engine", prompt_tokens: list, cfg: GenerationConfig, key: tuple,
-                 listener: Optional[Callable] = None):
+                 stops: _StopMatcher, step_tokens: int, listener: Optional[Callable] = None):
         self.id = next(_ids)
         self.prompt_tokens = prompt_tokens
         self.config = cfg
         self.key = key
+        self.stops = stops                  # built in the caller's thread (it may raise there)
+        self.step_tokens = step_tokens      # tokens one of its steps puts in the shared batch
         self.submitted = time.perf_counter()
+        self.admitted: Optional[float] = None
         self._engine = engine
         self._chunks: "queue_module.SimpleQueue" = queue_module.SimpleQueue()
         self._listener = listener
@@ -101,15 +107,28 @@ class Request:
 
     def _emit(self, chunk: StreamChunk) -> None:
         self._chunks.put(chunk)
-        if self._listener is not None:
-            self._listener(chunk)
+        self._notify(chunk)
 
     def _finish(self, result: GenerationResult) -> None:
+        if self._done.is_set():
+            return
         self._result = result
         self._chunks.put(_DONE)
         self._done.set()
-        if self._listener is not None:
-            self._listener(result)
+        self._notify(result)
+
+    def _end(self, reason: str, error: Optional[str] = None) -> None:
+        """Finish a request that produced nothing (cancelled while waiting, failed to start)."""
+        self._emit(StreamChunk("", [], -1, reason))
+        self._finish(GenerationResult("", [], reason, {}, self.prompt_tokens, error=error))
+
+    def _notify(self, item) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(item)
+        except Exception:       # a listener's failure is its own: the engine serves on
+            log.exception("llamadiff: a request listener raised")
 
 
 class Engine:
@@ -117,31 +136,38 @@ class Engine:
 
     Parameters as ``Generator`` (``model``, ``n_ctx`` -- the bound of one request's prompt +
     generation --, ``n_threads``, ``n_gpu_layers``, ``flash_attn``, ``type_k``, ``type_v``,
-    ``sampler``), plus ``n_parallel`` (requests decoded together, default 16) and
-    ``max_queue`` (requests that may wait; a full queue raises QueueFullError, default 256).
-    ``config``: the GenerationConfig that requests' options start from.
+    ``sampler``), plus ``n_parallel`` (requests decoded together, 1..128, default 16) and
+    ``max_queue`` (requests that may wait beyond the free slots; more raise QueueFullError,
+    default 256). ``config``: the GenerationConfig that requests' options start from.
+
+    If the engine's thread fails (a bug, out of memory), every request still waiting or
+    running finishes with stop_reason "error", and later ``submit`` calls raise
+    EngineClosedError naming the failure.
     """
+
+    MAX_PARALLEL = 128      # llama.cpp's 256 sequence ids, two per guided request
 
     def __init__(self, model=None, *, n_parallel: int = 16, max_queue: int = 256,
                  config: Optional[GenerationConfig] = None, **generator_args):
-        if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
-            raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
+        if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or not 1 <= n_parallel <= self.MAX_PARALLEL:
+            raise ValueError(f"n_parallel must be an int in 1..{self.MAX_PARALLEL}, got {n_parallel!r}")
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
             raise ValueError(f"max_queue must be an int >= 0, got {max_queue!r}")
+        config = config if config is not None else GenerationConfig()
+        if not isinstance(config, GenerationConfig):
+            raise TypeError("config must be a GenerationConfig")
+        self.config = config
         self.generator = Generator(model, **generator_args)
         self.model = self.generator.model
         self.n_parallel = n_parallel
         self.max_queue = max_queue
-        self.config = config if config is not None else GenerationConfig()
-        if not isinstance(self.config, GenerationConfig):
-            raise TypeError("config must be a GenerationConfig")
         self._family = self.generator._family
         self._waiting: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._closing = False
         self._cancel_all = False
-        self.stats = {"submitted": 0, "completed": 0, "cancelled": 0, "errors": 0, "rejected": 0,
-                      "steps": 0, "decode_calls": 0}
+        self._error: Optional[BaseException] = None
+        self.stats = {"submitted": 0, "completed": 0, "cancelled": 0, "errors": 0, "rejected": 0, "steps": 0}
         self._running_count = 0
         self._thread = threading.Thread(target=self._loop, name="llamadiff-engine", daemon=True)
         self._thread.start()
@@ -155,22 +181,23 @@ class Engine:
         an over-long prompt or a full queue raise here, in the caller's thread.
 
         ``listener``: called in the engine's thread with each StreamChunk and then the
-        GenerationResult (for event loops: hand them over with a thread-safe call).
+        GenerationResult; keep it short and non-blocking (for event loops: hand the item over
+        with a thread-safe call). An exception in it is logged, not raised.
         """
-        if self._closing:
-            raise EngineClosedError("the engine is closed")
+        self._check_open()
         for name in ("callback", "progress", "profile"):
             if options.get(name):
                 raise ValueError(f"{name} is not available for engine requests")
         cfg = self.generator._config(config if config is not None else self.config, options)
         ids = self.generator.prompt_tokens(prompt, chat=chat)
         self._family.check_prompt(self.generator, cfg, ids, True)
+        stops = _StopMatcher(self.model, cfg.stop)
         key = (self._family.batch_key(cfg), self._family.runs_alone(cfg))
-        request = Request(self, ids, cfg, key, listener)
+        request = Request(self, ids, cfg, key, stops, self._family.step_tokens(cfg, len(ids)), listener)
         with self._cv:
-            if self._closing:
-                raise EngineClosedError("the engine is closed")
-            if len(self._waiting) >= self.max_queue:
+            self._check_open()
+            room = self.max_queue + max(0, self.n_parallel - self._running_count)
+            if len(self._waiting) >= room:
                 self.stats["rejected"] += 1
                 raise QueueFullError(f"{len(self._waiting)} requests are waiting (max_queue={self.max_queue})")
             self._waiting.append(request)
@@ -190,9 +217,16 @@ class Engine:
     def running(self) -> int:
         return self._running_count
 
+    @property
+    def alive(self) -> bool:
+        """The engine takes requests (not closed, its thread did not fail)."""
+        return not self._closing and self._error is None and self._thread.is_alive()
+
     def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:
         """Take no new requests; finish the ones queued and running (``cancel=True``: cancel
         them), stop the thread and free the model. Safe to call twice."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("close() from a listener (the engine's own thread) would wait for itself")
         with self._cv:
             self._closing = True
             self._cancel_all = self._cancel_all or cancel
@@ -207,6 +241,13 @@ class Engine:
     def __exit__(self, *exc):
         self.close(cancel=exc[0] is not None)
 
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise EngineClosedError(f"the engine stopped after an internal error: "
+                                    f"{type(self._error).__name__}: {self._error}")
+        if self._closing or not self._thread.is_alive():
+            raise EngineClosedError("the engine is closed")
+
     def _wake(self) -> None:
         with self._cv:
             self._cv.notify()
@@ -214,112 +255,151 @@ class Engine:
     # -- the engine thread --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        gen = self.generator
-        sched = None
-        key = None
-        running: dict = {}            # Sequence -> (Request, _Running)
-        with gen._lock:
-            while True:
-                with self._cv:
-                    while not self._waiting and not running and not self._closing:
-                        self._cv.wait()
-                    if self._closing and self._cancel_all:
-                        for request in list(self._waiting):
-                            request._finish(GenerationResult("", [], "cancelled", {}, request.prompt_tokens))
-                            self.stats["cancelled"] += 1
-                        self._waiting.clear()
-                        for _, (request, _) in running.items():
-                            request._cancelled = True
-                    if self._closing and not self._waiting and not running:
-                        break
-                    # requests cancelled while waiting leave the queue at once
-                    for request in [r for r in self._waiting if r.cancelled]:
-                        self._waiting.remove(request)
-                        request._finish(GenerationResult("", [], "cancelled", {}, request.prompt_tokens))
-                        self.stats["cancelled"] += 1
-                    if not running and self._waiting:
-                        key = self._waiting[0].key       # the oldest request sets the batch key
-                    admit = []
-                    while self._waiting and self._waiting[0].key == key and len(running) + len(admit) < self._slots(key):
-                        admit.append(self._waiting.popleft())
-                # running requests that were cancelled leave before the step
-                for seq, (request, run) in list(running.items()):
-                    if request.cancelled:
-                        self._retire(sched, running, seq, "cancelled")
-                if admit:
-                    sched = self._admit(sched, admit, running)
-                self._running_count = len(running)
-                if not running:
-                    continue
+        self._sched = None
+        self._sched_key = None
+        self._running: dict = {}        # Sequence -> (Request, _Running)
+        try:
+            with self.generator._lock:
+                while self._iteration():
+                    pass
+        except BaseException as exc:     # never leave a caller waiting on a dead thread
+            self._error = exc
+            log.exception("llamadiff: the engine thread failed")
+            with self._cv:
+                waiting = list(self._waiting)
+                self._waiting.clear()
+            for request in waiting:
+                request._end("error", f"the engine failed: {type(exc).__name__}: {exc}")
+            for seq in list(self._running):
+                request, _ = self._running.pop(seq)
+                request._end("error", f"the engine failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._running_count = 0
+            if self._sched is not None:
                 try:
-                    _, finished = sched.step()
-                except KeyboardInterrupt:
-                    for seq in list(running):
-                        self._retire(sched, running, seq, "interrupted")
-                    continue
-                except Exception as exc:        # a failed decode fails the requests of that step
-                    for seq in list(running):
-                        self._retire(sched, running, seq, "error", error=f"{type(exc).__name__}: {exc}")
-                    continue
-                self.stats["steps"] += 1
-                for seq in finished:
-                    request, run = running[seq]
-                    region = seq.region - 1
-                    start, end = seq.region_bounds(region)
-                    new, reason = run.out.add(seq.tokens_between(max(start, seq.n_prompt), end), last=seq.done)
-                    request._emit(StreamChunk(run.out.text(new, reason is not None), new, region, reason))
-                    if reason is not None:
-                        self._retire(sched, running, seq, reason, emitted=True)
-                self._running_count = len(running)
-            if sched is not None:
-                self.stats["decode_calls"] = sched.n_decode
-                sched.clear()
+                    self._sched.clear()
+                except Exception:
+                    pass
 
-    def _slots(self, key) -> int:
-        return 1 if key[1] else self.n_parallel      # modes that run alone take one slot
-
-    def _admit(self, sched, admit: list, running: dict):
-        """Bind the admitted requests' sequences (a new scheduler when the key changed)."""
-        gen = self.generator
-        cfg = admit[0].config
-        if sched is None or not running:
-            # a new batch: its key may need another context (block length, memory kind)
-            if sched is not None:
-                sched.clear()
-            if admit[0].key[1]:
-                sched, _, _ = gen._scheduler(cfg, {0: admit[0].prompt_tokens}, 1, single=False)
-            else:
-                ctx, _ = gen._shared_context(*self._family.serving_context(gen, cfg, self.n_parallel))
-                sched = Scheduler(ctx, gen._host_sampler)
+    def _iteration(self) -> bool:
+        """One turn: retire cancelled requests, admit waiting ones, run one step. False: stop."""
+        running = self._running
+        ended = []
+        with self._cv:
+            while not self._waiting and not running and not self._closing:
+                self._cv.wait()
+            if self._closing and self._cancel_all:
+                ended += self._waiting
+                self._waiting.clear()
+                for request, _ in running.values():
+                    request._cancelled = True
+            if self._closing and not self._waiting and not running:
+                return False
+            ended += [r for r in self._waiting if r.cancelled]
+            for request in ended:
+                if request in self._waiting:
+                    self._waiting.remove(request)
+            key = None
+            if not running and self._waiting:
+                key = self._waiting[0].key       # the oldest request sets the batch key
+        for request in ended:                     # listeners run outside the lock
+            request._end("cancelled")
+            self.stats["cancelled"] += 1
+        for seq, (request, _) in list(running.items()):
+            if request.cancelled:
+                self._retire(seq, "cancelled")
+        if key is not None and not running:
+            self._new_batch(key)
+        admit = self._take_admissible()
         for request in admit:
-            cfg = request.config
-            stops = _StopMatcher(self.model, cfg.stop)
-            try:
-                seq = self._family.sequence(self.model, request.prompt_tokens, cfg, self._family.policy(cfg))
-                sched.add(seq)
-            except (ValueError, TypeError) as exc:
-                if running and "n_ubatch" in str(exc):
-                    with self._cv:               # no room in this step yet: wait at the front
-                        self._waiting.appendleft(request)
-                    continue
-                request._finish(GenerationResult("", [], "error", {}, request.prompt_tokens, error=str(exc)))
-                self.stats["errors"] += 1
-                continue
-            except KeyboardInterrupt:
-                request._finish(GenerationResult("", [], "interrupted", {}, request.prompt_tokens))
-                continue
-            run = _Running(request.id, _Output(self.model, stops, cfg.max_new_tokens), request.submitted,
-                           seq.slot, sched.sampler.name)
-            running[seq] = (request, run)
-        return sched
+            self._admit(request)
+        self._running_count = len(running)
+        if not running:
+            return True
+        try:
+            _, finished = self._sched.step()
+        except Exception as exc:        # a failed decode fails the requests of that step
+            for seq in list(running):
+                self._retire(seq, "error", error=f"{type(exc).__name__}: {exc}")
+            return True
+        self.stats["steps"] += 1
+        for seq in finished:
+            request, run = running[seq]
+            region = seq.region - 1
+            start, end = seq.region_bounds(region)
+            new, reason = run.out.add(seq.tokens_between(max(start, seq.n_prompt), end), last=seq.done)
+            request._emit(StreamChunk(run.out.text(new, reason is not None), new, region, reason))
+            if reason is not None:
+                self._retire(seq, reason, emitted=True)
+        self._running_count = len(running)
+        return True
 
-    def _retire(self, sched, running: dict, seq, reason: str, emitted: bool = False, error=None) -> None:
-        request, run = running.pop(seq)
-        sched.remove(seq)
+    def _new_batch(self, key) -> None:
+        """A scheduler (and a context big enough) for a batch of ``key``; the head request
+        fails if its context cannot be made."""
+        gen = self.generator
+        with self._cv:
+            head = self._waiting[0] if self._waiting else None
+        if head is None:
+            return
+        if self._sched is not None:
+            self._sched.clear()
+        self._sched = None
+        try:
+            if key[1]:          # a mode that runs alone: the one-sequence context
+                self._sched, _, _ = gen._scheduler(head.config, {0: head.prompt_tokens}, 1, single=False)
+            else:
+                ctx, _ = gen._shared_context(*self._family.serving_context(gen, head.config, self.n_parallel))
+                self._sched = Scheduler(ctx, gen._host_sampler)
+            self._sched_key = key
+        except Exception as exc:
+            with self._cv:
+                if self._waiting and self._waiting[0] is head:
+                    self._waiting.popleft()
+            head._end("error", f"{type(exc).__name__}: {exc}")
+            self.stats["errors"] += 1
+
+    def _take_admissible(self) -> list:
+        """Waiting requests of the running key that fit a free slot and the step's token
+        budget, oldest first (the first that does not fit stops the admission: FIFO)."""
+        if self._sched is None:
+            return []
+        running = self._running
+        budget = self._sched.ctx.n_ubatch - sum(r.step_tokens for r, _ in running.values())
+        slots = 1 if self._sched_key[1] else self.n_parallel
+        admit = []
+        with self._cv:
+            while (self._waiting and self._waiting[0].key == self._sched_key
+                   and len(running) + len(admit) < slots):
+                head = self._waiting[0]
+                if head.step_tokens > budget and (running or admit):
+                    break
+                admit.append(self._waiting.popleft())
+                budget -= head.step_tokens
+        return admit
+
+    def _admit(self, request: Request) -> None:
+        cfg = request.config
+        try:
+            seq = self._family.sequence(self.model, request.prompt_tokens, cfg, self._family.policy(cfg))
+            self._sched.add(seq)
+        except Exception as exc:
+            request._end("error", f"{exc}" if isinstance(exc, (ValueError, TypeError))
+                         else f"{type(exc).__name__}: {exc}")
+            self.stats["errors"] += 1
+            return
+        request.admitted = time.perf_counter()
+        run = _Running(request.id, _Output(self.model, request.stops, cfg.max_new_tokens), request.admitted,
+                       seq.slot, self._sched.sampler.name)
+        self._running[seq] = (request, run)
+
+    def _retire(self, seq, reason: str, emitted: bool = False, error=None) -> None:
+        request, run = self._running.pop(seq)
+        self._sched.remove(seq)
         if not emitted:
             request._emit(StreamChunk(run.out.text([], True), [], -1, reason))
         stats = self.generator._stats(seq, request.config, run, 0.0, True)
-        stats["queued_ms"] = 0.0
+        stats["queued_ms"] = (request.admitted - request.submitted) * 1e3
         result = run.out.result(reason, stats, request.prompt_tokens)
         result.error = error
         request._finish(result)

@@ -161,7 +161,7 @@ def test_concurrent_clients_get_solo_answers(client, server):
 
 
 def test_a_client_that_disconnects_frees_its_slot(server):
-    body = json.dumps({"prompt": "rev python=", "max_tokens": 1500, "stop": ["never"], "stream": True,
+    body = json.dumps({"prompt": "rev python=", "max_tokens": 1500, "ignore_eos": True, "stream": True,
                        "block_length": 4})
     cancelled = server.health()["cancelled"]
     got = None
@@ -183,7 +183,7 @@ def test_a_client_that_disconnects_frees_its_slot(server):
 def test_full_queue_answers_503_and_sigterm_stops_cleanly():
     srv = Server("--n-parallel", "1", "--max-queue", "1")
     try:
-        long = {"prompt": "rev python=", "max_tokens": 1500, "stop": ["never"]}
+        long = {"prompt": "rev python=", "max_tokens": 1500, "ignore_eos": True}
         results = []
 
         def ask():
@@ -211,3 +211,20 @@ def test_full_queue_answers_503_and_sigterm_stops_cleanly():
             t.join(30)
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_openai_fields_clients_send_by_default(server):
+    body = {"prompt": ["sort 93715="], "max_completion_tokens": 16, "frequency_penalty": 0,
+            "presence_penalty": 0.0, "logit_bias": {}, "logprobs": None, "echo": False, "stop": ["\n\n"]}
+    res = server.post("/v1/completions", body)
+    # stop sequences come on top of the model's end of generation: it still stops at EOS
+    assert res.status_code == 200 and res.json()["choices"][0]["text"] == "13579"
+    chat = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi"}]}], "max_tokens": 4})
+    assert chat.status_code == 200
+    for bad, fragment in (({"frequency_penalty": 1.0}, "frequency_penalty"), ({"logprobs": 3}, "logprobs"),
+                          ({"echo": True}, "echo"), ({"stream_options": {"include_usage": True}}, "stream"),
+                          ({"block_length": 4096}, "block_length"), ({"stop": "\ud800"}, "stop")):
+        res = server.post("/v1/completions", {"prompt": "x", **bad})
+        assert res.status_code == 400 and fragment in res.text, res.text
+    assert server.health()["status"] == "ok"

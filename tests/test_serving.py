@@ -50,7 +50,7 @@ def test_full_diffusion_requests_batch_too(tmp_path):
         solo = [gen.generate(p, **opts).tokens for p in prompts]
     with Engine(path, n_parallel=4, n_ctx=128, **EXACT) as engine:
         assert [r.tokens for r in _from_threads(engine, prompts, **opts)] == solo
-        # guidance and another cache mode use another batch key: they run after
+        # guidance uses another batch key (it runs after); another cache mode shares the step
         a = engine.submit("one", cfg_scale=1.0, **opts)
         b = engine.submit("one", cache="dual", **opts)
         assert a.result(60).stop_reason == b.result(60).stop_reason == "length"
@@ -108,3 +108,24 @@ def test_close_with_cancel_ends_everything():
     engine.close(cancel=True, timeout=30)
     reasons = {r.result(10).stop_reason for r in reqs}
     assert reasons <= {"cancelled", "length"} and "cancelled" in reasons
+
+
+def test_a_failing_engine_thread_fails_its_requests_and_refuses_new_ones():
+    engine = Engine(default_model("block"), n_parallel=2, n_ctx=256, **EXACT)
+    try:
+        with pytest.raises(ValueError, match="out of range"):
+            engine.submit("x", stop=[10 ** 9], max_new_tokens=8)   # checked in the caller's thread
+        assert engine.submit("47+38=", max_new_tokens=8).result(30).text == "85"
+
+        def boom():
+            raise RuntimeError("boom")
+        engine._take_admissible = boom                     # an internal failure in the thread
+        req = engine.submit("47+38=", max_new_tokens=8)
+        res = req.result(30)
+        assert res.stop_reason == "error" and "boom" in res.error
+        assert list(req)[-1].stop_reason == "error"
+        assert not engine.alive
+        with pytest.raises(EngineClosedError, match="boom"):
+            engine.submit("47+38=")
+    finally:
+        engine.close(timeout=30)
