@@ -26,11 +26,15 @@ def main(argv):
         for prompt in prompts:
             out = gen.generate(prompt, max_new_tokens=32, strategy="low_confidence_dynamic", threshold=0.9)
             s = out.stats
-            print(f"{prompt!r:>16} -> {out.text!r:<10} ({len(out.tokens)} tokens, stop: {out.stop_reason}, "
+            n = len(out.tokens)
+            print(f"{prompt!r:>16} -> {out.text!r:<10} ({n} token{'s' if n != 1 else ''}, stop: {out.stop_reason}, "
                   f"{s['decode_calls']} decodes, {s['tokens_per_step']:.2f} tokens per step)")
         print("streaming, one chunk per finished block:")
         for chunk in gen.stream(prompts[0], max_new_tokens=12):
-            print(f"  block {chunk.block_index}: {chunk.tokens} {chunk.text!r}")
+            if chunk.tokens:
+                print(f"  block {chunk.block_index}: {chunk.tokens} {chunk.text!r}")
+            if chunk.stop_reason:        # the last block may hold only the end-of-generation token
+                print(f"  stop: {chunk.stop_reason}")
 
 
 if __name__ == "__main__":

@@ -767,12 +767,18 @@ cdef class Model(_Resource):
 
     # -- text <-> tokens ------------------------------------------------------------
 
-    def tokenize(self, text, *, bint add_special=True, bint parse_special=False):
+    def tokenize(self, text, *, add_special=True, bint parse_special=False, add_bos=None, special=None):
         """Token ids of ``text`` (str or bytes).
 
         ``add_special`` adds BOS/EOS where the model asks for them; ``parse_special``
-        turns special-token texts such as ``<|im_start|>`` into their ids.
+        turns special-token texts such as ``<|im_start|>`` into their ids. llama-cpp-python's
+        names are accepted too: ``add_bos`` (for ``add_special``), ``special`` (for
+        ``parse_special``).
         """
+        if add_bos is not None:
+            add_special = add_bos
+        if special is not None:
+            parse_special = special
         self._check_open()
         cdef bytes data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         if len(data) > 0x7FFFFFF0:

@@ -154,7 +154,7 @@ def main(argv=None):
             f"### Block diffusion on CPU: cache vs recompute (commit {commit()}, {time.strftime('%Y-%m-%d')})",
             "",
             f"Machine: {machine()}. llama.cpp {llamadiff.llama_cpp_version()} (sdist llama-cpp-python 0.3.36).",
-            f"Command: `python benchmarks/block_generation.py{' --quick' if args.quick else ''} --out docs/BENCHMARKS.md`.",
+            f"Command: `llamadiff bench{' --quick' if args.quick else ''} --out docs/BENCHMARKS.md`.",
             f"Model: random-weight qwen3, {model.n_params / 1e6:.0f}M params ({SHAPE.n_layer} layers, n_embd "
             f"{SHAPE.n_embd}, vocab {model.n_vocab}, tied embeddings), F16, {model.size / 2**20:.0f} MiB. "
             f"Prompt {PROMPT_LEN} tokens, gen {GEN}, steps = block, strategy low_confidence_static, greedy, "

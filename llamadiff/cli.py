@@ -67,8 +67,15 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                                 help="none: exact, whole sequence every step (default); prefix / dual: Fast-dLLM caches")
 
 
+def _version() -> str:
+    import llamadiff
+
+    return f"llamadiff {llamadiff.__version__} (llama.cpp {llamadiff.llama_cpp_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamadiff", description="Diffusion language models on llama.cpp.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate text from a prompt")
@@ -87,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(chat)
 
     info = sub.add_parser("info", help="describe a GGUF model")
-    info.add_argument("model", help="path of a GGUF model")
+    info.add_argument("model", nargs="?", default=None,
+                      help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
     info.add_argument("--json", action="store_true")
 
     conv = sub.add_parser("convert", help="convert an SDAR Hugging Face checkpoint to GGUF")
@@ -148,6 +156,7 @@ class _Visual:
         self.n_new = n_new
         self.out = out
         self.tty = out.isatty()
+        self.eog = set(model.eog_token_ids)
 
     def __call__(self, info) -> None:
         if info.step == 0:
@@ -167,6 +176,8 @@ class _Visual:
             tok = self.tokens.get(pos)
             if tok is None:
                 pieces.append(self.MASK)
+            elif tok in self.eog:
+                break                    # the end of generation: nothing after it is shown
             else:
                 pieces.append(self.model.token_to_piece(tok, special=True).replace("\n", "⏎"))
         line = f"{label} " + "".join(pieces)
@@ -247,8 +258,11 @@ def cmd_chat(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from llamadiff import default_model
     from llamadiff._core import Model
 
+    if args.model is None:
+        args.model = default_model("block")
     model = Model(args.model)        # memory-mapped: cheap even for large files
     mask = model.mask_token_id
     meta = model.metadata
@@ -287,6 +301,9 @@ def cmd_info(args) -> int:
 def cmd_bench(args) -> int:
     from llamadiff import bench
 
+    if not args.quick:
+        print("llamadiff bench: the full run takes about 26 minutes on 2 cores (one line per block "
+              "length as it finishes); --quick takes a few minutes", file=sys.stderr, flush=True)
     argv = (["--quick"] if args.quick else []) + ["--blocks", args.blocks]
     if args.out:
         argv += ["--out", args.out]

@@ -77,12 +77,20 @@ def accuracy(gen: Generator, n: int = 200, seed: int = 1, **options) -> dict:
             "tokens_per_forward": committed / max(steps, 1), "ms_per_example": (time.perf_counter() - t0) * 1e3 / n}
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     from llamadiff import default_model
     from llamadiff.bench import machine, write_section
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200)
+    ap = argparse.ArgumentParser(prog="python -m llamadiff.eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=_positive, default=200, help="held-out examples per mode (default 200)")
     ap.add_argument("--model", choices=["block", "full", "both"], default="both")
     ap.add_argument("--out", default=None, help="markdown file to write the results section into")
     args = ap.parse_args(argv)
@@ -93,6 +101,7 @@ def main(argv=None) -> int:
              f"of {', '.join(tasks.TASKS)} (in rotation), greedy; exact match of the text cut at the first stop.", "",
              "| model | mode | exact match | per task | tokens / forward | ms / example |",
              "|---|---|---|---|---|---|"]
+    print("\n".join(lines[-2:]), flush=True)      # the table's header, then a row per mode as it finishes
     for kind in kinds:
         modes = BLOCK_MODES if kind == "block" else FULL_MODES
         with Generator(default_model(kind), n_ctx=256, n_threads=2) as gen:
@@ -104,10 +113,8 @@ def main(argv=None) -> int:
                 print(line, flush=True)
                 lines.append(line)
     lines.append("")
-    if args.out:
+    if args.out:                     # the rows were printed as they came; the file gets the section
         write_section(args.out, "quality", lines)
-    else:
-        print("\n".join(lines))
     return 0
 
 

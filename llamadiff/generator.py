@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import difflib
+import logging
 import math
 import operator
 import os
@@ -45,6 +47,30 @@ FAMILIES = {"block": BlockFamily(), "full": FullFamily()}
 # 1e4 (a temperature of 1e4 already samples uniformly).
 MAX_INT_OPTION = 2 ** 31 - 1
 MAX_FLOAT_OPTION = 1e4
+
+# names users of llama-cpp-python / OpenAI reach for, accepted as they are (README, "Coming
+# from llama-cpp-python")
+OPTION_ALIASES = {"max_tokens": "max_new_tokens"}
+
+
+def _aliases(given: dict, aliases: dict, what: str) -> dict:
+    """``given`` with aliases renamed; both names at once is an error."""
+    out = dict(given)
+    for alias, name in aliases.items():
+        if alias in out:
+            if name in out:
+                raise TypeError(f"give {name} or its alias {alias}, not both")
+            out[name] = out.pop(alias)
+    return out
+
+
+def _suggest(unknown: list, valid: list) -> str:
+    """``a (did you mean b?), c`` for unknown names."""
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(parts)
 
 
 def _option(default, help: str, *, flags: tuple = (), choices: Optional[tuple] = None,
@@ -166,9 +192,11 @@ class GenerationConfig:
         self.validate()
 
     def replace(self, **changes) -> "GenerationConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        changes = _aliases(changes, OPTION_ALIASES, "generation option")
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
         if unknown:
-            raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+            raise TypeError(f"unknown generation option(s): {_suggest(unknown, names + list(OPTION_ALIASES))}")
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
@@ -338,7 +366,23 @@ class Generator:
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None,
-                 rpc_timeout: float = rpc.DEFAULT_TIMEOUT):
+                 rpc_timeout: float = rpc.DEFAULT_TIMEOUT, model_path=None, verbose: bool = False,
+                 **unknown):
+        if unknown:
+            valid = [p for p in Generator.__init__.__code__.co_varnames[1:Generator.__init__.__code__.co_argcount
+                                                                        + Generator.__init__.__code__.co_kwonlyargcount]
+                     if p != "unknown"]
+            raise TypeError(f"unknown Generator argument(s): {_suggest(sorted(unknown), valid)}")
+        if model_path is not None:          # llama-cpp-python's name
+            if model is not None:
+                raise TypeError("give model or its alias model_path, not both")
+            model = model_path
+        if verbose:                         # llama-cpp-python's switch: llama.cpp's log on stderr
+            from llamadiff import set_log_level
+            set_log_level(logging.INFO)
+            logger = logging.getLogger("llamadiff.llama")
+            if not logger.handlers:
+                logger.addHandler(logging.StreamHandler())
         # checked before anything is loaded: these reach C as int32
         n_ctx = _int_argument("n_ctx", n_ctx, 1)
         n_batch = _int_argument("n_batch", n_batch, 2)
@@ -491,11 +535,15 @@ class Generator:
 
     def generate(self, prompt, config: Optional[GenerationConfig] = None, *,
                  chat: bool = False, n_parallel: Optional[int] = None, **options):
-        """Generate a completion. Options are GenerationConfig's fields.
+        """Generate a completion. Options are GenerationConfig's fields (``max_tokens`` is
+        accepted for ``max_new_tokens``).
 
         A list of prompts (strings, token-id lists or chat-message lists) returns a list of
-        results, in order; see ``generate_batch``.
+        results, in order; see ``generate_batch``. ``stream=True`` returns ``stream(...)``'s
+        iterator instead (llama-cpp-python's convention).
         """
+        if options.pop("stream", False) is True:     # llama-cpp-python's convention
+            return self.stream(prompt, config, chat=chat, n_parallel=n_parallel, **options)
         if _is_prompt_list(prompt):
             return self.generate_batch(prompt, config, chat=chat, n_parallel=n_parallel, **options)
         if n_parallel is not None:
@@ -655,6 +703,9 @@ class Generator:
                 halted = "interrupted"
             finally:
                 if bar is not None:
+                    if bar.n < bar.total:        # stopped early: the bar ends where generation did
+                        bar.total = bar.n
+                        bar.refresh()
                     bar.close()
                 if sched is not None:
                     sched.clear()

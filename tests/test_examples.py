@@ -22,6 +22,8 @@ def test_quickstart(tmp_path):
     assert "family: block" in out and "block length: 4" in out
     assert "'47+38=' -> '85'" in out           # the default model's answers are checkable
     assert "  block " in out
+    assert "(1 tokens" not in out and "  block 4: [] ''" not in out
+    assert all("[]" not in line for line in out.splitlines() if line.startswith("  block "))
 
 
 def test_streaming(tmp_path):

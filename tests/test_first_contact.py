@@ -1,0 +1,81 @@
+"""What a new user types first: the CLI as a subprocess, llama-cpp-python's conventions."""
+
+import subprocess
+import sys
+
+import pytest
+
+from llamadiff import Generator, GenerationConfig, default_model
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "llamadiff", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_version():
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("llamadiff 0.") and "llama.cpp" in out.stdout
+
+
+def test_info_without_a_path_describes_the_default_model():
+    out = cli("info")
+    assert out.returncode == 0, out.stderr
+    assert "block-tiny.gguf" in out.stdout or "qwen3" in out.stdout
+
+
+def test_visual_hides_the_end_of_generation_token():
+    out = cli("generate", "-p", "sort 93715=", "--visual", "-t", "1")
+    assert out.returncode == 0, out.stderr
+    assert "13579" in out.stdout and "<|endoftext|>" not in out.stdout
+
+
+def test_eval_refuses_zero_examples_and_prints_its_table_once():
+    bad = subprocess.run([sys.executable, "-m", "llamadiff.eval", "--n", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
+    assert "python -m llamadiff.eval" in bad.stderr
+    good = subprocess.run([sys.executable, "-m", "llamadiff.eval", "--n", "5", "--model", "block"],
+                          capture_output=True, text=True, timeout=300)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.count("| model | mode |") == 1
+    assert good.stdout.count("| block |") >= 1
+
+
+def test_bench_says_how_long_it_takes(monkeypatch, capsys):
+    from llamadiff import bench, cli as cli_module
+    monkeypatch.setattr(bench, "main", lambda argv: 0)
+    assert cli_module.main(["bench"]) == 0
+    assert "26 minutes" in capsys.readouterr().err
+
+
+def test_progress_bar_ends_where_generation_stopped(capsys):
+    pytest.importorskip("tqdm")
+    with Generator(n_ctx=512, n_threads=1) as gen:
+        out = gen.generate("sort 93715=", max_new_tokens=256, progress=True)
+    err = capsys.readouterr().err
+    assert out.text == "13579"
+    assert "100%" in err.splitlines()[-1] or "100%" in err.split("\r")[-1]
+
+
+def test_llama_cpp_python_conventions():
+    with Generator(model_path=default_model(), n_ctx=256, n_threads=1) as gen:
+        assert gen.generate("47+38=", max_tokens=8).text == "85"
+        chunks = list(gen.generate("sort 93715=", max_tokens=16, stream=True))
+        assert "".join(c.text for c in chunks) == "13579" and chunks[-1].stop_reason == "stop"
+        with pytest.raises(TypeError, match=r"temprature \(did you mean temperature\?\)"):
+            gen.generate("x", temprature=0.5)
+        with pytest.raises(TypeError, match="not both"):
+            gen.generate("x", max_tokens=3, max_new_tokens=4)
+    assert GenerationConfig().replace(max_tokens=7).max_new_tokens == 7
+    with pytest.raises(TypeError, match=r"n_ctxx \(did you mean n_ctx\?\)"):
+        Generator(n_ctxx=5)
+    with pytest.raises(TypeError, match="not both"):
+        Generator(default_model(), model_path=default_model())
+
+
+def test_tokenize_takes_llama_cpp_python_names():
+    with Generator(n_ctx=64, n_threads=1) as gen:
+        m = gen.model
+        assert m.tokenize("abc", add_bos=False) == m.tokenize("abc", add_special=False)
+        assert m.tokenize("abc", add_bos=True) == m.tokenize("abc", add_special=True)
