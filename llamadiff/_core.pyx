@@ -193,12 +193,44 @@ _KV_TYPES = {
 }
 
 
-def default_threads():
-    """Cores this process may run on (a sensible n_threads default)."""
+def _usable_cpus():
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        return list(range(os.cpu_count() or 1))
+
+
+def physical_cores():
+    """Physical cores among the CPUs this process may run on (Linux sysfs topology; elsewhere
+    the logical count)."""
+    cpus = _usable_cpus()
+    cores = set()
+    for cpu in cpus:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(base + "core_id") as f:
+                core = f.read().strip()
+            with open(base + "physical_package_id") as f:
+                package = f.read().strip()
+        except OSError:
+            return max(1, len(cpus))
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
+def default_threads():
+    """The n_threads default: the physical cores, but one logical CPU left free.
+
+    llama.cpp's CPU threads spin-wait for each other; when every usable CPU is taken, anything
+    else running (the Python thread that drives generation, an HTTP server, another process)
+    preempts one and the others spin: on a busy 2-core machine a decode at 2 threads took 200x
+    longer than at 1 (docs/BENCHMARKS.md). Hyper-threads add little to llama.cpp's matrix
+    kernels, so the physical cores are the ceiling (llama.cpp's own default); leaving one logical
+    CPU free is the margin (llama-cpp-python leaves half). 1 on a 2-core machine, 7 on an
+    8-core one without SMT, 8 on an 8-core / 16-thread one.
+    """
+    logical = len(_usable_cpus())
+    return max(1, min(physical_cores(), logical - 1))
 
 
 cdef str _read_c_string(int32_t (*getter)(const llama_model *, int32_t, char *, size_t),
@@ -978,7 +1010,7 @@ cdef class Context(_Resource):
     n_ubatch: most tokens computed in one pass; non-causal decoding needs
         ``n_tokens <= n_ubatch`` (default: n_batch).
     n_seq_max: number of parallel sequences.
-    n_threads: CPU threads (default: all usable cores).
+    n_threads: CPU threads (default: ``default_threads()``, the physical cores with one CPU left free).
     causal: causal attention; False gives bidirectional attention over the batch and
         the cached prefix (block diffusion).
     flash_attn: "auto", True or False.

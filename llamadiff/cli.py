@@ -27,7 +27,7 @@ def _add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096, n_ctx_help: s
                    help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
     p.add_argument("-c", "--n-ctx", type=int, default=n_ctx,
                    help=n_ctx_help or f"context size in tokens (default {n_ctx})")
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: the physical cores, one CPU left free: llamadiff._core.default_threads())")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU")
 
 

@@ -346,7 +346,8 @@ class Generator:
         model shipped with llamadiff (``llamadiff.default_model()``).
     n_ctx: KV cache size: prompt + generated tokens (rounded up to whole blocks for block
         diffusion) must fit.
-    n_gpu_layers, n_threads: passed to llama.cpp (n_threads defaults to all usable cores).
+    n_gpu_layers, n_threads: passed to llama.cpp (n_threads defaults to the physical cores with
+        one CPU left free -- 1 on a 2-core machine; see ``llamadiff._core.default_threads``).
     n_batch: tokens per decode call; prompts longer than this are prefilled in chunks.
     flash_attn, type_k, type_v: llama.cpp context settings.
     rpc_servers: ["host:port", ...] of llama.cpp rpc-server processes that hold the model's

@@ -79,3 +79,13 @@ def test_tokenize_takes_llama_cpp_python_names():
         m = gen.model
         assert m.tokenize("abc", add_bos=False) == m.tokenize("abc", add_special=False)
         assert m.tokenize("abc", add_bos=True) == m.tokenize("abc", add_special=True)
+
+
+def test_thread_default_leaves_a_cpu_free(monkeypatch):
+    from llamadiff import _core
+    monkeypatch.setattr(_core.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert _core.default_threads() == 1
+    monkeypatch.setattr(_core.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert 1 <= _core.default_threads() <= 7
+    monkeypatch.setattr(_core.os, "sched_getaffinity", lambda pid: {0})
+    assert _core.default_threads() == 1
