@@ -120,3 +120,9 @@ def test_config_refuses_none_and_misplaced_values():
             GenerationConfig(cache=cache)
     with pytest.raises(ValueError, match="parallel"):
         GenerationConfig(parallel=LowConfidenceStatic())
+
+
+def test_former_module_names_still_import():
+    from llamadiff import _remask, policy
+    assert _remask.RemaskPolicy is policy.RemaskPolicy and _remask.make_policy is policy.make_policy
+    assert isinstance(_remask.make_policy("sequential"), policy.Sequential)
