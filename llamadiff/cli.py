@@ -209,7 +209,8 @@ def cmd_generate(args) -> int:
         visual = None
         if args.visual:
             n_prompt = len(gen.prompt_tokens(args.prompt, chat=args.chat))
-            visual = _Visual(gen.model, n_prompt, args.max_new_tokens, sys.stderr if args.json else sys.stdout)
+            n_new = args.max_new_tokens or gen.default_max_new_tokens(n_prompt)
+            visual = _Visual(gen.model, n_prompt, n_new, sys.stderr if args.json else sys.stdout)
             opts["callback"] = visual
         result = gen.generate(args.prompt, chat=args.chat, **opts)
         if visual is not None:

@@ -142,8 +142,10 @@ class GenerationConfig:
     llama-diffusion-cli draw for draw). See docs/GENERATION.md.
     """
 
-    max_new_tokens: int = _option(256, "tokens to generate at most", flags=("-n", "--max-new-tokens"),
-                                  minimum=1)
+    max_new_tokens: Optional[int] = _option(
+        None, "tokens to generate at most (default: the model's -- its GGUF's diffusion.gen_length, or "
+        "what diffusion.seq_length leaves after the prompt -- else 256)", flags=("-n", "--max-new-tokens"),
+        minimum=1)
     block_length: Optional[int] = _option(
         None, "block length (block diffusion default: the model's diffusion.block_length, else 4; full "
         "diffusion: LLaDA-style block schedule, default 32 for llada)",
@@ -524,13 +526,42 @@ class Generator:
             ids.append(t)
         return ids
 
-    def _config(self, config: Optional[GenerationConfig], overrides: dict) -> GenerationConfig:
+    def _config(self, config: Optional[GenerationConfig], overrides: dict,
+                n_prompt: Optional[int] = None) -> GenerationConfig:
+        """The options of a call, resolved for this model (``n_prompt``: the prompt's length,
+        for a model whose default generation length depends on it)."""
         cfg = config if config is not None else GenerationConfig()
         if not isinstance(cfg, GenerationConfig):
             raise TypeError("config must be a GenerationConfig")
         if overrides:
             cfg = cfg.replace(**overrides)
+        if cfg.max_new_tokens is None:
+            cfg = cfg.replace(max_new_tokens=self.default_max_new_tokens(n_prompt))
         return self._family.resolve(self, cfg)
+
+    def default_max_new_tokens(self, n_prompt: Optional[int] = None) -> int:
+        """The model's generation length: its GGUF's ``diffusion.gen_length``, or what
+        ``diffusion.seq_length`` (the length a model was trained to denoise whole) leaves
+        after a prompt of ``n_prompt`` tokens; else 256."""
+        def meta_int(key):
+            try:
+                value = int(self.model.meta(key))
+            except (TypeError, ValueError):
+                return None
+            return value if 0 < value <= MAX_INT_OPTION else None
+
+        gen_length = meta_int("diffusion.gen_length")
+        if gen_length is not None:
+            return gen_length
+        seq_length = meta_int("diffusion.seq_length")
+        if seq_length is not None and n_prompt is not None:
+            return max(1, seq_length - n_prompt)
+        return 256
+
+    @staticmethod
+    def _length_given(config: Optional[GenerationConfig], options: dict) -> bool:
+        given = options.get("max_new_tokens", options.get("max_tokens"))
+        return given is not None or (config is not None and config.max_new_tokens is not None)
 
     # -- generation ------------------------------------------------------------------
 
@@ -604,12 +635,12 @@ class Generator:
 
     # -- the engine ------------------------------------------------------------------
 
-    def _scheduler(self, cfg: GenerationConfig, ids: dict, n_parallel, single: bool) -> tuple:
+    def _scheduler(self, cfg: GenerationConfig, ids: dict, cfgs: dict, n_parallel, single: bool) -> tuple:
         """(Scheduler, context_ms, slots) for a call: the reusable one-sequence context for a
         single prompt (and for the modes that run one sequence at a time), else a context
         with one KV buffer shared by ``slots`` sequences."""
         family = self._family
-        capacity = max([family.positions(cfg, len(t)) for t in ids.values()] or [1])
+        capacity = max([family.positions(cfgs[i], len(t)) for i, t in ids.items()] or [1])
         alone = single or family.runs_alone(cfg)
         _, need, diffusion_kv, per_slot = family.context(self, cfg, 1, capacity)
         if alone and per_slot == 1:
@@ -634,12 +665,15 @@ class Generator:
                                        or n_parallel < 1):
             raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
         cfg = self._config(config, options)       # bad options fail the whole call, up front
+        per_prompt = not self._length_given(config, options)  # the model's length may depend on the prompt
         results: list = [None] * len(prompts)
         ids: dict = {}
+        cfgs: dict = {}
         for index, prompt in enumerate(prompts):
             try:
                 toks = self.prompt_tokens(prompt, chat=chat)
-                self._family.check_prompt(self, cfg, toks, single)
+                cfgs[index] = self._config(config, options, len(toks)) if per_prompt else cfg
+                self._family.check_prompt(self, cfgs[index], toks, single)
                 ids[index] = toks
             except (ValueError, TypeError) as exc:
                 if single:
@@ -657,21 +691,21 @@ class Generator:
             queue = list(ids)
             running: dict = {}           # Sequence -> _Running
             halted = None
-            bar = _progress_bar(cfg.progress and single, cfg.max_new_tokens)
+            bar = _progress_bar(cfg.progress and single, cfgs[next(iter(ids))].max_new_tokens)
             try:
-                sched, context_ms, slots = self._scheduler(cfg, ids, n_parallel, single)
+                sched, context_ms, slots = self._scheduler(cfg, ids, cfgs, n_parallel, single)
                 while (queue or running) and not halted:
                     while queue and len(running) < slots:
                         index = queue.pop(0)
                         try:
-                            seq = self._family.sequence(self.model, ids[index], cfg, policy)
+                            seq = self._family.sequence(self.model, ids[index], cfgs[index], policy)
                             sched.add(seq)
                         except (ValueError, TypeError) as exc:
                             if single:
                                 raise
                             results[index] = GenerationResult("", [], "error", {}, ids[index], error=str(exc))
                             continue
-                        running[seq] = _Running(index, _Output(self.model, stops, cfg.max_new_tokens),
+                        running[seq] = _Running(index, _Output(self.model, stops, cfgs[index].max_new_tokens),
                                                 t_start if single else time.perf_counter(), seq.slot,
                                                 sched.sampler.name)
                     if not running:
@@ -697,7 +731,7 @@ class Generator:
                                               index=tag(run.index))
                         if reason is not None:
                             results[run.index] = run.out.result(
-                                reason, self._stats(seq, cfg, run, context_ms, single), ids[run.index])
+                                reason, self._stats(seq, cfgs[run.index], run, context_ms, single), ids[run.index])
                             sched.remove(seq)
                             del running[seq]
             except KeyboardInterrupt:
@@ -715,8 +749,8 @@ class Generator:
                 if stream:
                     yield StreamChunk(run.out.text([], True), [], seq.region if single else -1, halted,
                                       index=tag(run.index))
-                results[run.index] = run.out.result(halted, self._stats(seq, cfg, run, context_ms, single),
-                                                    ids[run.index])
+                results[run.index] = run.out.result(halted, self._stats(seq, cfgs[run.index], run, context_ms,
+                                                                        single), ids[run.index])
             for index in range(len(prompts)):
                 if results[index] is None:
                     results[index] = GenerationResult("", [], halted or "interrupted", {}, ids.get(index, []))
@@ -734,8 +768,8 @@ class Generator:
                           "selection_ms": sched.select_us / 1e3 if sched else 0.0,
                           "prefill_ms": sched.prefill_us / 1e3 if sched else 0.0,
                           "kv_tokens_peak": sched.kv_tokens_peak if sched else 0,
-                          "kv_tokens_per_sequence_max": max(self._family.positions(cfg, len(t))
-                                                            for t in ids.values()),
+                          "kv_tokens_per_sequence_max": max(self._family.positions(cfgs[i], len(t))
+                                                            for i, t in ids.items()),
                           "errors": sum(r.stop_reason == "error" for r in results)}
                 for r in results:
                     r.stats["batch"] = totals

@@ -5,8 +5,8 @@
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (the model's chat template
 applied), both with ``"stream": true`` as server-sent events in OpenAI's chunk format;
-``GET /v1/models``; ``GET /health``. Request fields: OpenAI's ``max_tokens`` (default 16 for
-completions, the engine's default for chat), ``temperature`` (default 0: greedy, unlike
+``GET /v1/models``; ``GET /health``. Request fields: OpenAI's ``max_tokens`` (default: the
+model's generation length, see GenerationConfig), ``temperature`` (default 0: greedy, unlike
 OpenAI's 1), ``top_p``, ``stop`` (a string or a list), ``seed``, ``stream``,
 ``stream_options.include_usage``, ``n`` (1 only), ``user`` (ignored), ``max_completion_tokens``,
 the penalties / ``logit_bias`` / ``logprobs`` / ``echo`` at their neutral values, ``ignore_eos``
@@ -361,7 +361,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, http: Request):
-        opts = _options(body, 16, eog)
+        opts = _options(body, None, eog)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             if len(prompt) != 1:

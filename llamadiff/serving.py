@@ -188,8 +188,11 @@ class Engine:
         for name in ("callback", "progress", "profile"):
             if options.get(name):
                 raise ValueError(f"{name} is not available for engine requests")
-        cfg = self.generator._config(config if config is not None else self.config, options)
+        base = config if config is not None else self.config
+        cfg = self.generator._config(base, options)
         ids = self.generator.prompt_tokens(prompt, chat=chat)
+        if not self.generator._length_given(base, options):   # the model's length may depend on the prompt
+            cfg = self.generator._config(base, options, len(ids))
         self._family.check_prompt(self.generator, cfg, ids, True)
         stops = _StopMatcher(self.model, cfg.stop)
         key = (self._family.batch_key(cfg), self._family.runs_alone(cfg))
@@ -347,7 +350,8 @@ class Engine:
         self._sched = None
         try:
             if key[1]:          # a mode that runs alone: the one-sequence context
-                self._sched, _, _ = gen._scheduler(head.config, {0: head.prompt_tokens}, 1, single=False)
+                self._sched, _, _ = gen._scheduler(head.config, {0: head.prompt_tokens}, {0: head.config}, 1,
+                                                   single=False)
             else:
                 ctx, _ = gen._shared_context(*self._family.serving_context(gen, head.config, self.n_parallel))
                 self._sched = Scheduler(ctx, gen._host_sampler)

@@ -112,7 +112,7 @@ def test_parallel_policy_on_block_diffusion(qwen3_model):
 
 
 def test_config_refuses_none_and_misplaced_values():
-    for name in ("temperature", "top_k", "seed", "max_new_tokens", "algorithm", "rng", "add_gumbel_noise"):
+    for name in ("temperature", "top_k", "seed", "algorithm", "rng", "add_gumbel_noise"):
         with pytest.raises(TypeError, match=name):
             GenerationConfig(**{name: None})
     for cache in (0, 1.5, [], "exact"):

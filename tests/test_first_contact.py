@@ -89,3 +89,29 @@ def test_thread_default_leaves_a_cpu_free(monkeypatch):
     assert 1 <= _core.default_threads() <= 7
     monkeypatch.setattr(_core.os, "sched_getaffinity", lambda pid: {0})
     assert _core.default_threads() == 1
+
+
+def test_full_model_answers_with_its_own_generation_length(tmp_path):
+    """The shipped full-diffusion model denoises 24 positions in all (diffusion.seq_length):
+    without max_new_tokens the Generator fills them after the prompt."""
+    full = default_model("full")
+    out = cli("generate", "-m", full, "-p", "47+38=", "-t", "1")
+    assert out.returncode == 0 and out.stdout.strip() == "85", out.stdout + out.stderr
+    with Generator(full, n_ctx=256, n_threads=1) as gen:
+        res = gen.generate("sort 93715=")
+        assert res.text == "13579" and res.stats["prompt_tokens"] + gen.default_max_new_tokens(
+            res.stats["prompt_tokens"]) == 24
+        assert [r.text for r in gen.generate(["47+38=", "rev python="])] == ["85", "nohtyp"]
+        # the README's full-diffusion snippet, as written
+        out = gen.generate("47+38=", block_length=32, algorithm="confidence", cache="dual",
+                           parallel="threshold", threshold=0.9)
+        assert out.text == "85"
+        assert gen.generate("47+38=", max_new_tokens=5).stats["generated_tokens"] <= 5
+
+
+def test_gen_length_key(tmp_path):
+    from llamadiff import testing
+    path = testing.write_model(tmp_path / "llada.gguf", "llada", metadata={"diffusion.gen_length": 7})
+    with Generator(path, n_ctx=128, n_threads=1) as gen:
+        assert gen.default_max_new_tokens(3) == 7
+        assert len(gen.generate("hi", stop=[]).tokens) == 7

@@ -136,7 +136,10 @@ def train(kind: str, out: Path, steps: int, seed: int, batch_size: int, lr: floa
                         metadata={"general.name": f"llamadiff-{kind}-tiny",
                                   "llamadiff.training.steps": steps,
                                   "llamadiff.training.seed": seed,
-                                  "llamadiff.training.seq_len": SEQ_LEN})
+                                  "llamadiff.training.seq_len": SEQ_LEN,
+                                  # full diffusion denoises the whole trained length: the
+                                  # Generator's default generation fills it after the prompt
+                                  **({"diffusion.seq_length": SEQ_LEN} if kind == "full" else {})})
     return {"kind": kind, "steps": steps, "loss": ema, "minutes": (time.time() - t0) / 60, "out": str(out)}
 
 
