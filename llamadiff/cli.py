@@ -217,6 +217,11 @@ def cmd_generate(args) -> int:
             visual.finish()
         if not args.json:
             print(result.text)
+        if args.model is None and (not result.text.strip() or result.stop_reason == "length"):
+            # an empty or run-on answer from the shipped model: it only knows its five tasks
+            print("llamadiff: note: the shipped model only knows five small tasks (47+38=, sort 93715=, "
+                  "rev python=, copy k9x2=, a1b7c4:b=); other prompts give noise. Pass -m model.gguf "
+                  "for a real model.", file=sys.stderr)
     if args.json:
         print(json.dumps({"text": result.text, "tokens": result.tokens, "stop_reason": result.stop_reason,
                           "prompt_tokens": result.prompt_tokens, "stats": result.stats}))

@@ -115,3 +115,10 @@ def test_gen_length_key(tmp_path):
     with Generator(path, n_ctx=128, n_threads=1) as gen:
         assert gen.default_max_new_tokens(3) == 7
         assert len(gen.generate("hi", stop=[]).tokens) == 7
+
+
+def test_the_shipped_model_says_what_it_knows():
+    out = cli("generate", "-p", "2+2=", "-t", "1")
+    assert out.returncode == 0 and "only knows five small tasks" in out.stderr
+    good = cli("generate", "-p", "47+38=", "-t", "1")
+    assert good.stdout.strip() == "85" and "five small tasks" not in good.stderr
