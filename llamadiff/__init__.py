@@ -17,7 +17,7 @@ from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, s
                              supports_gpu_offload, quantize, MASK_TOKEN_TEXTS)
 from llamadiff.policy import (RemaskPolicy, Sequential, LowConfidenceStatic, LowConfidenceDynamic,
                               EntropyBounded, Ranked, Confidence, LowEntropy, Margin, RandomOrder,
-                              Origin, ParallelThreshold, ParallelFactor)
+                              Origin, ParallelPolicy, ParallelThreshold, ParallelFactor)
 from llamadiff.serving import Engine, Request, QueueFullError, EngineClosedError
 from llamadiff.generator import (Generator, GenerationConfig, GenerationResult, StreamChunk,
                                  StepInfo)
@@ -28,8 +28,8 @@ __all__ = [
     "Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo",
     "Engine", "Request", "QueueFullError", "EngineClosedError",
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
-    "Ranked", "Confidence", "LowEntropy", "Margin", "RandomOrder", "Origin", "ParallelThreshold",
-    "ParallelFactor",
+    "Ranked", "Confidence", "LowEntropy", "Margin", "RandomOrder", "Origin", "ParallelPolicy",
+    "ParallelThreshold", "ParallelFactor",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
     "supports_gpu_offload", "quantize", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted", "CudaError",

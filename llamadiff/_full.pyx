@@ -53,7 +53,7 @@ from llamadiff._core cimport Context, Model
 from llamadiff._kernels cimport ld_row_argmax, ld_row_softmax_stats, ld_expf
 from llamadiff._sampling cimport RowSampler, check_rows, check_logits
 from llamadiff.engine cimport Sequence
-from llamadiff.policy cimport RemaskPolicy
+from llamadiff.policy cimport RemaskPolicy, Scored, by_score    # by_score: upstream's order too
 from llamadiff.policy import make_full_policy
 from llamadiff.policy import ALGORITHMS as _ALGORITHM_POLICIES
 
@@ -74,16 +74,6 @@ cdef enum:
     CACHE_NONE = 0
     CACHE_PREFIX = 1
     CACHE_DUAL = 2
-
-
-cdef struct Scored:
-    float conf
-    int32_t idx
-
-
-cdef inline bint _by_conf(const Scored & a, const Scored & b) noexcept nogil:
-    # upstream's order: higher confidence first, ties to the earlier position
-    return a.conf > b.conf or (a.conf == b.conf and a.idx < b.idx)
 
 
 def schedule_regions(int n_prompt, int n_generate, int block_length, int steps):
@@ -477,13 +467,13 @@ cdef class FullSequence(Sequence):
                 entropy = 0.0
                 for j in range(<int64_t> cur.size):
                     entropy += cur.data[j].p * logf(cur.data[j].p + 1e-10)
-                self.scored[i].conf = -entropy
+                self.scored[i].score = -entropy
             elif self.algorithm == ALG_MARGIN:
-                self.scored[i].conf = (cur.data[0].p - cur.data[1].p) if cur.size > 1 else cur.data[0].p
+                self.scored[i].score = (cur.data[0].p - cur.data[1].p) if cur.size > 1 else cur.data[0].p
             elif self.algorithm == ALG_RANDOM:
-                self.scored[i].conf = unif_f(self.rng)
+                self.scored[i].score = unif_f(self.rng)
             else:
-                self.scored[i].conf = cur.data[cur.selected].p
+                self.scored[i].score = cur.data[cur.selected].p
             self.scored[i].idx = i
         count = self._scheduled_count(r, step, n_masked)
         if count > n_masked:
@@ -492,14 +482,14 @@ cdef class FullSequence(Sequence):
             return 0
         if self.alg_temp == 0:
             partial_sort(self.scored.begin(), self.scored.begin() + count,
-                         self.scored.begin() + n_masked, _by_conf)
+                         self.scored.begin() + n_masked, by_score)
             for i in range(count):
                 sel = self.scored[i].idx
                 self._compat_commit(self.region_start + self.positions[sel], self.x0[sel])
             return 0
         for i in range(n_masked):
             self.conf_cand[i].id = i
-            self.conf_cand[i].logit = self.scored[i].conf / self.alg_temp
+            self.conf_cand[i].logit = self.scored[i].score / self.alg_temp
             self.conf_cand[i].p = 0.0
         conf_arr.data = self.conf_cand.data()
         conf_arr.size = n_masked

@@ -34,6 +34,11 @@ cdef struct Scored:
     int32_t idx
 
 
+cdef inline bint by_score(const Scored & a, const Scored & b) noexcept nogil:
+    # higher score first, ties to the earlier position (a stable order)
+    return a.score > b.score or (a.score == b.score and a.idx < b.idx)
+
+
 cdef class RemaskPolicy:
     cdef readonly str name
     # True: the step count is not a limit -- the region runs until every position is
@@ -88,11 +93,17 @@ cdef class Origin(RemaskPolicy):
     pass
 
 
-cdef class ParallelThreshold(RemaskPolicy):
+cdef class ParallelPolicy(RemaskPolicy):
+    # the most confident positions while accepts(k, p(x0) of the k-th) holds, at least one;
+    # adaptive (Fast-dLLM's parallel decoding)
+    cdef bint accepts(self, int k, float prob) noexcept nogil
+
+
+cdef class ParallelThreshold(ParallelPolicy):
     cdef readonly float threshold
 
 
-cdef class ParallelFactor(RemaskPolicy):
+cdef class ParallelFactor(ParallelPolicy):
     cdef readonly float factor
 
 

@@ -35,13 +35,17 @@ class Origin(RemaskPolicy):
 
 PARALLEL_MODES: dict
 
-class ParallelFactor(RemaskPolicy):
+class ParallelFactor(ParallelPolicy):
     def __init__(self, factor: float = ...) -> None: ...
     @property
     def factor(self): ...
 
 
-class ParallelThreshold(RemaskPolicy):
+class ParallelPolicy(RemaskPolicy):
+    def __init__(self) -> None: ...
+
+
+class ParallelThreshold(ParallelPolicy):
     def __init__(self, threshold: float = ...) -> None: ...
     @property
     def threshold(self): ...

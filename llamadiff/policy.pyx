@@ -7,8 +7,8 @@
 - The LLaDA / Dream algorithms (upstream ``enum diffusion_algorithm``): ``Confidence``,
   ``LowEntropy``, ``Margin``, ``RandomOrder`` (all ``Ranked``: the step's ``n_transfer`` best
   positions, or a Gumbel-top-k draw with ``alg_temp``) and ``Origin`` (Dream's random transfer).
-- Fast-dLLM's parallel decoding: ``ParallelThreshold``, ``ParallelFactor`` (adaptive: the
-  region runs until no mask is left).
+- Fast-dLLM's parallel decoding: ``ParallelThreshold``, ``ParallelFactor`` (``ParallelPolicy``;
+  adaptive: the region runs until no mask is left).
 
 Any of them drives any family. Ties are broken towards the leftmost position, so results
 are deterministic and match a stable sort: among equal scores the earlier position wins.
@@ -20,11 +20,6 @@ from libcpp.algorithm cimport sort
 from libcpp.vector cimport vector
 
 from llamadiff._kernels cimport ld_uniform, STREAM_RANDOM, STREAM_ORIGIN, STREAM_ALG_TEMP
-
-
-cdef inline bint _by_score(const Scored & a, const Scored & b) noexcept nogil:
-    # higher score first, ties to the earlier position
-    return a.score > b.score or (a.score == b.score and a.idx < b.idx)
 
 
 cdef inline float _gumbel(double u) noexcept nogil:
@@ -65,7 +60,7 @@ cdef int _sorted_by_prob(const StepView * view, Scored * scored) noexcept nogil:
     for i in range(view.n_masked):
         scored[i].score = view.prob[i]
         scored[i].idx = i
-    sort(scored, scored + view.n_masked, _by_score)
+    sort(scored, scored + view.n_masked, by_score)
     return view.n_masked
 
 
@@ -170,7 +165,7 @@ cdef class Ranked(RemaskPolicy):
             if self.alg_temp > 0:
                 scored[i].score = scored[i].score / self.alg_temp + _gumbel(
                     ld_uniform(view.seed, view.counters[i], STREAM_ALG_TEMP))
-        sort(scored, scored + n, _by_score)
+        sort(scored, scored + n, by_score)
         if count > n:
             count = n
         for i in range(count):
@@ -236,50 +231,57 @@ cdef class Origin(RemaskPolicy):
         return count
 
 
-cdef class ParallelThreshold(RemaskPolicy):
-    """Fast-dLLM: every position whose p(x0) exceeds ``threshold``, at least the most
-    confident one; the region runs until no mask is left."""
+cdef class ParallelPolicy(RemaskPolicy):
+    """Fast-dLLM's parallel decoding: the positions sorted by p(x0), taken while
+    ``accepts(k, p)`` holds for the k-th (at least the most confident one); the region runs
+    until no mask is left. Subclasses decide ``accepts``."""
+
+    def __init__(self):
+        self.name = "parallel"
+        self.adaptive = True
+
+    cdef bint accepts(self, int k, float prob) noexcept nogil:
+        return False
+
+    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i, k = 1
+        cdef int n = view.n_masked
+        cdef Scored * scored = _scratch(view)
+        _sorted_by_prob(view, scored)
+        while k < n and self.accepts(k, scored[k].score):
+            k += 1
+        for i in range(k):
+            chosen[i] = scored[i].idx
+        return k
+
+
+cdef class ParallelThreshold(ParallelPolicy):
+    """Every position whose p(x0) exceeds ``threshold``, at least the most confident one."""
 
     def __init__(self, float threshold=0.9):
         if not (0.0 < threshold <= 1.0):
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        ParallelPolicy.__init__(self)
         self.name = "threshold"
         self.threshold = threshold
-        self.adaptive = True
 
-    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
-        cdef int i, k = 1
-        cdef int n = view.n_masked
-        cdef Scored * scored = _scratch(view)
-        _sorted_by_prob(view, scored)
-        while k < n and scored[k].score > self.threshold:
-            k += 1
-        for i in range(k):
-            chosen[i] = scored[i].idx
-        return k
+    cdef bint accepts(self, int k, float prob) noexcept nogil:
+        return prob > self.threshold
 
 
-cdef class ParallelFactor(RemaskPolicy):
-    """Fast-dLLM: the k most confident positions for the largest k with
-    c_i >= 1 - factor / (i + 1) for every i <= k; adaptive like ``ParallelThreshold``."""
+cdef class ParallelFactor(ParallelPolicy):
+    """The k most confident positions for the largest k with c_i >= 1 - factor / (i + 1)
+    for every i <= k."""
 
     def __init__(self, float factor=1.0):
         if not factor > 0:
             raise ValueError(f"factor must be > 0, got {factor}")
+        ParallelPolicy.__init__(self)
         self.name = "factor"
         self.factor = factor
-        self.adaptive = True
 
-    cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil:
-        cdef int i, k = 1
-        cdef int n = view.n_masked
-        cdef Scored * scored = _scratch(view)
-        _sorted_by_prob(view, scored)
-        while k < n and scored[k].score >= 1.0 - self.factor / (k + 2):
-            k += 1
-        for i in range(k):
-            chosen[i] = scored[i].idx
-        return k
+    cdef bint accepts(self, int k, float prob) noexcept nogil:
+        return prob >= 1.0 - self.factor / (k + 2)
 
 
 # block diffusion's strategies, by name
