@@ -31,20 +31,12 @@ def _add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096, n_ctx_help: s
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU")
 
 
-def _generation_fields():
-    """GenerationConfig's fields that have a command-line flag (their declarations are the
-    one source of flags, defaults, choices and help)."""
-    import dataclasses
-
-    from llamadiff.generator import GenerationConfig
-
-    return [f for f in dataclasses.fields(GenerationConfig) if f.metadata.get("cli")]
-
-
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    from llamadiff.generator import option_fields
+
     groups = {"generation": p.add_argument_group("generation"),
               "full": p.add_argument_group("full diffusion (LLaDA, Dream)")}
-    for f in _generation_fields():
+    for f in option_fields():
         meta = f.metadata
         flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
         kwargs = dict(dest=f.name, help=meta["help"])
@@ -133,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generation_options(args) -> dict:
-    opts = {f.name: getattr(args, f.name) for f in _generation_fields()}
+    from llamadiff.generator import option_fields
+
+    opts = {f.name: getattr(args, f.name) for f in option_fields()}
     opts["cache"] = args.cache
     return opts
 

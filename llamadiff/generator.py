@@ -219,6 +219,13 @@ class GenerationConfig:
                     raise TypeError(f"stop entries must be non-empty strings or token ids, got {item!r}")
 
 
+def option_fields() -> list:
+    """GenerationConfig's fields that users set by name from outside Python -- command-line
+    flags, the HTTP server's request fields: their declarations (``_option``) are the one source
+    of names, defaults, choices and help."""
+    return [f for f in dataclasses.fields(GenerationConfig) if f.metadata.get("cli")]
+
+
 @dataclasses.dataclass
 class GenerationResult:
     text: str

@@ -48,10 +48,10 @@ _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "interrupted
 
 def _diffusion_fields() -> dict:
     """llamadiff's own request fields, from GenerationConfig's declarations (stated once)."""
-    from llamadiff.cli import _generation_fields
+    from llamadiff.generator import option_fields
 
     fields: Dict[str, Any] = {}
-    for f in _generation_fields():
+    for f in option_fields():
         if f.name in _OPENAI_NAMES:
             continue
         meta = f.metadata
