@@ -1,21 +1,23 @@
-"""Multi-turn chat with the model's chat template: the history is kept between turns.
+"""Multi-turn chat through the model's chat template; the history is kept between turns.
 
     python examples/chat.py [model.gguf]
 
-With a model path and a terminal, it is interactive (Ctrl-D to leave); otherwise it plays
-two scripted turns. For a full chat UI, see `llamadiff chat -m model.gguf`.
+Without a path it chats with the tiny block model shipped with llamadiff: its chat template
+passes the latest user message on as the bare task it was trained on. With
+a path and a terminal it is interactive (Ctrl-D to leave); otherwise it plays scripted turns.
+For a full chat UI, see `llamadiff chat -m model.gguf`.
 """
 
 import sys
-import tempfile
-from pathlib import Path
 
-from llamadiff import Generator, testing
+from llamadiff import Generator
+
+SCRIPT = ["47+38=", "sort 93715=", "rev python="]
 
 
 def turns(interactive):
     if not interactive:
-        yield from ["What is 2 + 2?", "And times 3?"]
+        yield from SCRIPT
         return
     while True:
         try:
@@ -25,16 +27,19 @@ def turns(interactive):
 
 
 def main(argv):
-    path = argv[1] if len(argv) > 1 else testing.write_qwen3(Path(tempfile.mkdtemp()) / "tiny.gguf")
+    path = argv[1] if len(argv) > 1 else None          # None: the shipped block model
     interactive = len(argv) > 1 and sys.stdin.isatty()
     history = [{"role": "system", "content": "You are a concise assistant."}]
     with Generator(path, n_ctx=2048) as gen:
+        print("the prompt of the first turn:", repr(gen.model.apply_chat_template(history + [
+            {"role": "user", "content": SCRIPT[0]}], template=gen.chat_template)))
         for text in turns(interactive):
             history.append({"role": "user", "content": text})
-            out = gen.generate(history, max_new_tokens=32, block_length=4)
+            out = gen.generate(history, max_new_tokens=32)
             history.append({"role": "assistant", "content": out.text})
-            print(f"you> {text}" if not interactive else "", end="\n" if not interactive else "")
-            print(f"model> {out.text!r}  [{out.stop_reason}, prompt {len(out.prompt_tokens)} tokens]")
+            if not interactive:
+                print(f"you> {text}")
+            print(f"model> {out.text}  [{out.stop_reason}, prompt {len(out.prompt_tokens)} tokens]")
 
 
 if __name__ == "__main__":

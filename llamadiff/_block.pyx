@@ -173,7 +173,8 @@ class BlockFamily:
             raise ValueError(f"block_length={block} needs n_ctx >= {2 * block} (a step decodes the "
                              f"finished block and the next one together); this Generator has "
                              f"n_ctx={gen.n_ctx}")
-        steps = cfg.steps or block
+        # the model's diffusion.steps (steps per block) where given, never above the block
+        steps = cfg.steps or min(gen.default_steps or block, block)
         if steps > block:
             raise ValueError(f"steps ({steps}) cannot exceed block_length ({block}): each step "
                              "commits at least one token")

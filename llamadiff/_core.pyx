@@ -30,7 +30,8 @@ from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_bat
                               llama_token, llama_pos, llama_seq_id, ggml_log_level)
 
 from llamadiff.errors import (ModelLoadError, ContextError, DecodeError, DecodeAborted,
-                              UnsupportedModelError)
+                              UnsupportedModelError, ChatTemplateError)
+from llamadiff import chat as _chat
 from llamadiff.rpc import DEFAULT_TIMEOUT as _RPC_DEFAULT_TIMEOUT, validate_timeout as _rpc_validate_timeout
 
 import numpy as np
@@ -906,33 +907,46 @@ cdef class Model(_Resource):
             free(buf)
             free(text)
 
-    def apply_chat_template(self, messages, *, bint add_generation_prompt=True, template=None):
-        """Format ``[{"role": ..., "content": ...}, ...]`` with the model's chat template.
+    def apply_chat_template(self, messages, *, bint add_generation_prompt=True, template=None, **variables):
+        """Format ``[{"role": ..., "content": ...}, ...]`` as the model's prompt text.
 
-        Uses llama.cpp's built-in template matcher (no Jinja), which recognises the common
-        templates (ChatML, Llama, Gemma...) from the GGUF's template text or name.
+        ``template``: None (the model's ``tokenizer.chat_template``), Jinja text, or the name
+        of one of llama.cpp's built-in formats (``chat_builtin_templates()``, e.g.
+        ``"chatml"``). Jinja text is rendered by ``llamadiff.chat`` in Jinja2's sandbox with
+        the model's ``bos_token`` / ``eos_token`` text; ``variables`` (e.g. ``tools``,
+        ``enable_thinking``) reach the template as they are. A built-in name is formatted by
+        llama.cpp.
         """
         self._check_open()
         if template is None:
             template = self.chat_template
         if template is None:
-            raise UnsupportedModelError("this model has no chat template; pass template=... "
-                                        "(e.g. 'chatml') or a plain prompt")
-        msgs = list(messages)
-        if not msgs:
-            raise ValueError("messages is empty")
+            raise UnsupportedModelError(
+                "this model has no chat template (GGUF key tokenizer.chat_template): give a plain "
+                "prompt, or a template -- Generator(..., chat_template=...) with Jinja text or a "
+                "built-in name such as 'chatml'")
+        if _chat.check_template(template):
+            if variables:
+                raise TypeError(f"llama.cpp's built-in {template!r} format takes no template variables "
+                                f"({', '.join(sorted(variables))})")
+            return self._apply_builtin_template(template, _chat.check_messages(messages),
+                                                add_generation_prompt)
+        bos, eos = self.bos_token_id, self.eos_token_id
+        return _chat.render(template, messages, add_generation_prompt=add_generation_prompt,
+                            bos_token="" if bos is None else self.token_to_piece(bos, special=True),
+                            eos_token="" if eos is None else self.token_to_piece(eos, special=True),
+                            **variables)
+
+    def _apply_builtin_template(self, str name, list msgs, bint add_generation_prompt):
+        """llama.cpp's formatting of its built-in format ``name``."""
         encoded = []
         for m in msgs:
-            try:
-                role, content = m["role"], m["content"]
-            except (TypeError, KeyError):
-                raise ValueError("each message must be a mapping with 'role' and 'content'") from None
-            if not isinstance(role, str) or not isinstance(content, str):
-                raise TypeError("message role and content must be str")
-            encoded.append((role.encode(), content.encode()))
+            if m["content"] is None:
+                raise TypeError("llama.cpp's built-in formats need str content in every message")
+            encoded.append((m["role"].encode(), m["content"].encode()))
         cdef C.llama_chat_message * chat = <C.llama_chat_message *> malloc(
             len(encoded) * sizeof(C.llama_chat_message))
-        cdef bytes btmpl = template.encode()
+        cdef bytes btmpl = name.encode()
         cdef int32_t cap = 2 * sum(len(r) + len(c) for r, c in encoded) + 256
         cdef char * buf = NULL
         cdef int32_t n
@@ -948,9 +962,7 @@ cdef class Model(_Resource):
                     raise MemoryError()
                 n = C.llama_chat_apply_template(btmpl, chat, len(encoded), add_generation_prompt, buf, cap)
                 if n < 0:
-                    raise UnsupportedModelError(
-                        "llama.cpp does not recognise this chat template; pass template= "
-                        "with a built-in name such as 'chatml'")
+                    raise ChatTemplateError(f"llama.cpp could not format these messages as {name!r}")
                 if n <= cap:
                     return buf[:n].decode("utf-8", "replace")
                 free(buf)
@@ -960,6 +972,25 @@ cdef class Model(_Resource):
         finally:
             free(chat)
             free(buf)
+
+
+def chat_builtin_templates():
+    """Names of llama.cpp's built-in chat formats (``Model.apply_chat_template(template=name)``)."""
+    global _BUILTIN_TEMPLATES
+    if _BUILTIN_TEMPLATES is None:
+        n = C.llama_chat_builtin_templates(NULL, 0)
+        names = <const char **> malloc(max(n, 1) * sizeof(const char *))
+        if names == NULL:
+            raise MemoryError()
+        try:
+            n = C.llama_chat_builtin_templates(names, n)
+            _BUILTIN_TEMPLATES = tuple(sorted(names[i].decode() for i in range(n)))
+        finally:
+            free(names)
+    return _BUILTIN_TEMPLATES
+
+
+_BUILTIN_TEMPLATES = None
 
 
 # --------------------------------------------------------------------------- logits view

@@ -539,7 +539,8 @@ class FullFamily:
                 eps = DEFAULT_EPS
             else:
                 block = 32
-        steps = cfg.steps or cfg.max_new_tokens
+        # the model's diffusion.steps (all steps) where given, never above one per new token
+        steps = cfg.steps or min(gen.default_steps or cfg.max_new_tokens, cfg.max_new_tokens)
         if steps > 4 * cfg.max_new_tokens:
             raise ValueError(f"steps ({steps}) is more than 4 per new token ({cfg.max_new_tokens}): "
                              "the extra steps would commit nothing")

@@ -29,6 +29,17 @@ def _add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096, n_ctx_help: s
                    help=n_ctx_help or f"context size in tokens (default {n_ctx})")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: the physical cores, one CPU left free: llamadiff._core.default_threads())")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU")
+    p.add_argument("--chat-template", default=None, metavar="TEMPLATE",
+                   help="how chat messages become a prompt: a Jinja file, Jinja text, or a llama.cpp built-in "
+                        "format's name such as chatml (default: the model's tokenizer.chat_template)")
+
+
+def _chat_template(value: Optional[str]) -> Optional[str]:
+    """--chat-template: a file's text when it names a file, else the value itself."""
+    if value is not None and os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    return value
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -135,7 +146,8 @@ def _generation_options(args) -> dict:
 def _generator(args):
     from llamadiff.generator import Generator
 
-    return Generator(args.model, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+    return Generator(args.model, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                     chat_template=_chat_template(args.chat_template))
 
 
 class _Visual:
@@ -224,8 +236,9 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     gen = _generator(args)
-    if gen.model.chat_template is None:
-        raise LlamaDiffError("this model has no chat template; use `llamadiff generate`")
+    if gen.chat_template is None:
+        raise LlamaDiffError("this model has no chat template (GGUF key tokenizer.chat_template): use "
+                             "`llamadiff generate`, or give one with --chat-template (e.g. chatml)")
     opts = _generation_options(args)
     history = [{"role": "system", "content": args.system}] if args.system else []
     print("llamadiff chat: Ctrl-D or /exit to leave, Ctrl-C to interrupt an answer, /reset to clear.")
@@ -333,7 +346,8 @@ def cmd_serve(args) -> int:
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, n_parallel=args.n_parallel,
           max_queue=args.max_queue, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-          model_name=args.model_name, max_block_length=args.max_block_length)
+          model_name=args.model_name, max_block_length=args.max_block_length,
+          chat_template=_chat_template(args.chat_template))
     return 0
 
 

@@ -18,6 +18,11 @@ class UnsupportedModelError(LlamaDiffError, ValueError):
     """The model loaded, but llamadiff cannot run it for the requested task."""
 
 
+class ChatTemplateError(LlamaDiffError, ValueError):
+    """A chat template could not format the messages: not valid Jinja, or it failed or
+    refused them while rendering."""
+
+
 class ContextError(LlamaDiffError, RuntimeError):
     """llama.cpp could not create a context with the requested settings."""
 

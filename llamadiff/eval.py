@@ -46,8 +46,9 @@ def seq_len(gen: Generator) -> Optional[int]:
     return int(value) if value is not None else None
 
 
-def accuracy(gen: Generator, n: int = 200, seed: int = 1, **options) -> dict:
-    """Exact match over ``n`` held-out examples (``options`` go to ``generate``)."""
+def accuracy(gen: Generator, n: int = 200, seed: int = 1, chat: bool = False, **options) -> dict:
+    """Exact match over ``n`` held-out examples (``options`` go to ``generate``; ``chat``: each
+    prompt as a user message, through the model's chat template)."""
     examples = tasks.examples(n, split="test", seed=seed)
     full = gen.model.family == "full"
     length = seq_len(gen)
@@ -56,6 +57,8 @@ def accuracy(gen: Generator, n: int = 200, seed: int = 1, **options) -> dict:
     t0 = time.perf_counter()
     for i, (prompt, answer) in enumerate(examples):
         opts = dict(options)
+        if chat:
+            prompt = [{"role": "user", "content": prompt}]
         if full:
             # the trained sequence length: a bidirectional model never saw positions past it
             n_prompt = len(gen.prompt_tokens(prompt))

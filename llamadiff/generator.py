@@ -31,6 +31,7 @@ from llamadiff._full import ALGORITHMS, CACHE_MODES, PARALLEL_MODES, FullFamily
 from llamadiff._core import Context, Model, default_threads
 from llamadiff.engine import Scheduler, StepInfo
 from llamadiff.policy import RemaskPolicy, STRATEGIES
+from llamadiff.chat import check_template
 from llamadiff.errors import UnsupportedModelError
 from llamadiff.samplers import make_row_sampler
 
@@ -64,10 +65,20 @@ def _aliases(given: dict, aliases: dict, what: str) -> dict:
     return out
 
 
-def _suggest(unknown: list, valid: list) -> str:
-    """``a (did you mean b?), c`` for unknown names."""
+# names given to generate() that belong to the Generator (or its model) instead
+_GENERATOR_SETTINGS = {"template": "chat_template", "chat_template": "chat_template",
+                       "chat_format": "chat_template", "n_ctx": "n_ctx", "n_threads": "n_threads",
+                       "n_gpu_layers": "n_gpu_layers", "n_batch": "n_batch", "flash_attn": "flash_attn"}
+
+
+def _suggest(unknown: list, valid: list, settings: Optional[dict] = None) -> str:
+    """``a (did you mean b?), c`` for unknown names; a name in ``settings`` is pointed to the
+    Generator argument that takes it."""
     parts = []
     for name in unknown:
+        if settings and name in settings:
+            parts.append(f"{name} (a Generator setting: Generator(..., {settings[name]}=...))")
+            continue
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
         parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
     return ", ".join(parts)
@@ -198,7 +209,8 @@ class GenerationConfig:
         names = [f.name for f in dataclasses.fields(self)]
         unknown = sorted(set(changes) - set(names))
         if unknown:
-            raise TypeError(f"unknown generation option(s): {_suggest(unknown, names + list(OPTION_ALIASES))}")
+            raise TypeError(f"unknown generation option(s): "
+                            f"{_suggest(unknown, names + list(OPTION_ALIASES), _GENERATOR_SETTINGS)}")
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
@@ -370,14 +382,17 @@ class Generator:
     sampler: where the logits rows are sampled: "auto" (GPU when built with CUDA and a device
         is usable, else CPU), "cpu", "cuda", "backend" (greedy, inside llama.cpp's graph) or a
         RowSampler; see ``llamadiff.samplers``.
+    chat_template: how chat messages become a prompt: None (the model's own
+        ``tokenizer.chat_template``), Jinja text, or a llama.cpp built-in format's name such as
+        ``"chatml"`` (see ``llamadiff.chat``).
     """
 
     def __init__(self, model: Union[str, os.PathLike, Model, None] = None, *, n_ctx: int = 4096,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, n_batch: int = 512,
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None,
-                 rpc_timeout: float = rpc.DEFAULT_TIMEOUT, model_path=None, verbose: bool = False,
-                 **unknown):
+                 rpc_timeout: float = rpc.DEFAULT_TIMEOUT, chat_template: Optional[str] = None,
+                 model_path=None, verbose: bool = False, **unknown):
         if unknown:
             valid = [p for p in Generator.__init__.__code__.co_varnames[1:Generator.__init__.__code__.co_argcount
                                                                         + Generator.__init__.__code__.co_kwonlyargcount]
@@ -387,6 +402,8 @@ class Generator:
             if model is not None:
                 raise TypeError("give model or its alias model_path, not both")
             model = model_path
+        if chat_template is not None:
+            check_template(chat_template)      # before anything is loaded
         if verbose:                         # llama-cpp-python's switch: llama.cpp's log on stderr
             from llamadiff import set_log_level
             set_log_level(logging.INFO)
@@ -434,7 +451,11 @@ class Generator:
                 self.model.close()
             raise
         self._family = FAMILIES[self.model.family]
-        self.default_block_length = self._model_block_length()
+        #: how chat messages become a prompt: Jinja text or a built-in format's name (None: none)
+        self.chat_template = chat_template if chat_template is not None else self.model.chat_template
+        # the model's own defaults (GGUF diffusion.*; see docs/GENERATION.md, "Model defaults")
+        self.default_block_length = self._model_int("diffusion.block_length") or 4
+        self.default_steps = self._model_int("diffusion.steps")
 
     # -- resources -------------------------------------------------------------------
 
@@ -459,13 +480,14 @@ class Generator:
                 "end-of-generation token of this model: generation could never stop. The GGUF's "
                 "tokenizer.ggml.mask_token_id or its eos/eot token ids are wrong")
 
-    def _model_block_length(self) -> int:
-        value = self.model.meta("diffusion.block_length")
+    def _model_int(self, key: str) -> Optional[int]:
+        """A positive int GGUF value of this model's defaults (``diffusion.*``), or None when
+        absent or not a sensible number (a corrupt value falls back to the built-in default)."""
         try:
-            value = int(value)
+            value = int(self.model.meta(key))
         except (TypeError, ValueError):
-            return 4
-        return value if value > 0 else 4
+            return None
+        return value if 0 < value <= MAX_INT_OPTION else None
 
     def _context(self, need: int, diffusion_kv: bool = False) -> tuple:
         """The reusable context; made (or re-made, for a larger batch or another memory
@@ -517,12 +539,13 @@ class Generator:
                             f"not {type(prompt).__name__}")
         if isinstance(prompt, str):
             if chat:
-                text = self.model.apply_chat_template([{"role": "user", "content": prompt}])
+                text = self.model.apply_chat_template([{"role": "user", "content": prompt}],
+                                                      template=self.chat_template)
                 return self.model.tokenize(text, add_special=False, parse_special=True)
             return self.model.tokenize(prompt, add_special=True, parse_special=False)
         items = list(prompt)
         if items and all(isinstance(m, dict) for m in items):
-            text = self.model.apply_chat_template(items)
+            text = self.model.apply_chat_template(items, template=self.chat_template)
             return self.model.tokenize(text, add_special=False, parse_special=True)
         ids = []
         for t in items:
@@ -550,17 +573,10 @@ class Generator:
         """The model's generation length: its GGUF's ``diffusion.gen_length``, or what
         ``diffusion.seq_length`` (the length a model was trained to denoise whole) leaves
         after a prompt of ``n_prompt`` tokens; else 256."""
-        def meta_int(key):
-            try:
-                value = int(self.model.meta(key))
-            except (TypeError, ValueError):
-                return None
-            return value if 0 < value <= MAX_INT_OPTION else None
-
-        gen_length = meta_int("diffusion.gen_length")
+        gen_length = self._model_int("diffusion.gen_length")
         if gen_length is not None:
             return gen_length
-        seq_length = meta_int("diffusion.seq_length")
+        seq_length = self._model_int("diffusion.seq_length")
         if seq_length is not None and n_prompt is not None:
             return max(1, seq_length - n_prompt)
         return 256

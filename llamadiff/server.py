@@ -374,7 +374,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     async def chat_completions(body: ChatRequest, http: Request):
         if not body.messages:
             raise _HTTPError(400, "messages is empty", param="messages")
-        if engine.model.chat_template is None:
+        if engine.generator.chat_template is None:
             raise _HTTPError(400, f"this model ({name}) has no chat template: use /v1/completions",
                              param="messages", code="no_chat_template")
         opts = _options(body, None, eog)
@@ -388,7 +388,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
           n_parallel: int = 16, max_queue: int = 64, n_ctx: int = 2048, n_threads: Optional[int] = None,
           n_gpu_layers: int = 0, model_name: Optional[str] = None, max_block_length: Optional[int] = None,
-          log_level: str = "info") -> None:
+          chat_template: Optional[str] = None, log_level: str = "info") -> None:
     """Run the server until SIGINT / SIGTERM: new requests stop, those in flight get up to
     5 s to finish, then the rest are cancelled and the model is freed (uvicorn then ends the
     process with the signal it received, as its convention is)."""
@@ -400,7 +400,7 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
     # Python's default 5 ms, or each request waits for the other side's turn to expire
     sys.setswitchinterval(0.0005)
     engine = Engine(model, n_parallel=n_parallel, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
-                    n_gpu_layers=n_gpu_layers)
+                    n_gpu_layers=n_gpu_layers, chat_template=chat_template)
     try:
         app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True,
                          max_block_length=max_block_length)

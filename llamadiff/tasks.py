@@ -9,6 +9,9 @@ short enough for a ~1M-parameter model to learn on a CPU in minutes:
 - ``copy``: ``"copy m3k9="`` -> ``"m3k9"``;
 - ``get``: ``"a1b7c4:b="`` -> ``"7"`` (key-value lookup).
 
+Both models also answer as chat: their GGUFs' ``tokenizer.chat_template`` (``chat_template()``)
+passes the latest user message on as the plain task text they were trained on.
+
 The split is deterministic: an example belongs to the held-out set when a hash of its prompt
 says so (one in eight), so training never sees a held-out prompt whatever the seed.
 """
@@ -19,6 +22,23 @@ import random
 import zlib
 
 TASKS = ("add", "sort", "rev", "copy", "get")
+
+
+def chat_template(bos: bool) -> str:
+    """The tiny models' chat template (their GGUFs' ``tokenizer.chat_template``): the latest
+    user message as the bare task text -- exactly the plain prompt they were trained on, so a
+    chat turn gets the same tokens, and the same answer, as that prompt. Earlier turns, system
+    messages and answers are left out: the models answer one task at a time. ``bos``: the
+    model's plain prompts start with its BOS token (the llada body adds one; the qwen3 body
+    does not), and the chat text must start the same way."""
+    return ("{#- llamadiff's tiny models answer one task at a time: only the latest user message "
+            "reaches them, as the bare task they were trained on -#}\n"
+            + ("{{- bos_token -}}\n" if bos else "")
+            + "{%- for message in messages if message['role'] == 'user' -%}\n"
+              "{%- if loop.last %}{{ message['content'] }}{% endif -%}\n"
+              "{%- endfor -%}\n")
+
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
 

@@ -42,6 +42,13 @@ def test_block_model_exact_mode_bar(block_gen):
     assert r["exact_match"] >= 0.95, r
 
 
+def test_models_answer_as_chat_too(block_gen, full_gen):
+    """Through their own chat template the models get the plain prompt: the same answers."""
+    for gen, opts in ((block_gen, dict(strategy="low_confidence_static", steps=4)), (full_gen, dict(cache="none"))):
+        plain, chat = accuracy(gen, 20, **opts), accuracy(gen, 20, chat=True, **opts)
+        assert chat["exact_match"] == plain["exact_match"] and chat["per_task"] == plain["per_task"]
+
+
 def test_block_model_dynamic_threshold_bar(block_gen):
     exact = accuracy(block_gen, N, strategy="low_confidence_static", steps=4)
     fast = accuracy(block_gen, N, strategy="low_confidence_dynamic", threshold=0.9)

@@ -35,11 +35,10 @@ def test_streaming(tmp_path):
 
 def test_chat(tmp_path):
     out = run(EXAMPLES / "chat.py", tmp_path)
-    lines = [l for l in out.splitlines() if l.startswith("model>")]
-    assert len(lines) == 2
-    # the second turn carries the whole history: a longer prompt
-    first, second = (int(l.rsplit("prompt ", 1)[1].split()[0]) for l in lines)
-    assert second > first
+    # the shipped model answers each turn's task; its template shows it only that turn
+    answers = [l.split("> ", 1)[1].split("  [")[0] for l in out.splitlines() if l.startswith("model>")]
+    assert answers == ["85", "13579", "nohtyp"]
+    assert "the prompt of the first turn: '47+38='" in out
 
 
 def test_downstream_cython_policy(tmp_path):

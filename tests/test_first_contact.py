@@ -122,3 +122,54 @@ def test_the_shipped_model_says_what_it_knows():
     assert out.returncode == 0 and "only knows five small tasks" in out.stderr
     good = cli("generate", "-p", "47+38=", "-t", "1")
     assert good.stdout.strip() == "85" and "five small tasks" not in good.stderr
+
+
+def test_steps_key(tmp_path):
+    """diffusion.steps: the model's default steps (block: per block, capped by the block
+    length; full: all steps, capped at one per new token); a corrupt value is ignored."""
+    from llamadiff import testing
+    block = testing.write_model(tmp_path / "q.gguf", "qwen3", block_length=4, metadata={"diffusion.steps": 2})
+    with Generator(block, n_ctx=128, n_threads=1) as gen:
+        assert gen.default_steps == 2
+        out = gen.generate("hi", max_new_tokens=8, stop=[], strategy="low_confidence_static")
+        assert set(out.stats["committed_per_step"]) == {2}       # 4 positions a block, in 2 steps
+        one = gen.generate("hi", max_new_tokens=8, stop=[], block_length=1)
+        assert set(one.stats["committed_per_step"]) == {1}
+    full = testing.write_model(tmp_path / "l.gguf", "llada", metadata={"diffusion.steps": 3})
+    with Generator(full, n_ctx=128, n_threads=1) as gen:
+        assert gen.generate("hi", max_new_tokens=8, block_length=8, stop=[]).stats["steps"] == 3
+        assert gen.generate("hi", max_new_tokens=2, block_length=2, stop=[]).stats["steps"] == 2
+    for bad in (-3, 0, "many"):
+        path = testing.write_model(tmp_path / f"bad{bad}.gguf", "llada", metadata={"diffusion.steps": bad})
+        with Generator(path, n_ctx=128, n_threads=1) as gen:
+            assert gen.default_steps is None
+            assert gen.generate("hi", max_new_tokens=4, block_length=4, stop=[]).stats["steps"] == 4
+
+
+def test_chat_on_the_shipped_models():
+    """The shipped models' chat template passes the latest task on as the plain prompt they were
+    trained on: `llamadiff chat` and chat-message prompts get their real answers."""
+    proc = subprocess.run([sys.executable, "-m", "llamadiff", "chat", "-t", "1"], input="47+38=\nsort 93715=\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    replies = [line.split("> ", 1)[-1].strip() for line in proc.stdout.splitlines()[1:]]
+    assert replies[:2] == ["85", "13579"], proc.stdout
+    with Generator(default_model("full"), n_ctx=256, n_threads=1) as gen:
+        assert gen.generate("47+38=", chat=True).text == "85"
+        assert gen.generate([{"role": "system", "content": "be brief"},
+                             {"role": "user", "content": "rev python="}]).text == "nohtyp"
+    # the README's chat snippet, as written
+    gen = Generator()
+    history = [{"role": "user", "content": "47+38="}]
+    assert gen.generate(history).text == "85"
+    assert gen.model.apply_chat_template(history, template=gen.chat_template) == "47+38="
+    gen.close()
+
+
+def test_chat_without_a_template_says_so_before_asking(tmp_path):
+    from llamadiff import testing
+    path = testing.write_model(tmp_path / "plain.gguf", "llada")
+    proc = subprocess.run([sys.executable, "-m", "llamadiff", "chat", "-m", str(path)], input="hi\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "no chat template" in proc.stderr and "--chat-template" in proc.stderr
+    assert "> " not in proc.stdout                        # refused before the first prompt

@@ -134,6 +134,9 @@ def train(kind: str, out: Path, steps: int, seed: int, batch_size: int, lr: floa
     testing.write_model(out, arch, shape=shape, tensors=model.gguf_tensors(),
                         block_length=BLOCK if kind == "block" else None,
                         metadata={"general.name": f"llamadiff-{kind}-tiny",
+                                  # chat turns reach the model as the plain prompts it learned
+                                  "tokenizer.chat_template": tasks.chat_template(
+                                      bos=vocab.tokenize("a", add_special=True) != vocab.tokenize("a", add_special=False)),
                                   "llamadiff.training.steps": steps,
                                   "llamadiff.training.seed": seed,
                                   "llamadiff.training.seq_len": SEQ_LEN,

@@ -1,0 +1,144 @@
+"""Chat templates: a model's Jinja ``tokenizer.chat_template``, rendered in a sandbox.
+
+Model authors write their chat format as a Jinja template (Hugging Face's
+``tokenizer_config.json`` carries it, and converters copy it into the GGUF). The format a
+model was trained on is exactly what that template prints, so llamadiff renders the
+template itself, with Jinja2 in its immutable sandbox -- as ``transformers`` and
+llama-cpp-python do -- rather than guessing a format from the text: llama.cpp's built-in
+matcher maps any template that mentions ``<|im_start|>`` to ChatML, for instance, whatever
+else it says. llama.cpp's built-in formats stay available by name (``template="chatml"``,
+``"llama3"``, ...; ``llamadiff._core.chat_builtin_templates()`` lists them).
+
+What a template sees (the conventions of ``transformers``' ``apply_chat_template``):
+``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools`` (None unless
+given) and any extra keyword; the ``tojson`` filter (non-ASCII kept, ``indent``,
+``separators``, ``sort_keys``); ``raise_exception(message)``; ``strftime_now(format)``; the
+``loopcontrols`` extension; ``{% generation %}`` blocks render their body. Blocks are
+trimmed (``trim_blocks``, ``lstrip_blocks``).
+
+The sandbox gives a template no access to Python internals or the file system, and caps
+``range()``; a template that fails -- bad syntax, a call the sandbox refuses, its own
+``raise_exception`` -- raises ``ChatTemplateError`` naming why.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import functools
+import json
+from typing import Any, Mapping, Optional, Sequence
+
+from llamadiff.errors import ChatTemplateError
+
+__all__ = ["render", "check_messages", "check_template"]
+
+
+def check_template(template) -> bool:
+    """True for a built-in format's name, False for Jinja text that compiles; TypeError or
+    ChatTemplateError otherwise. Text without Jinja markup is taken as a name: a misspelt
+    name must not become a template that prints itself."""
+    if not isinstance(template, str):
+        raise TypeError(f"a chat template is Jinja text or a built-in format's name, not "
+                        f"{type(template).__name__}")
+    from llamadiff._core import chat_builtin_templates
+    names = chat_builtin_templates()
+    if template in names:
+        return True
+    if "{{" not in template and "{%" not in template:
+        close = difflib.get_close_matches(template, names, n=1, cutoff=0.6)
+        raise ChatTemplateError(f"{template!r} is neither Jinja text nor a built-in chat format"
+                                + (f" (did you mean {close[0]!r}?)" if close else "")
+                                + f"; built-in formats: {', '.join(names)}")
+    _compile(template)
+    return False
+
+
+def check_messages(messages) -> list:
+    """The messages as a list of plain dicts, each with a str ``role`` and a str (or, for a
+    message with tool calls, None) ``content``; a ValueError / TypeError says what is wrong."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError("messages must be a list of {'role': ..., 'content': ...} mappings")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} must be a mapping with 'role' and 'content'")
+        if not isinstance(m["role"], str):
+            raise TypeError(f"message {i}: role must be str, not {type(m['role']).__name__}")
+        if not (isinstance(m["content"], str) or (m["content"] is None and m.get("tool_calls"))):
+            raise TypeError(f"message {i}: content must be str, not {type(m['content']).__name__}")
+        out.append(dict(m))
+    if not out:
+        raise ValueError("messages is empty")
+    return out
+
+
+def render(template: str, messages, *, add_generation_prompt: bool = True, bos_token: str = "",
+           eos_token: str = "", tools: Optional[list] = None, **variables: Any) -> str:
+    """The text ``template`` (Jinja) prints for ``messages``."""
+    if not isinstance(template, str):
+        raise TypeError(f"a chat template is Jinja text, not {type(template).__name__}")
+    messages = check_messages(messages)
+    compiled = _compile(template)
+    try:
+        return compiled.render(messages=messages, add_generation_prompt=bool(add_generation_prompt),
+                               bos_token=bos_token, eos_token=eos_token, tools=tools, **variables)
+    except ChatTemplateError:
+        raise
+    except Exception as e:          # the template's own fault: a bad call, a sandbox refusal
+        raise ChatTemplateError(f"the chat template failed on these messages: "
+                                f"{type(e).__name__}: {e}") from None
+
+
+def _raise_exception(message):
+    raise ChatTemplateError(f"the chat template refused these messages: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _tojson(value, indent=None, separators=None, sort_keys=False):
+    # like transformers: keep non-ASCII text as is (a template's JSON goes to the model)
+    return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=32)
+def _environment():
+    try:
+        import jinja2
+        from jinja2 import nodes
+        from jinja2.ext import Extension, loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:        # a declared dependency; only a broken install lacks it
+        raise ChatTemplateError("rendering a chat template needs jinja2 (pip install jinja2)") from e
+
+    class Generation(Extension):
+        """``{% generation %}...{% endgeneration %}`` (training-time assistant masks in some
+        templates): the body renders as is."""
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[loopcontrols, Generation],
+                                        undefined=jinja2.Undefined)
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(template: str):
+    import jinja2
+    try:
+        return _environment().from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"the chat template is not valid Jinja (line {e.lineno}): {e.message}") from None
