@@ -35,6 +35,7 @@ import glob
 import hashlib
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -334,9 +335,8 @@ def cuda_cmake_args() -> list[str]:
     args = [f"-DCMAKE_CUDA_COMPILER={real_nvcc if real_nvcc.is_file() else nvcc}"]
     if not any(a.startswith("-DCMAKE_CUDA_ARCHITECTURES=") for a in shlex.split(os.environ.get("CMAKE_ARGS", ""))):
         args.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs()}")
-    has_cublas = any(home.glob("lib64/libcublas.so*")) or any(home.glob("targets/*/lib/libcublas.so*"))
     user = os.environ.get("CMAKE_ARGS", "")
-    if not has_cublas and "CUDA_cublas_LIBRARY" not in user:
+    if not toolkit_has_cublas(home) and "CUDA_cublas_LIBRARY" not in user:
         found = pip_cublas()
         if found is None:
             raise SystemExit(
@@ -344,18 +344,69 @@ def cuda_cmake_args() -> list[str]:
                 "nvidia-cublas is not installed; `pip install nvidia-cublas` (13.x for CUDA 13) or "
                 "pass -DCUDA_cublas_LIBRARY=... -DCUDA_cublasLt_LIBRARY=... in CMAKE_ARGS")
         log(f"cuBLAS from the PyPI package nvidia-cublas: {found['lib']}")
-        args += [f"-DCUDA_cublas_LIBRARY={found['cublas']}", f"-DCUDA_cublasLt_LIBRARY={found['cublasLt']}",
-                 f"-DCMAKE_CUDA_FLAGS=-I{found['include']}", f"-DCMAKE_CXX_FLAGS=-I{found['include']}"]
+        stable = stable_cublas(found)
+        args += [f"-DCUDA_cublas_LIBRARY={stable['cublas']}", f"-DCUDA_cublasLt_LIBRARY={stable['cublasLt']}",
+                 f"-DCMAKE_CUDA_FLAGS=-I{stable['include']}", f"-DCMAKE_CXX_FLAGS=-I{stable['include']}"]
     return args
 
 
+def stable_cublas(found: dict) -> dict:
+    """Links at one fixed path under build/ to the PyPI cuBLAS in use. pip's isolated build
+    environment lives in a new temporary directory each time: flags naming it directly would
+    change with every build and make CMake recompile all of ggml-cuda; flags naming these
+    links stay the same, so a rebuild only relinks."""
+    base = ROOT / "build" / "cuda-cublas"
+    (base / "lib").mkdir(parents=True, exist_ok=True)
+    out = {"include": base / "include"}
+    links = {base / "include": found["include"],
+             base / "lib" / found["cublas"].name: found["cublas"],
+             base / "lib" / found["cublasLt"].name: found["cublasLt"]}
+    for link, target in links.items():
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            link.unlink()
+        link.symlink_to(target)
+    out["cublas"] = base / "lib" / found["cublas"].name
+    out["cublasLt"] = base / "lib" / found["cublasLt"].name
+    return out
+
+
+def toolkit_has_cublas(home: Path) -> bool:
+    return any(home.glob("lib64/libcublas.so*")) or any(home.glob("targets/*/lib/libcublas.so*"))
+
+
+def cuda_build_requires() -> list[str]:
+    """Extra build requirements of a CUDA build: cuBLAS from PyPI when the toolkit has none
+    (setuptools hands ``setup_requires`` to pip's isolated build environment)."""
+    if not cuda_enabled() or "CUDA_cublas_LIBRARY" in os.environ.get("CMAKE_ARGS", ""):
+        return []
+    try:
+        home = cuda_home(find_nvcc())
+    except SystemExit:
+        return []                       # build_ext reports the missing toolkit itself
+    if toolkit_has_cublas(home) or pip_cublas() is not None:
+        return []
+    version = subprocess.run([str(home / "bin" / "nvcc"), "--version"], capture_output=True, text=True).stdout
+    major = re.search(r"release (\d+)\.", version)
+    return [f"nvidia-cublas=={major.group(1)}.*" if major and major.group(1) == "13" else "nvidia-cublas-cu12"]
+
+
+# where the PyPI CUDA packages (nvidia-cublas, nvidia-cuda-runtime) put their libraries,
+# relative to an installed llamadiff/ -- found at run time wherever site-packages is
+PIP_CUDA_RPATHS = ["$ORIGIN/../nvidia/cu13/lib", "$ORIGIN/../nvidia/cublas/lib", "$ORIGIN/../nvidia/cuda_runtime/lib"]
+
+
 def cuda_runtime_dirs() -> list[str]:
-    """Directories added to the rpath of a CUDA build, so libggml-cuda finds cudart / cuBLAS."""
+    """Directories added to the rpath of a CUDA build, so libggml-cuda finds cudart / cuBLAS:
+    the toolkit's, the PyPI packages' next to the installed package, and the PyPI packages'
+    of this build's environment."""
     home = cuda_home(find_nvcc())
     dirs = [str(d) for d in (home / "lib64", home / "targets" / "x86_64-linux" / "lib") if d.is_dir()]
+    dirs += PIP_CUDA_RPATHS
     found = pip_cublas()
-    if found is not None:
-        dirs.append(str(found["lib"]))
+    if found is not None and "pip-build-env" not in str(found["lib"]):
+        dirs.append(str(found["lib"]))      # a lasting environment's (pip's isolated one is deleted)
     dirs += [d for d in os.environ.get("LLAMADIFF_CUDA_RPATH", "").split(":") if d]
     return list(dict.fromkeys(dirs))
 
@@ -597,4 +648,5 @@ setup(
     ext_modules=cython_extensions(["_core", "_sampling", "policy", "engine", "_block", "_full", "_backend"]
                                   + (["cuda._sampler"] if cuda_sampler_enabled() else [])),
     cmdclass={"build_ext": BuildExt},
+    setup_requires=cuda_build_requires(),
 )

@@ -10,7 +10,14 @@
     sampler), "backend" (sampling inside the graph, no logits copy) -- and a decode with
     no output rows as the floor. This is what decides the default route.
 (c) End-to-end tok/s of Generator on that model, block 4 / 8 / 16, steps = block, gen 256,
-    greedy low_confidence_static, for each route.
+    greedy low_confidence_static, for each route; then block 4 without the KV cache
+    (``cache=False``, the reference recompute mode) on the fastest route, for the ratio.
+(d) With ``--upstream-cli``: the same full-diffusion run (a LLaDA model of the same shape,
+    block 32, as many steps as the CLI takes for ``--gen`` tokens) through upstream
+    ``llama-diffusion-cli`` (built against the same ggml) and through llamadiff, for the ratio.
+
+``--device cpu`` rehearses the whole script on a machine without a GPU: the CPU routes only,
+and (unless ``--model`` names one) a 2-layer model with the same 151,936-token vocabulary.
 
 Prints a short table last; --json writes every number.
 """
@@ -46,6 +53,10 @@ testing = _standalone_testing()
 VOCAB = 151936
 SDAR_1_7B = testing.ModelShape(n_embd=2048, n_layer=28, n_head=16, n_head_kv=8, head_dim=128, n_ff=6144,
                                n_ctx_train=4096, tie_embeddings=True, n_vocab_pad=VOCAB - 276)
+# the CPU rehearsal's model: the same vocabulary (the sampler's work), little else
+REHEARSAL = testing.ModelShape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, head_dim=64, n_ff=512,
+                               n_ctx_train=4096, tie_embeddings=True, n_vocab_pad=VOCAB - 276)
+GPU = True          # False under --device cpu: only the CPU routes run
 T0 = time.perf_counter()
 
 
@@ -85,7 +96,7 @@ def pinned_copy(a: np.ndarray):
 
 
 def sampler_alone(rows_list, results):
-    gpu = cuda.CudaRowSampler()
+    gpu = cuda.CudaRowSampler() if GPU else None
     cpu1 = CpuRowSampler(1)
     cpun = CpuRowSampler(os.cpu_count() or 1)
     rng = np.random.default_rng(0)
@@ -95,6 +106,11 @@ def sampler_alone(rows_list, results):
         row = {"rows": rows}
         row["cpu_1t_us"] = median_us(lambda: cpu1.sample_logits(logits, skip_token=skip), 20)
         row["cpu_all_us"] = median_us(lambda: cpun.sample_logits(logits, skip_token=skip), 20)
+        if gpu is None:
+            results.append(row)
+            print(f"[sampler] rows {rows}: cpu_1t_us={row['cpu_1t_us']:.1f}, cpu_all_us={row['cpu_all_us']:.1f}",
+                  flush=True)
+            continue
         row["gpu_pageable_us"] = median_us(lambda: gpu.sample_logits(logits, skip_token=skip), 50)
         row["gpu_pageable_direct"] = gpu.last_timing()[2]
         pinned, keep = pinned_copy(logits)
@@ -119,12 +135,12 @@ def decode_routes(model: Model, rows_list, results):
     from llamadiff._backend import BackendRowSampler
     mask = model.mask_token_id
     prefix = [int(t) for t in np.random.default_rng(1).integers(0, 256, size=256)]
-    gpu = cuda.CudaRowSampler()
+    gpu = cuda.CudaRowSampler() if GPU else None
     cpu = CpuRowSampler(os.cpu_count() or 1)
     for rows in rows_list:
         row = {"rows": rows}
         block = [mask] * rows
-        for route in ("floor", "cpu", "cuda", "backend"):
+        for route in ROUTES_DECODE:
             with Context(model, n_ctx=512, n_batch=512, n_ubatch=512, causal=False) as ctx:
                 ctx.set_block_causal(rows)
                 bs = None
@@ -158,7 +174,7 @@ def decode_routes(model: Model, rows_list, results):
 def end_to_end(model: Model, blocks, gen: int, results, budget_s: float):
     prompt = list(range(32, 64))
     for block in blocks:
-        for route in ("cuda", "backend", "cpu"):
+        for route in ROUTES_E2E:
             if elapsed() > budget_s:
                 results.append({"block": block, "route": route, "skipped": "time budget"})
                 continue
@@ -177,6 +193,49 @@ def end_to_end(model: Model, blocks, gen: int, results, budget_s: float):
                   f"sampling {st['sampling_ms']:.1f} ms, wall {st['wall_ms']:.0f} ms)", flush=True)
 
 
+def no_cache(model: Model, gen: int, e2e: list, results: list, budget_s: float):
+    """Block 4 without the KV cache (the reference recompute mode) on the fastest block-4 route."""
+    done = [r for r in e2e if r.get("block") == 4 and "tok_s" in r]
+    if not done or elapsed() > budget_s:
+        results.append({"skipped": "time budget" if done else "no block-4 run"})
+        return
+    best = max(done, key=lambda r: r["tok_s"])
+    prompt = list(range(32, 64))
+    with Generator(model, n_ctx=1024, sampler=best["route"]) as g:
+        opts = dict(max_new_tokens=gen, block_length=4, steps=4, strategy="low_confidence_static", stop=[],
+                    cache=False)
+        g.generate(prompt, **opts)
+        runs = sorted(g.generate(prompt, **opts).stats["tokens_per_second"] for _ in range(3))
+    row = {"block": 4, "route": best["route"], "cache": False, "tok_s": runs[1], "cached_tok_s": best["tok_s"],
+           "speedup_of_cache": best["tok_s"] / runs[1]}
+    results.append(row)
+    print(f"[no-cache] block 4 {best['route']}: {runs[1]:.0f} tok/s; the KV cache is {row['speedup_of_cache']:.2f}x "
+          "faster", flush=True)
+
+
+def upstream(exe: str, model_path: str, gen: int, results: list):
+    """The same full-diffusion run through upstream llama-diffusion-cli and llamadiff: a LLaDA
+    model, a 32-token prompt, block 32, the CLI's step count, greedy, no cache (the CLI
+    recomputes the whole sequence every step, as cache="none" does)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import run_cli
+    threads = os.cpu_count() or 1
+    up = [run_cli(Path(exe), Path(model_path), 32, gen, 32, threads, ("-ngl", "99") if GPU else ())
+          for _ in range(2)][-1]                                   # the first run warms the caches
+    prompt = "a" * 31                                              # run_cli's prompt: 31 bytes + BOS
+    with Generator(model_path, n_ctx=32 + gen + 64, n_threads=threads, n_gpu_layers=-1 if GPU else 0) as g:
+        opts = dict(max_new_tokens=gen, block_length=32, steps=up["steps"], stop=[], cache="none")
+        g.generate(prompt, **opts)
+        runs = [g.generate(prompt, **opts).stats for _ in range(2)]
+    ours = min(st["wall_ms"] - st["context_ms"] for st in runs)
+    row = {"model": Path(model_path).name, "gen": gen, "steps": up["steps"], "upstream_ms": up["wall_ms"],
+           "llamadiff_ms": ours, "speedup": up["wall_ms"] / ours,
+           "upstream_tok_s": gen / (up["wall_ms"] / 1e3), "llamadiff_tok_s": gen / (ours / 1e3)}
+    results.append(row)
+    print(f"[upstream] llada, gen {gen}, {up['steps']} steps, block 32: llama-diffusion-cli {up['wall_ms']:.0f} ms, "
+          f"llamadiff {ours:.0f} ms ({row['speedup']:.2f}x)", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="/tmp/sdar-1.7b-shape-f16.gguf",
@@ -185,15 +244,35 @@ def main(argv=None):
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--budget-s", type=float, default=240.0, help="skip later end-to-end runs past this")
     ap.add_argument("--write-model-only", action="store_true")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                    help="cpu: rehearse on a machine without a GPU (CPU routes, a 2-layer model)")
+    ap.add_argument("--upstream-cli", default=None,
+                    help="llama-diffusion-cli built against the same ggml: (d) runs when given")
+    ap.add_argument("--llada-model", default=None,
+                    help="the LLaDA model of (d) (default: next to --model, written when missing)")
     args = ap.parse_args(argv)
+    global GPU, ROUTES_DECODE, ROUTES_E2E
+    GPU = args.device == "cuda"
+    ROUTES_DECODE = ("floor", "cpu", "cuda", "backend") if GPU else ("floor", "cpu")
+    ROUTES_E2E = ("cuda", "backend", "cpu") if GPU else ("cpu",)
+    shape = SDAR_1_7B if GPU else REHEARSAL
+    if not GPU and args.model == ap.get_default("model"):
+        args.model = "/tmp/device-check-rehearsal.gguf"
+    llada = args.llada_model or str(Path(args.model).with_name(Path(args.model).stem + "-llada.gguf"))
 
     if not os.path.isfile(args.model) or args.write_model_only:
         t = time.perf_counter()
-        testing.write_qwen3(args.model + ".part", shape=SDAR_1_7B, dtype="f16", seed=0, block_length=4)
+        testing.write_qwen3(args.model + ".part", shape=shape, dtype="f16", seed=0, block_length=4)
         os.replace(args.model + ".part", args.model)
         print(f"[model] wrote {args.model} in {time.perf_counter() - t:.0f} s", flush=True)
-        if args.write_model_only:
-            return 0
+    if args.upstream_cli and (not os.path.isfile(llada) or args.write_model_only):
+        t = time.perf_counter()
+        llada_shape = testing.ModelShape(**{**vars(shape), "n_head_kv": shape.n_head, "tie_embeddings": False})
+        testing.write_model(llada + ".part", "llada", shape=llada_shape, dtype="f16", seed=0)
+        os.replace(llada + ".part", llada)
+        print(f"[model] wrote {llada} in {time.perf_counter() - t:.0f} s", flush=True)
+    if args.write_model_only:
+        return 0
 
     global Context, Generator, Model, cuda, CpuRowSampler
     from llamadiff import Context, Generator, Model, cuda
@@ -201,13 +280,26 @@ def main(argv=None):
 
     info = {"device": cuda.device_name(0) if cuda.device_count() else None, "cuda_runtime": cuda.runtime_version(),
             "cuda_driver": cuda.driver_version(), "ggml_cuda": cuda.ggml_cuda_built(), "cpus": os.cpu_count(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "mode": args.device, "model": Path(args.model).name}
     print(f"[info] {info}", flush=True)
-    out = {"info": info, "sampler": [], "decode": [], "e2e": []}
+    if GPU and not cuda.device_count():
+        print("[info] no CUDA device: run with --device cpu to rehearse", flush=True)
+        return 2
+    out = {"info": info, "sampler": [], "decode": [], "e2e": [], "no_cache": [], "upstream": []}
     sampler_alone([4, 16, 64], out["sampler"])
-    with Model(args.model, n_gpu_layers=-1) as model:
+    with Model(args.model, n_gpu_layers=-1 if GPU else 0) as model:
         decode_routes(model, [4, 16, 64], out["decode"])
         end_to_end(model, [4, 8, 16], args.gen, out["e2e"], args.budget_s)
+        no_cache(model, args.gen, out["e2e"], out["no_cache"], args.budget_s)
+    if args.upstream_cli:
+        if elapsed() > args.budget_s:
+            out["upstream"].append({"skipped": "time budget"})
+        else:
+            try:
+                upstream(args.upstream_cli, llada, args.gen, out["upstream"])
+            except Exception as exc:          # report, keep the rest
+                out["upstream"].append({"error": f"{type(exc).__name__}: {exc}"})
+                print(f"[upstream] failed: {type(exc).__name__}: {exc}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
@@ -217,8 +309,9 @@ def main(argv=None):
     print("sampler alone, vocab 151936, median us (incl. transfers unless 'kernel'):")
     print(f"{'rows':>5} {'cpu 1t':>9} {'cpu all':>9} {'gpu pageable':>13} {'gpu pinned':>11} {'gpu kernel':>11}")
     for r in out["sampler"]:
-        print(f"{r['rows']:>5} {r['cpu_1t_us']:>9.0f} {r['cpu_all_us']:>9.0f} {r['gpu_pageable_us']:>13.0f} "
-              f"{r.get('gpu_pinned_us', float('nan')):>11.0f} {r['gpu_kernel_us']:>11.0f}")
+        print(f"{r['rows']:>5} {r['cpu_1t_us']:>9.0f} {r['cpu_all_us']:>9.0f} "
+              f"{r.get('gpu_pageable_us', float('nan')):>13.0f} {r.get('gpu_pinned_us', float('nan')):>11.0f} "
+              f"{r.get('gpu_kernel_us', float('nan')):>11.0f}")
     print("decode + sample of an n-row block (256-token prefix), median us:")
     print(f"{'rows':>5} {'floor':>8} {'cpu':>8} {'cuda':>8} {'backend':>8}")
     for r in out["decode"]:
@@ -229,7 +322,15 @@ def main(argv=None):
     for block in (4, 8, 16):
         cells = {r["route"]: r.get("tok_s", float("nan")) for r in out["e2e"] if r["block"] == block}
         print(f"{block:>5} " + " ".join(f"{cells.get(k, float('nan')):>8.0f}" for k in ("cuda", "backend", "cpu")))
-    s64 = next((r for r in out["sampler"] if r["rows"] == 64), None)
+    for r in out["no_cache"]:
+        if "tok_s" in r:
+            print(f"block 4 without the KV cache ({r['route']}): {r['tok_s']:.0f} tok/s; with it "
+                  f"{r['cached_tok_s']:.0f} ({r['speedup_of_cache']:.2f}x)")
+    for r in out["upstream"]:
+        if "speedup" in r:
+            print(f"upstream llama-diffusion-cli vs llamadiff, llada, gen {r['gen']}, {r['steps']} steps: "
+                  f"{r['upstream_tok_s']:.0f} vs {r['llamadiff_tok_s']:.0f} tok/s ({r['speedup']:.2f}x)")
+    s64 = next((r for r in out["sampler"] if r["rows"] == 64 and "gpu_pageable_us" in r), None)
     e4 = {r["route"]: r.get("tok_s", 0.0) for r in out["e2e"] if r["block"] == 4}
     if s64:
         best = min(s64.get("gpu_pinned_us", 1e12), s64["gpu_pageable_us"])

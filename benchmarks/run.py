@@ -115,10 +115,12 @@ def build_diffusion_cli() -> Path | None:
     return exe
 
 
-def run_cli(exe: Path, model: Path, n_prompt: int, gen: int, block: int, threads: int) -> dict:
+def run_cli(exe: Path, model: Path, n_prompt: int, gen: int, block: int, threads: int,
+            extra: tuple = ()) -> dict:
     """One llama-diffusion-cli generation; its own timer (model load excluded) and peak RSS.
 
     block > 0: LLaDA's block schedule; block == 0: Dream's timestep (eps) schedule.
+    ``extra``: more CLI arguments (e.g. ``("-ngl", "99")`` on a GPU).
     """
     total = n_prompt + gen
     prompt = "a" * max(1, n_prompt - 1)      # ~n_prompt tokens with the byte vocab (+BOS)
@@ -132,7 +134,7 @@ def run_cli(exe: Path, model: Path, n_prompt: int, gen: int, block: int, threads
         steps = gen
         schedule = ["--diffusion-eps", "0.001"]
     cmd = [str(exe), "-m", str(model), "-p", prompt, "--diffusion-steps", str(steps), *schedule,
-           "-ub", str(total), "-b", str(total), "-c", str(total + 64), "-t", str(threads), "--temp", "0"]
+           "-ub", str(total), "-b", str(total), "-c", str(total + 64), "-t", str(threads), "--temp", "0", *extra]
     with tempfile.TemporaryFile("w+b") as log_file:
         # started from a tiny launcher so that the child's ru_maxrss is its own (Linux carries
         # the parent's high-water mark across fork + exec)

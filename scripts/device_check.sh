@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# One call on a fresh GPU machine (no internet): build llamadiff with CUDA for the local GPU,
-# run the GPU tests, time the sampler routes and end-to-end generation, print a short table.
+# One call on a fresh GPU machine (no internet): install a CUDA build of llamadiff made
+# beforehand (or build one there), run the GPU tests, time the sampler routes, end-to-end
+# generation, the no-cache mode, upstream llama-diffusion-cli and batch scaling; print a table.
 #
-#   here (with internet / the sdist cache):  scripts/device_check.sh bundle
-#       -> .device/llama.cpp.tar.gz: the pinned llama.cpp tree trimmed to what the build needs
-#          (the full tree and the sdist are over the device tool's 64 MiB transfer limit)
-#   on the GPU machine, carrying .device:    scripts/device_check.sh
+#   here, after a CUDA build (docs/BUILDING.md):   scripts/device_check.sh pack
+#       -> .device/: the llamadiff wheel for the GPU machine's Python (3.12 unless
+#          LLAMADIFF_PACK_PYTHON names another), the gguf wheel, llama-diffusion-cli built
+#          against the same ggml, and the trimmed llama.cpp source (for the fallback build)
+#   here, without a GPU, to rehearse every step:    scripts/device_check.sh rehearse
+#   on the GPU machine, carrying .device:          scripts/device_check.sh
 #
-# Budget: one 10-minute call. The risky part is compiling ggml-cuda: 289 ninja steps took 28
-# minutes on 2 cores for one architecture (DESIGN §2); on 16 cores, one architecture, expect
-# several minutes. A carried build/llama.cpp-cuda (same source, same flags) is reused. Each
-# later phase checks the clock and is skipped (and said so) when the budget is short.
+# Budget: one call of under 8 minutes. Installing the packed wheel takes seconds; without it
+# the script compiles ggml-cuda there (several minutes on 16 cores for one architecture).
+# Each phase checks the clock and is skipped (and said so) when the budget is short.
 # Results: $OUT/device_check.json, $OUT/device_check.log, $OUT/pytest.log (when $OUT is set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,62 +42,143 @@ if [ "${1:-}" = "bundle" ]; then
     exit 0
 fi
 
-BUDGET=${DEVICE_CHECK_BUDGET_S:-570}
+if [ "${1:-}" = "pack" ]; then
+    # a CUDA build here first (docs/BUILDING.md, "A build box"); the wheel reuses its
+    # build/llama.cpp-cuda, so only the Cython extensions compile again for another Python
+    set -e
+    PACK_PY=${LLAMADIFF_PACK_PYTHON:-python3.12}
+    [ -d build/llama.cpp-cuda ] || { echo "no build/llama.cpp-cuda: build with LLAMADIFF_CUDA=1 first"; exit 1; }
+    "$0" bundle
+    venv=$(mktemp -d)/venv
+    "$PACK_PY" -m venv "$venv"
+    # the same cuBLAS package as the first build: setup.py points build/cuda-cublas at it, so
+    # the flags stay the same and nothing of ggml-cuda compiles again (the libraries relink)
+    "$venv/bin/pip" install -q "setuptools>=64" wheel "Cython>=3.0,<4" "cmake>=3.21" ninja "scikit-build-core>=0.9" \
+        numpy "nvidia-cublas==13.0.*"
+    tag=$("$venv/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+    rm -f .device/llamadiff-*-"$tag"-*.whl .device/gguf-*.whl
+    t0=$(date +%s)
+    LLAMADIFF_CUDA=1 LLAMADIFF_CUDA_ARCHS=${LLAMADIFF_CUDA_ARCHS:-90} LLAMADIFF_RPC=${LLAMADIFF_RPC:-1} \
+        CMAKE_ARGS="${CMAKE_ARGS:--DGGML_CUDA_NO_VMM=ON}" \
+        "$venv/bin/pip" wheel -q --no-build-isolation --no-deps . -w .device
+    echo "wheel built in $(( $(date +%s) - t0 )) s"
+    "$venv/bin/pip" download -q --no-deps "gguf==0.19.0" -d .device
+    # upstream llama-diffusion-cli against the same shared ggml: only common/ and the tool compile
+    cmake -S vendor/llama.cpp -B build/llama.cpp-cuda -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_EXAMPLES=ON > /dev/null
+    cmake --build build/llama.cpp-cuda --target llama-diffusion-cli -j "$(nproc)" > /dev/null
+    cp build/llama.cpp-cuda/bin/llama-diffusion-cli .device/
+    strip .device/llama-diffusion-cli
+    ls -la .device
+    du -sh .device
+    exit 0
+fi
+
+REHEARSE=0
+if [ "${1:-}" = "rehearse" ]; then
+    # every step on this machine's CPU: the packed wheel (for this Python) installed as on the
+    # GPU machine, the tests (the GPU ones skip), timings with --device cpu on a small model
+    REHEARSE=1
+fi
+
+BUDGET=${DEVICE_CHECK_BUDGET_S:-470}
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 OUT=${OUT:-/tmp/device_check_out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/device_check.log") 2>&1
 PY=${PYTHON:-python3}
-echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader 2>&1 | head -1)"
+echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader 2>&1 | head -1)$([ $REHEARSE = 1 ] && echo ' (rehearsal on the CPU)')"
 echo "== $($PY --version) nvcc: $(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null) cores: $(nproc)"
 export PATH="$PATH:/usr/local/cuda/bin"
 
-# llama.cpp source: the build's own vendor tree if present, else the carried bundle
-if [ ! -f vendor/llama.cpp/include/llama.h ]; then
-    [ -f .device/llama.cpp.tar.gz ] || { echo "no llama.cpp source: run 'scripts/device_check.sh bundle' here and carry .device"; exit 2; }
-    mkdir -p /tmp/llamacpp-src && tar -xzf .device/llama.cpp.tar.gz -C /tmp/llamacpp-src
-    export LLAMADIFF_LLAMA_CPP_DIR=/tmp/llamacpp-src/llama.cpp
-fi
-# gguf (a dependency) may be missing from the image: llama.cpp's own gguf-py is the same release
-if ! $PY -c "import gguf" 2>/dev/null; then
-    export PYTHONPATH="${LLAMADIFF_LLAMA_CPP_DIR:-$ROOT/vendor/llama.cpp}/gguf-py${PYTHONPATH:+:$PYTHONPATH}"
+DEVICE=cuda; GEN=256; MODEL=/tmp/sdar-1.7b-shape-f16.gguf; PARALLEL=1,8,16,32,64,128; PROMPTS=128
+if [ $REHEARSE = 1 ]; then DEVICE=cpu; GEN=32; MODEL=/tmp/device-check-rehearsal.gguf; PARALLEL=1,4,8; PROMPTS=8; fi
+CLI=""
+[ -x .device/llama-diffusion-cli ] && CLI=$ROOT/.device/llama-diffusion-cli
+MODEL_PID=""
+write_models() {
+    # the random models (SDAR-1.7B-shaped F16, and a LLaDA of that shape for the upstream
+    # CLI), written in the background while the rest installs, builds or tests
+    ( cd /tmp && $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE --model "$MODEL" \
+        ${CLI:+--upstream-cli "$CLI"} --write-model-only > "$OUT/model.log" 2>&1 ) &
+    MODEL_PID=$!
+}
+
+SITE=/tmp/device-check-site
+rm -rf "$SITE"
+WHEEL=$(ls .device/llamadiff-*-cp$($PY -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')-*.whl 2>/dev/null | head -1)
+installed=0
+if [ -n "$WHEEL" ]; then
+    echo "== install $WHEEL ($(left) s left)"
+    t0=$(date +%s)
+    if $PY -m pip install -q --no-deps --no-index --no-compile --target "$SITE" "$WHEEL" .device/gguf-*.whl \
+            > "$OUT/install.log" 2>&1; then
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+        # the wheel's libraries find PyPI's cuBLAS / cudart through an rpath relative to
+        # site-packages; installed elsewhere (--target), point at this Python's own packages
+        NV=$($PY -c "import nvidia, os; print(':'.join(os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in ('cu13', 'cublas', 'cuda_runtime')))" 2>/dev/null)
+        export LD_LIBRARY_PATH="${NV:+$NV:}${LD_LIBRARY_PATH:-}"
+        # run from outside the repository: its llamadiff/ (no compiled modules) must not shadow the wheel
+        if (cd /tmp && $PY -c "import llamadiff, llamadiff.cuda") > "$OUT/import.log" 2>&1; then
+            installed=1
+            echo "== installed in $(( $(date +%s) - t0 )) s"
+            write_models
+        else
+            echo "== the packed wheel does not import here:"; tail -5 "$OUT/import.log"
+        fi
+    else
+        tail -5 "$OUT/install.log"
+    fi
 fi
 
-# the random SDAR-1.7B-shaped F16 model, written while ggml-cuda compiles
-MODEL=/tmp/sdar-1.7b-shape-f16.gguf
-( $PY benchmarks/device_check.py --model "$MODEL" --write-model-only > "$OUT/model.log" 2>&1 ) &
-MODEL_PID=$!
-
-ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
-export LLAMADIFF_CUDA=1 LLAMADIFF_CUDA_ARCHS=${LLAMADIFF_CUDA_ARCHS:-${ARCH:-90}}
-export LLAMADIFF_RPC=0      # not measured here; the bundle leaves out llama.cpp's tools/
-export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-echo "== build: LLAMADIFF_CUDA=1 LLAMADIFF_CUDA_ARCHS=$LLAMADIFF_CUDA_ARCHS ($(left) s left)"
-t0=$(date +%s)
-if ! timeout $(( $(left) - 150 )) $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1; then
-    tail -40 "$OUT/build.log"
-    echo "== BUILD FAILED or ran out of time after $(( $(date +%s) - t0 )) s; see build.log"
-    exit 3
+if [ $installed = 0 ]; then
+    [ $REHEARSE = 1 ] && { echo "== rehearse needs .device/ from 'scripts/device_check.sh pack' for $($PY --version)"; exit 2; }
+    # llama.cpp source: the build's own vendor tree if present, else the carried bundle
+    if [ ! -f vendor/llama.cpp/include/llama.h ]; then
+        [ -f .device/llama.cpp.tar.gz ] || { echo "no llama.cpp source: run 'scripts/device_check.sh bundle' here and carry .device"; exit 2; }
+        mkdir -p /tmp/llamacpp-src && tar -xzf .device/llama.cpp.tar.gz -C /tmp/llamacpp-src
+        export LLAMADIFF_LLAMA_CPP_DIR=/tmp/llamacpp-src/llama.cpp
+    fi
+    # gguf (a dependency) may be missing from the image: llama.cpp's own gguf-py is the same release
+    if ! $PY -c "import gguf" 2>/dev/null; then
+        export PYTHONPATH="${LLAMADIFF_LLAMA_CPP_DIR:-$ROOT/vendor/llama.cpp}/gguf-py${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    write_models
+    ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+    export LLAMADIFF_CUDA=1 LLAMADIFF_CUDA_ARCHS=${LLAMADIFF_CUDA_ARCHS:-${ARCH:-90}}
+    export LLAMADIFF_RPC=0      # not measured here; the bundle leaves out llama.cpp's tools/
+    export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+    echo "== no packed wheel: build LLAMADIFF_CUDA=1 LLAMADIFF_CUDA_ARCHS=$LLAMADIFF_CUDA_ARCHS ($(left) s left)"
+    t0=$(date +%s)
+    if ! timeout $(( $(left) - 150 )) $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1; then
+        tail -40 "$OUT/build.log"
+        echo "== BUILD FAILED or ran out of time after $(( $(date +%s) - t0 )) s; see build.log"
+        exit 3
+    fi
+    echo "== build took $(( $(date +%s) - t0 )) s"
 fi
-echo "== build took $(( $(date +%s) - t0 )) s"
-$PY -c "import llamadiff.cuda as c; print('cuda built:', c.is_built(), 'ggml-cuda:', c.ggml_cuda_built(), 'devices:', c.device_count(), c.device_name(0) if c.device_count() else '')"
+(cd /tmp && $PY -c "import llamadiff, llamadiff.cuda as c; print('llamadiff', llamadiff.__file__); print('cuda built:', c.is_built(), 'ggml-cuda:', c.ggml_cuda_built(), 'devices:', c.device_count(), c.device_name(0) if c.device_count() else '')")
 
 echo "== tests ($(left) s left)"
-timeout $(( $(left) - 100 )) $PY -m pytest -q -x tests/test_cuda.py -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+(cd /tmp && timeout $(( $(left) - 100 )) $PY -m pytest -q -x "$ROOT/tests/test_cuda.py" -p no:cacheprovider \
+    --rootdir "$ROOT" > "$OUT/pytest.log" 2>&1)
 echo "pytest exit $?: $(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -10
 
 wait $MODEL_PID; cat "$OUT/model.log"
+if [ -n "$CLI" ]; then
+    # the CLI links the wheel's libllama / libggml*: found next to the installed package
+    export LD_LIBRARY_PATH="$(cd /tmp && $PY -c 'import llamadiff, os; print(os.path.dirname(llamadiff.__file__))' 2>/dev/null):${LD_LIBRARY_PATH:-}"
+fi
 echo "== timings ($(left) s left)"
-timeout $(( $(left) - 10 )) $PY benchmarks/device_check.py --model "$MODEL" --json "$OUT/device_check.json" \
-    --budget-s $(( $(left) - 60 ))
+(cd /tmp && timeout $(( $(left) - 10 )) $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE --model "$MODEL" \
+    --gen $GEN ${CLI:+--upstream-cli "$CLI"} --json "$OUT/device_check.json" --budget-s $(( $(left) - 75 )))
 # batched generation on the GPU: committed tok/s against parallel sequences (issue targets:
 # >= 6,000 tok/s at 64 sequences, >= 10,000 at the best batch size, SDAR-1.7B shape, block 4)
 if [ "$(left)" -gt 90 ]; then
     echo "== batch scaling ($(left) s left)"
-    timeout $(( $(left) - 15 )) $PY benchmarks/batch_scaling.py --model "$MODEL" --device cuda \
-        --parallel 1,8,32,64,128 --prompts 128 --gen 32 --runs 1 | tee "$OUT/batch_scaling.md"
+    (cd /tmp && timeout $(( $(left) - 15 )) $PY "$ROOT/benchmarks/batch_scaling.py" --model "$MODEL" \
+        --device $DEVICE --parallel $PARALLEL --prompts $PROMPTS --gen 32 --runs 1 | tee "$OUT/batch_scaling.md")
 else
     echo "== batch scaling skipped: $(left) s left"
 fi
