@@ -539,8 +539,13 @@ class FullFamily:
                 eps = DEFAULT_EPS
             else:
                 block = 32
-        # the model's diffusion.steps (all steps) where given, never above one per new token
-        steps = cfg.steps or min(gen.default_steps or cfg.max_new_tokens, cfg.max_new_tokens)
+        steps = cfg.steps
+        if steps is None:
+            # the model's diffusion.steps (all steps) where given: never above one per new token,
+            # never below one per block of the schedule in use
+            steps = min(gen.default_steps or cfg.max_new_tokens, cfg.max_new_tokens)
+            if block:
+                steps = max(steps, -(-cfg.max_new_tokens // block))
         if steps > 4 * cfg.max_new_tokens:
             raise ValueError(f"steps ({steps}) is more than 4 per new token ({cfg.max_new_tokens}): "
                              "the extra steps would commit nothing")

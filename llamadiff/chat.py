@@ -11,14 +11,17 @@ else it says. llama.cpp's built-in formats stay available by name (``template="c
 
 What a template sees (the conventions of ``transformers``' ``apply_chat_template``):
 ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools`` (None unless
-given) and any extra keyword; the ``tojson`` filter (non-ASCII kept, ``indent``,
-``separators``, ``sort_keys``); ``raise_exception(message)``; ``strftime_now(format)``; the
-``loopcontrols`` extension; ``{% generation %}`` blocks render their body. Blocks are
-trimmed (``trim_blocks``, ``lstrip_blocks``).
+given) and any extra keyword; the ``tojson`` filter (``ensure_ascii`` default False,
+``indent``, ``separators``, ``sort_keys``); ``raise_exception(message)``;
+``strftime_now(format)``; the ``loopcontrols`` extension; ``{% generation %}`` blocks render
+their body. Blocks are trimmed (``trim_blocks``, ``lstrip_blocks``).
 
-The sandbox gives a template no access to Python internals or the file system, and caps
-``range()``; a template that fails -- bad syntax, a call the sandbox refuses, its own
-``raise_exception`` -- raises ``ChatTemplateError`` naming why.
+The sandbox gives a template no access to Python internals or the file system, caps
+``range()`` (100,000) and the strings and lists ``*`` may build; a template that fails -- bad
+syntax, a call the sandbox refuses, its own ``raise_exception`` -- raises
+``ChatTemplateError`` naming why. What it cannot bound is time: nested loops over capped
+ranges can still run for minutes, as in every Jinja-based renderer, so load templates you
+would run as code only from models you trust, or give ``chat_template=`` yourself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import datetime
 import difflib
 import functools
 import json
+import os
 from typing import Any, Mapping, Optional, Sequence
 
 from llamadiff.errors import ChatTemplateError
@@ -45,11 +49,17 @@ def check_template(template) -> bool:
     names = chat_builtin_templates()
     if template in names:
         return True
+    if not template.strip():
+        raise ChatTemplateError("the chat template is empty: give Jinja text or a built-in format's name")
     if "{{" not in template and "{%" not in template:
+        if os.path.sep in template or template.endswith((".jinja", ".j2", ".txt")):
+            hint = ("a file's text: Generator(chat_template=open(path).read()); the CLI's --chat-template "
+                    "reads a file" if os.path.isfile(template) else "no such file either")
+            raise ChatTemplateError(f"{template!r} looks like a file path, not a chat template ({hint})")
         close = difflib.get_close_matches(template, names, n=1, cutoff=0.6)
         raise ChatTemplateError(f"{template!r} is neither Jinja text nor a built-in chat format"
                                 + (f" (did you mean {close[0]!r}?)" if close else "")
-                                + f"; built-in formats: {', '.join(names)}")
+                                + " -- llamadiff._core.chat_builtin_templates() lists the formats")
     _compile(template)
     return False
 
@@ -90,6 +100,13 @@ def render(template: str, messages, *, add_generation_prompt: bool = True, bos_t
                                 f"{type(e).__name__}: {e}") from None
 
 
+MAX_REPEAT = 1 << 20        # the longest string or list a template may build with *
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _raise_exception(message):
     raise ChatTemplateError(f"the chat template refused these messages: {message}")
 
@@ -98,9 +115,9 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
-def _tojson(value, indent=None, separators=None, sort_keys=False):
-    # like transformers: keep non-ASCII text as is (a template's JSON goes to the model)
-    return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # like transformers: keep non-ASCII text as is unless asked (a template's JSON goes to the model)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 @functools.lru_cache(maxsize=32)
@@ -126,9 +143,23 @@ def _environment():
         def _body(self, caller):
             return caller()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[loopcontrols, Generation],
-                                        undefined=jinja2.Undefined)
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """Jinja2's immutable sandbox, with ``*`` and ``**`` checked first: ``'x' * 10**10``
+        would otherwise allocate gigabytes before anything could stop it."""
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and _number(left) and _number(right) and abs(right) > 64 and abs(left) > 1:
+                raise ChatTemplateError(f"the chat template computes too large a power ({left} ** {right})")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and _number(n) and len(seq) * n > MAX_REPEAT:
+                        raise ChatTemplateError(f"the chat template repeats a value to more than {MAX_REPEAT} "
+                                                "items or characters")
+            return super().call_binop(context, operator, left, right)
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation],
+                  undefined=jinja2.Undefined)
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

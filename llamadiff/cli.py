@@ -37,9 +37,16 @@ def _add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096, n_ctx_help: s
 def _chat_template(value: Optional[str]) -> Optional[str]:
     """--chat-template: a file's text when it names a file, else the value itself."""
     if value is not None and os.path.isfile(value):
-        with open(value, encoding="utf-8") as f:
-            return f.read()
+        try:
+            with open(value, encoding="utf-8") as f:
+                return f.read()
+        except UnicodeDecodeError:
+            raise LlamaDiffError(f"--chat-template {value}: the file is not UTF-8 text") from None
     return value
+
+
+NO_CHAT_TEMPLATE = ("this model has no chat template (GGUF key tokenizer.chat_template): give a plain "
+                    "prompt, or a template with --chat-template (a Jinja file, or a name such as chatml)")
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -202,6 +209,8 @@ class _Visual:
 
 def cmd_generate(args) -> int:
     gen = _generator(args)
+    if args.chat and gen.chat_template is None:
+        raise LlamaDiffError(NO_CHAT_TEMPLATE)
     opts = _generation_options(args)
     if args.stream:
         for chunk in gen.stream(args.prompt, chat=args.chat, **opts):
@@ -237,8 +246,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     gen = _generator(args)
     if gen.chat_template is None:
-        raise LlamaDiffError("this model has no chat template (GGUF key tokenizer.chat_template): use "
-                             "`llamadiff generate`, or give one with --chat-template (e.g. chatml)")
+        raise LlamaDiffError(NO_CHAT_TEMPLATE)
     opts = _generation_options(args)
     history = [{"role": "system", "content": args.system}] if args.system else []
     print("llamadiff chat: Ctrl-D or /exit to leave, Ctrl-C to interrupt an answer, /reset to clear.")

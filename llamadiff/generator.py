@@ -67,8 +67,11 @@ def _aliases(given: dict, aliases: dict, what: str) -> dict:
 
 # names given to generate() that belong to the Generator (or its model) instead
 _GENERATOR_SETTINGS = {"template": "chat_template", "chat_template": "chat_template",
-                       "chat_format": "chat_template", "n_ctx": "n_ctx", "n_threads": "n_threads",
-                       "n_gpu_layers": "n_gpu_layers", "n_batch": "n_batch", "flash_attn": "flash_attn"}
+                       "chat_format": "chat_template", "chat_template_kwargs": "chat_template_kwargs",
+                       "enable_thinking": "chat_template_kwargs", "tools": "chat_template_kwargs",
+                       "add_generation_prompt": "chat_template_kwargs", "n_ctx": "n_ctx",
+                       "n_threads": "n_threads", "n_gpu_layers": "n_gpu_layers", "n_batch": "n_batch",
+                       "flash_attn": "flash_attn"}
 
 
 def _suggest(unknown: list, valid: list, settings: Optional[dict] = None) -> str:
@@ -385,6 +388,8 @@ class Generator:
     chat_template: how chat messages become a prompt: None (the model's own
         ``tokenizer.chat_template``), Jinja text, or a llama.cpp built-in format's name such as
         ``"chatml"`` (see ``llamadiff.chat``).
+    chat_template_kwargs: variables for a Jinja chat template, e.g. ``{"enable_thinking":
+        False}`` for Qwen3 / SDAR templates, ``{"tools": [...]}``.
     """
 
     def __init__(self, model: Union[str, os.PathLike, Model, None] = None, *, n_ctx: int = 4096,
@@ -392,7 +397,8 @@ class Generator:
                  flash_attn="auto", type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, sampler="auto", rpc_servers: Optional[Sequence[str]] = None,
                  rpc_timeout: float = rpc.DEFAULT_TIMEOUT, chat_template: Optional[str] = None,
-                 model_path=None, verbose: bool = False, **unknown):
+                 chat_template_kwargs: Optional[dict] = None, model_path=None, verbose: bool = False,
+                 **unknown):
         if unknown:
             valid = [p for p in Generator.__init__.__code__.co_varnames[1:Generator.__init__.__code__.co_argcount
                                                                         + Generator.__init__.__code__.co_kwonlyargcount]
@@ -404,6 +410,10 @@ class Generator:
             model = model_path
         if chat_template is not None:
             check_template(chat_template)      # before anything is loaded
+        if chat_template_kwargs is not None and (not isinstance(chat_template_kwargs, dict) or not all(
+                isinstance(k, str) for k in chat_template_kwargs)):
+            raise TypeError("chat_template_kwargs must be a dict of variable names to values")
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         if verbose:                         # llama-cpp-python's switch: llama.cpp's log on stderr
             from llamadiff import set_log_level
             set_log_level(logging.INFO)
@@ -539,14 +549,11 @@ class Generator:
                             f"not {type(prompt).__name__}")
         if isinstance(prompt, str):
             if chat:
-                text = self.model.apply_chat_template([{"role": "user", "content": prompt}],
-                                                      template=self.chat_template)
-                return self.model.tokenize(text, add_special=False, parse_special=True)
+                return self._chat_tokens([{"role": "user", "content": prompt}])
             return self.model.tokenize(prompt, add_special=True, parse_special=False)
         items = list(prompt)
         if items and all(isinstance(m, dict) for m in items):
-            text = self.model.apply_chat_template(items, template=self.chat_template)
-            return self.model.tokenize(text, add_special=False, parse_special=True)
+            return self._chat_tokens(items)
         ids = []
         for t in items:
             if isinstance(t, bool) or not isinstance(t, int):
@@ -555,6 +562,15 @@ class Generator:
                 raise ValueError(f"prompt token id {t} is out of range for a vocabulary of {self.model.n_vocab}")
             ids.append(t)
         return ids
+
+    def _chat_tokens(self, messages: list) -> list:
+        """Messages through the chat template, then the tokenizer with special-token text parsed.
+        A Jinja template writes its own BOS (``{{ bos_token }}``), as in transformers; a
+        llama.cpp built-in format cannot, so its text gets the vocab's BOS as llama.cpp's tools
+        give it."""
+        text = self.model.apply_chat_template(messages, template=self.chat_template, **self.chat_template_kwargs)
+        builtin = self.chat_template is not None and check_template(self.chat_template)
+        return self.model.tokenize(text, add_special=builtin, parse_special=True)
 
     def _config(self, config: Optional[GenerationConfig], overrides: dict,
                 n_prompt: Optional[int] = None) -> GenerationConfig:

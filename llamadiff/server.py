@@ -35,7 +35,8 @@ except ImportError as exc:       # the optional extra is missing
     raise ImportError("the llamadiff server needs its optional extra: pip install \"llamadiff[server]\" "
                       f"(FastAPI and uvicorn); missing: {exc.name}") from None
 
-from llamadiff.errors import LlamaDiffError
+from llamadiff.chat import check_template
+from llamadiff.errors import ChatTemplateError, LlamaDiffError
 from llamadiff.generator import GenerationResult
 from llamadiff.serving import Engine, EngineClosedError, QueueFullError
 
@@ -198,6 +199,14 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 
     name = model_name or os.path.basename(engine.model.path)
     created = int(time.time())
+    # a template that does not compile is the server's fault, found now rather than per request
+    broken_template = None
+    if engine.generator.chat_template is not None:
+        try:
+            check_template(engine.generator.chat_template)
+        except (ChatTemplateError, TypeError) as exc:
+            broken_template = str(exc)
+            print(f"llamadiff serve: warning: chat completions are off: {exc}", file=sys.stderr, flush=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -377,6 +386,9 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         if engine.generator.chat_template is None:
             raise _HTTPError(400, f"this model ({name}) has no chat template: use /v1/completions",
                              param="messages", code="no_chat_template")
+        if broken_template is not None:
+            raise _HTTPError(500, f"the server's chat template is broken: {broken_template}", kind="server_error",
+                             code="broken_chat_template")
         opts = _options(body, None, eog)
         messages = [m.as_dict() for m in body.messages]
         include_usage = body.stream_options is not None and body.stream_options.include_usage

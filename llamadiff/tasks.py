@@ -26,13 +26,18 @@ TASKS = ("add", "sort", "rev", "copy", "get")
 
 def chat_template(bos: bool) -> str:
     """The tiny models' chat template (their GGUFs' ``tokenizer.chat_template``): the latest
-    user message as the bare task text -- exactly the plain prompt they were trained on, so a
-    chat turn gets the same tokens, and the same answer, as that prompt. Earlier turns, system
-    messages and answers are left out: the models answer one task at a time. ``bos``: the
-    model's plain prompts start with its BOS token (the llada body adds one; the qwen3 body
-    does not), and the chat text must start the same way."""
+    user message as the bare task text -- the plain prompt they were trained on, so a chat turn
+    of ordinary text gets the same tokens, and the same answer, as that prompt (as everywhere
+    in chat, text that spells a special token becomes that token). Earlier turns, system
+    messages and answers are left out: the models answer one task at a time; a conversation
+    without a user message is refused. ``bos``: the model's plain prompts start with its BOS
+    token (the llada body adds one; the qwen3 body does not), and the chat text must start the
+    same way."""
     return ("{#- llamadiff's tiny models answer one task at a time: only the latest user message "
             "reaches them, as the bare task they were trained on -#}\n"
+            "{%- if not (messages | selectattr('role', 'equalto', 'user') | list) -%}\n"
+            "{{- raise_exception('these tiny models answer a user message: there is none') -}}\n"
+            "{%- endif -%}\n"
             + ("{{- bos_token -}}\n" if bos else "")
             + "{%- for message in messages if message['role'] == 'user' -%}\n"
               "{%- if loop.last %}{{ message['content'] }}{% endif -%}\n"

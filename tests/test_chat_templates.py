@@ -158,7 +158,7 @@ def test_model_without_a_template_says_what_to_do(tmp_path):
             gen.generate("x", template="chatml")
     with Generator(str(path), n_ctx=128, n_threads=1, chat_template="chatml") as gen:
         ids = gen.prompt_tokens([{"role": "user", "content": "x"}])
-        assert ids == expect_ids(gen.model, "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n")
+        assert ids[1:] == expect_ids(gen.model, "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_generator_checks_its_template_before_loading():
@@ -188,3 +188,81 @@ def test_cli_chat_template_flag_takes_a_file_or_a_name(tmp_path, family_models):
     bad = subprocess.run([sys.executable, "-m", "llamadiff", "generate", "--chat", "-p", "hi",
                           "--chat-template", "chatmll"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "did you mean 'chatml'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tojson_takes_transformers_arguments(qwen3_model):
+    msgs = [{"role": "user", "content": "x"}]
+    tpl = "{% for t in tools %}{{ t | tojson(ensure_ascii=False) }}|{{ t | tojson(ensure_ascii=True, sort_keys=True) }}{% endfor %}"
+    assert (qwen3_model.apply_chat_template(msgs, template=tpl, tools=[{"b": "ü", "a": 1}])
+            == '{"b": "ü", "a": 1}|{"a": 1, "b": "\\u00fc"}')
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("{{ 'x' * 10**10 }}", "repeats a value"),
+    ("{{ [0] * 2**30 }}", "repeats a value"),
+    ("{{ 2 ** 100000 }}", "too large a power"),
+])
+def test_templates_cannot_allocate_without_bound(qwen3_model, bad, match):
+    with pytest.raises(ChatTemplateError, match=match):
+        qwen3_model.apply_chat_template([{"role": "user", "content": "x"}], template=bad)
+
+
+@pytest.mark.parametrize("value, match", [("", "empty"), ("   ", "empty"), ("/no/such/t.jinja", "file path")])
+def test_template_values_that_are_no_template(value, match):
+    with pytest.raises(ChatTemplateError, match=match):
+        Generator("/nonexistent/model.gguf", chat_template=value)
+
+
+def test_chat_template_kwargs_reach_the_template(family_models):
+    msgs = [{"role": "user", "content": "a"}]
+    with Generator(family_models["qwen3"], n_ctx=256, n_threads=1,
+                   chat_template_kwargs={"enable_thinking": False}) as gen:
+        want = "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        assert gen.prompt_tokens(msgs) == expect_ids(gen.model, want)
+        with pytest.raises(TypeError, match=r"Generator\(\.\.\., chat_template_kwargs=\.\.\.\)"):
+            gen.generate(msgs, enable_thinking=False)
+    with pytest.raises(TypeError):
+        Generator(family_models["qwen3"], chat_template_kwargs=["enable_thinking"])
+
+
+def test_builtin_formats_get_the_vocab_bos(tmp_path):
+    path = tmp_path / "llada.gguf"
+    testing.write_model(path, "llada")                 # its vocab adds a BOS to prompts
+    with Generator(str(path), n_ctx=128, n_threads=1, chat_template="chatml") as gen:
+        ids = gen.prompt_tokens([{"role": "user", "content": "hi"}])
+        assert ids[0] == gen.model.bos_token_id
+        assert ids[1:] == expect_ids(gen.model, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_shipped_template_refuses_a_conversation_without_a_user_message():
+    with Generator(n_ctx=256, n_threads=1) as gen:
+        with pytest.raises(ChatTemplateError, match="user message"):
+            gen.generate([{"role": "system", "content": "hi"}])
+
+
+def test_cli_generate_chat_without_a_template_names_the_flag(tmp_path):
+    path = tmp_path / "plain.gguf"
+    testing.write_model(path, "llada")
+    out = subprocess.run([sys.executable, "-m", "llamadiff", "generate", "-m", str(path), "--chat", "-p", "hi"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--chat-template" in out.stderr and "Generator(" not in out.stderr
+    bad = tmp_path / "bad.jinja"
+    bad.write_bytes(b"\xff\xfe{{ x }}")
+    out = subprocess.run([sys.executable, "-m", "llamadiff", "generate", "--chat", "-p", "hi", "--chat-template",
+                          str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "not UTF-8" in out.stderr and str(bad) in out.stderr
+
+
+def test_server_with_a_broken_template_answers_500_and_still_completes(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from llamadiff import Engine
+    from llamadiff.server import create_app
+    path = tmp_path / "broken.gguf"
+    testing.write_model(path, "qwen3", block_length=4, metadata={"tokenizer.chat_template": "{% for %}"})
+    with Engine(str(path), n_parallel=2, n_ctx=256, n_threads=1) as engine:
+        with TestClient(create_app(engine)) as client:
+            chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                              "max_tokens": 4})
+            assert chat.status_code == 500 and chat.json()["error"]["code"] == "broken_chat_template"
+            assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4}).status_code == 200

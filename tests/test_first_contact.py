@@ -173,3 +173,12 @@ def test_chat_without_a_template_says_so_before_asking(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "no chat template" in proc.stderr and "--chat-template" in proc.stderr
     assert "> " not in proc.stdout                        # refused before the first prompt
+
+
+def test_a_model_steps_default_fits_the_schedule(tmp_path):
+    """A model's diffusion.steps below the number of blocks of a call is raised to one per block."""
+    from llamadiff import testing
+    path = testing.write_model(tmp_path / "l3.gguf", "llada", metadata={"diffusion.steps": 3})
+    with Generator(path, n_ctx=512, n_threads=1) as gen:
+        assert gen.generate("hi", max_new_tokens=128, stop=[]).stats["steps"] == 4          # 4 blocks of 32
+        assert gen.generate("hi", max_new_tokens=8, block_length=4, stop=[]).stats["steps"] == 3
