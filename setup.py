@@ -351,24 +351,31 @@ def cuda_cmake_args() -> list[str]:
 
 
 def stable_cublas(found: dict) -> dict:
-    """Links at one fixed path under build/ to the PyPI cuBLAS in use. pip's isolated build
-    environment lives in a new temporary directory each time: flags naming it directly would
-    change with every build and make CMake recompile all of ggml-cuda; flags naming these
-    links stay the same, so a rebuild only relinks."""
+    """The PyPI cuBLAS in use, at one fixed place under build/: headers copied (a file is
+    replaced only when its content changed), libraries linked. pip's isolated build environment
+    is a new temporary directory each time, with freshly written files: flags or header
+    dependencies naming it would make CMake and Ninja recompile all of ggml-cuda on every
+    build; these paths and files stay the same, so a rebuild only relinks."""
+    import filecmp
     base = ROOT / "build" / "cuda-cublas"
+    include = base / "include"
+    if include.is_symlink():
+        include.unlink()
+    for src in Path(found["include"]).rglob("*"):
+        dst = include / src.relative_to(found["include"])
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        elif not dst.is_file() or not filecmp.cmp(src, dst, shallow=False):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
     (base / "lib").mkdir(parents=True, exist_ok=True)
-    out = {"include": base / "include"}
-    links = {base / "include": found["include"],
-             base / "lib" / found["cublas"].name: found["cublas"],
-             base / "lib" / found["cublasLt"].name: found["cublasLt"]}
-    for link, target in links.items():
+    out = {"include": include}
+    for key in ("cublas", "cublasLt"):
+        link = base / "lib" / found[key].name
         if link.is_symlink() or link.exists():
-            if link.is_symlink() and Path(os.readlink(link)) == target:
-                continue
             link.unlink()
-        link.symlink_to(target)
-    out["cublas"] = base / "lib" / found["cublas"].name
-    out["cublasLt"] = base / "lib" / found["cublasLt"].name
+        link.symlink_to(found[key])
+        out[key] = link
     return out
 
 
@@ -395,6 +402,17 @@ def cuda_build_requires() -> list[str]:
 # where the PyPI CUDA packages (nvidia-cublas, nvidia-cuda-runtime) put their libraries,
 # relative to an installed llamadiff/ -- found at run time wherever site-packages is
 PIP_CUDA_RPATHS = ["$ORIGIN/../nvidia/cu13/lib", "$ORIGIN/../nvidia/cublas/lib", "$ORIGIN/../nvidia/cuda_runtime/lib"]
+
+
+def cuda_rpath_link() -> list[str]:
+    """Linker flags for programs linked against a CUDA ggml: where the linker finds
+    libggml-cuda's own dependencies (cuBLAS from PyPI is on no run-time path at build time)."""
+    if not cuda_enabled():
+        return []
+    dirs = [ROOT / "build" / "cuda-cublas" / "lib"]
+    home = cuda_home(find_nvcc())
+    dirs += [home / "lib64", home / "targets" / "x86_64-linux" / "lib"]
+    return [f"-Wl,-rpath-link,{d}" for d in dirs if d.is_dir()]
 
 
 def cuda_runtime_dirs() -> list[str]:
@@ -491,7 +509,7 @@ def build_rpc_server(source: Path, lib_dir: Path) -> Path | None:
         return None
     cmd = [cxx, "-O2", "-std=c++17", str(src), "-I", str(source / "ggml" / "include"),
            "-L", str(lib_dir), "-lggml", "-lggml-base", "-lggml-rpc", "-Wl,-rpath,$ORIGIN", "-pthread",
-           "-o", str(exe)]
+           *cuda_rpath_link(), "-o", str(exe)]
     log(" ".join(shlex.quote(a) for a in cmd))
     subprocess.run(cmd, check=True)
     return exe
@@ -571,6 +589,7 @@ class BuildExt(build_ext):
                                      if d.is_dir()]
             if cuda_enabled():
                 ext.runtime_library_dirs = list(ext.runtime_library_dirs) + cuda_runtime_dirs()
+                ext.extra_link_args = list(ext.extra_link_args or []) + cuda_rpath_link()
 
         super().run()
 
