@@ -127,6 +127,9 @@ def test_builtin_names_still_go_to_llama_cpp(qwen3_model):
     ("{{ raise_exception('only user turns') }}", "refused these messages: only user turns"),
     ("{% for m in messages %}", "not valid Jinja"),
     ("{{ messages[0]['content'] + 1 }}", "failed on these messages"),
+    ("{{ 'x' * 10**10 }}", "repeats a value"),          # allocations are bounded too
+    ("{{ [0] * 2**30 }}", "repeats a value"),
+    ("{{ 2 ** 100000 }}", "too large a power"),
 ])
 def test_templates_run_sandboxed_and_fail_clearly(qwen3_model, bad, match):
     with pytest.raises(ChatTemplateError, match=match):
@@ -195,16 +198,6 @@ def test_tojson_takes_transformers_arguments(qwen3_model):
     tpl = "{% for t in tools %}{{ t | tojson(ensure_ascii=False) }}|{{ t | tojson(ensure_ascii=True, sort_keys=True) }}{% endfor %}"
     assert (qwen3_model.apply_chat_template(msgs, template=tpl, tools=[{"b": "ü", "a": 1}])
             == '{"b": "ü", "a": 1}|{"a": 1, "b": "\\u00fc"}')
-
-
-@pytest.mark.parametrize("bad, match", [
-    ("{{ 'x' * 10**10 }}", "repeats a value"),
-    ("{{ [0] * 2**30 }}", "repeats a value"),
-    ("{{ 2 ** 100000 }}", "too large a power"),
-])
-def test_templates_cannot_allocate_without_bound(qwen3_model, bad, match):
-    with pytest.raises(ChatTemplateError, match=match):
-        qwen3_model.apply_chat_template([{"role": "user", "content": "x"}], template=bad)
 
 
 @pytest.mark.parametrize("value, match", [("", "empty"), ("   ", "empty"), ("/no/such/t.jinja", "file path")])
