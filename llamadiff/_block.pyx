@@ -13,6 +13,11 @@ the block-causal mask of vendor/patches/0003 makes exact.
 
 ``cache=False`` is the reference behaviour: every step re-decodes prefix + active block
 from an empty memory. Both give the same tokens.
+
+``shift_logits`` (Fast-dLLM v2, trained from an autoregressive model with its next-token
+labels kept): the output row of position p - 1 predicts position p. A block's first
+position is then predicted by the last position before it, which each step decodes again
+together with the block (the row is the block's autoregressive next-token prediction).
 """
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -33,22 +38,26 @@ cdef class BlockSequence(Sequence):
     """One block-diffusion generation: ``n_generate`` new tokens after ``prompt`` in blocks
     of ``block_length``, at most ``steps`` steps per block."""
     cdef readonly int block_length, steps
-    cdef readonly bint use_cache
+    cdef readonly bint use_cache, shift
     cdef bint store_pending
     cdef int chunk
     cdef int fill_from              # first position this step decodes before the block
 
     def __init__(self, Model model not None, prompt, int n_generate, int block_length, int steps,
                  RemaskPolicy policy not None, *, float temperature=0.0, int top_k=0,
-                 float top_p=1.0, unsigned long long seed=0, bint cache=True):
+                 float top_p=1.0, unsigned long long seed=0, bint cache=True,
+                 bint shift_logits=False):
         if block_length < 1 or steps < 1 or n_generate < 1:
             raise ValueError("block_length, steps and n_generate must be >= 1")
         cdef int n_prompt = len(prompt)
+        if shift_logits and n_prompt < 1:
+            raise ValueError("shift_logits needs a prompt: the first position has no row before it")
         cdef int n_blocks = (n_prompt + n_generate + block_length - 1) // block_length
         self._init_sequence(model, prompt, n_blocks * block_length, policy, temperature, top_k, top_p, seed)
         self.block_length = block_length
         self.steps = steps
         self.use_cache = cache
+        self.shift = shift_logits
         self.min_commit = 1
         self.region = n_prompt // block_length
         self.n_regions = n_blocks
@@ -97,15 +106,19 @@ cdef class BlockSequence(Sequence):
         cdef int B = self.block_length
         cdef int s = self.region * B
         cdef int i, n
+        # with shifted rows the step also decodes position s - 1 (its row predicts s)
+        cdef int own = s - 1 if (self.shift and s > 0) else s
         if self.use_cache:
-            # the previous block's store pass rides on this step
-            self.fill_from = s - B if self.store_pending else s
+            # the previous block's store pass rides on this step (it decodes s - 1 anyway)
+            self.fill_from = s - B if self.store_pending else own
+            if self.fill_from == own < s:
+                C.llama_memory_seq_rm(self.ctx.mem, self.slot, own, -1)
             return 0
         # recompute: the prefix from an empty memory, in chunks that leave room for the block
         C.llama_memory_seq_rm(self.ctx.mem, self.slot, -1, -1)
         self.fill_from = 0
         while s - self.fill_from + B > self.chunk:
-            n = min(s - self.fill_from, self.chunk)
+            n = min(own - self.fill_from, self.chunk)
             for i in range(n):
                 self.put(i, self.fill_from + i, self.x[self.fill_from + i], False)
             self.decode_own(n)
@@ -117,8 +130,10 @@ cdef class BlockSequence(Sequence):
         cdef int s = self.region * B
         cdef int i, p
         cdef bint masked
+        # the row of a position is wanted when it predicts a masked one: its own, or with
+        # shifted rows the next (rows stay in position order either way)
         for p in range(self.fill_from, s):
-            self.put(n, p, self.x[p], False)
+            self.put(n, p, self.x[p], self.shift and p == s - 1 and self.x[s] == self.mask_id)
             n += 1
         self.n_masked = 0
         for i in range(B):
@@ -127,7 +142,10 @@ cdef class BlockSequence(Sequence):
                 self.positions[self.n_masked] = i
                 self.counters[self.n_masked] = (<uint64_t> (s + i) << 16) | <uint64_t> self.step
                 self.n_masked += 1
-            self.put(n, s + i, self.x[s + i], masked)
+            if self.shift:
+                self.put(n, s + i, self.x[s + i], i + 1 < B and self.x[s + i + 1] == self.mask_id)
+            else:
+                self.put(n, s + i, self.x[s + i], masked)
             n += 1
         self.n_rows = self.n_masked
         self.kv_tokens = s + B
@@ -188,7 +206,13 @@ class BlockFamily:
             raise ValueError("eps (a timestep schedule) is for full-diffusion models; "
                              "block diffusion uses block_length")
         threshold = 0.85 if cfg.threshold is None else cfg.threshold
-        return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold)
+        shift = cfg.shift_logits
+        if shift is None:
+            # block-diffusion checkpoints predict each position from its own row (SDAR) unless
+            # the GGUF says otherwise (Fast-dLLM v2 conversions write diffusion.shift_logits)
+            shift = gen.model_flag("diffusion.shift_logits", False)
+        return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold,
+                           shift_logits=shift)
 
     def positions(self, cfg, int n_prompt):
         """Positions a sequence occupies: whole blocks."""
@@ -208,7 +232,7 @@ class BlockFamily:
     def sequence(self, model, ids, cfg, policy):
         return BlockSequence(model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps, policy,
                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                             seed=cfg.seed, cache=cfg.cache)
+                             seed=cfg.seed, cache=cfg.cache, shift_logits=cfg.shift_logits)
 
     def runs_alone(self, cfg):
         # the recompute mode (reference behaviour) re-decodes each sequence's prefix alone

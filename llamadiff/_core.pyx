@@ -681,13 +681,47 @@ cdef class Model(_Resource):
 
     @property
     def family(self):
-        """``"full"`` for llama.cpp diffusion archs, ``"block"`` for causal archs with a mask
-        token (SDAR-style block diffusion), ``None`` for other models."""
+        """``"full"`` for llama.cpp diffusion archs, ``"block"`` for causal bodies with a mask
+        token that block diffusion can run on (SDAR-style; see ``block_diffusion_problem``),
+        ``None`` for other models."""
         if self.is_diffusion:
             return "full"
-        if self.mask_token_id is not None and not C.llama_model_is_recurrent(self.ptr) \
-                and not C.llama_model_is_hybrid(self.ptr):
+        if self.mask_token_id is not None and self.block_diffusion_problem is None:
             return "block"
+        return None
+
+    @property
+    def block_diffusion_problem(self):
+        """Why block diffusion cannot run on this model's body (a phrase), or None when it can.
+
+        The one place that decides which causal bodies qualify. Block diffusion re-decodes
+        each block's positions step after step, with block-causal attention applied through
+        llama.cpp's standard KV cache (vendor/patches/0003); any causal body whose attention
+        lives in that cache qualifies (qwen3, qwen3moe, qwen2, llama, bailingmoe2 are tested
+        against a NumPy reference). Refused, because that does not hold for them:
+        recurrent or hybrid memory (a running state cannot take a step back), sliding-window
+        attention (llama.cpp keeps it in a separate cache the block-causal mask does not
+        reach), encoder-decoder bodies, and multi-axis RoPE (positions with several
+        coordinates per token)."""
+        self._check_open()
+        if C.llama_model_is_diffusion(self.ptr):
+            return ("it is a full-diffusion architecture (bidirectional attention over the whole "
+                    "sequence), which runs as full diffusion")
+        if C.llama_model_has_encoder(self.ptr):
+            return "it is an encoder-decoder model; block diffusion needs a decoder-only body"
+        if C.llama_model_is_recurrent(self.ptr):
+            return ("its layers are recurrent (a running state, not a KV cache): a denoising step "
+                    "cannot be taken back and re-decoded")
+        if C.llama_model_is_hybrid(self.ptr):
+            return ("it has recurrent layers beside attention (hybrid memory): their running state "
+                    "cannot take a denoising step back")
+        if C.llama_model_n_swa(self.ptr) > 0:
+            return ("it uses sliding-window attention, which llama.cpp keeps in a separate cache "
+                    "that block-causal attention does not reach")
+        cdef int rope = C.llama_model_rope_type(self.ptr)
+        if rope == C.LLAMA_ROPE_TYPE_MROPE or rope == C.LLAMA_ROPE_TYPE_IMROPE \
+                or rope == C.LLAMA_ROPE_TYPE_VISION:
+            return "it uses multi-axis RoPE (several position coordinates per token)"
         return None
 
     @property

@@ -557,8 +557,7 @@ class FullFamily:
                              "'prefix' or 'dual' (approximate)")
         shift = cfg.shift_logits
         if shift is None:
-            meta = gen.model.meta("diffusion.shift_logits")
-            shift = True if meta is None else str(meta).strip().lower() in ("true", "1")
+            shift = gen.model_flag("diffusion.shift_logits", True)
         threshold = 0.9 if cfg.threshold is None else cfg.threshold
         custom = isinstance(cfg.strategy, RemaskPolicy)
         check_modes(block or 0, eps or 0.0, cache, cfg.parallel, cfg.cfg_scale, cfg.rng, custom)

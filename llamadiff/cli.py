@@ -3,7 +3,7 @@
     llamadiff generate -m model.gguf -p "prompt" [options] [--stream | --visual] [--json]
     llamadiff chat -m model.gguf
     llamadiff info model.gguf
-    llamadiff convert SDAR_HF_DIR -o model.gguf [--outtype f16|q8_0]
+    llamadiff convert HF_DIR -o model.gguf [--outtype f16|q8_0]   (SDAR, TraDo, Fast-dLLM v2, LLaDA2.0)
     llamadiff bench [--quick]
     llamadiff rpc-server [--host H] [--port P] [--threads N]
     llamadiff serve [-m model.gguf] [--host H] [--port P] [--api-key KEY]   (the [server] extra)
@@ -21,6 +21,7 @@ import time
 from typing import Optional
 
 from llamadiff.errors import LlamaDiffError
+from llamadiff.convert import OUTTYPES
 
 def _add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096, n_ctx_help: str = "") -> None:
     p.add_argument("-m", "--model", default=None,
@@ -108,12 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
     info.add_argument("--json", action="store_true")
 
-    conv = sub.add_parser("convert", help="convert an SDAR Hugging Face checkpoint to GGUF")
-    conv.add_argument("hf_dir", help="SDAR / SDAR-MoE checkpoint directory")
+    conv = sub.add_parser("convert", help="convert a block-diffusion Hugging Face checkpoint (SDAR, SDAR-MoE, "
+                                         "TraDo, Fast-dLLM v2, LLaDA2.0) to GGUF")
+    conv.add_argument("hf_dir", help="checkpoint directory (config.json, safetensors, tokenizer files)")
     conv.add_argument("-o", "--outfile", required=True, help="output .gguf path")
-    conv.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    conv.add_argument("--outtype", default="f16", choices=OUTTYPES)
     conv.add_argument("--block-length", type=int, default=None,
-                      help="trained block length to record (default: config.json, else 4)")
+                      help="trained block length to record (default: config.json, else the family's)")
 
     srv = sub.add_parser("rpc-server", help="serve this machine's CPU to Generators elsewhere (ggml RPC)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; the protocol "

@@ -1,14 +1,19 @@
-"""SDAR / SDAR-MoE Hugging Face checkpoints -> GGUF (``llamadiff convert``).
+"""Block-diffusion Hugging Face checkpoints -> GGUF (``llamadiff convert``).
 
-SDAR models are Qwen3 (or Qwen3-MoE) networks trained for block diffusion, so they convert
-with llama.cpp's own ``convert_hf_to_gguf.py`` (vendored, copied into the package at build
-time) as ``qwen3`` / ``qwen3moe``. On top of what that converter writes we record what a
-block-diffusion runtime needs:
+The published block-diffusion models are causal bodies that llama.cpp already knows, trained
+for block diffusion, so they convert with llama.cpp's own ``convert_hf_to_gguf.py``
+(vendored, copied into the package at build time) as the body's GGUF architecture. On top of
+what that converter writes we record what a block-diffusion runtime needs:
 
-- ``tokenizer.ggml.mask_token_id``: the ``<|MASK|>`` token;
+- ``tokenizer.ggml.mask_token_id``: the family's mask token (read from the tokenizer files);
 - ``diffusion.block_length``: the block length the model was trained with (from the
-  config's ``block_length`` / ``block_size``, or ``--block-length``), which ``Generator``
-  uses as its default.
+  config's block key, else the family's published default, or ``--block-length``), which
+  ``Generator`` uses as its default;
+- ``diffusion.shift_logits`` = true for families whose row p - 1 predicts position p.
+
+``FAMILIES`` lists the checkpoint formats, one entry per ``architectures`` name of
+config.json; docs/MODELS.md says, per family, what the GGUF holds and how llamadiff's
+generation differs from the reference implementation.
 
 Needs the optional extra: ``pip install llamadiff[convert]`` (torch, transformers,
 safetensors).
@@ -16,6 +21,7 @@ safetensors).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,12 +34,39 @@ from llamadiff.errors import LlamaDiffError, UnsupportedModelError
 
 logger = logging.getLogger("llamadiff.convert")
 
-# HF architecture name -> the llama.cpp converter class it is a variant of
-SDAR_ARCHITECTURES = {
-    "SDARForCausalLM": "Qwen3Model",
-    "SDARMoeForCausalLM": "Qwen3MoeModel",
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A published block-diffusion checkpoint format."""
+
+    name: str                   # the family, as its model cards name it
+    examples: str               # published checkpoints of this format
+    module: str                 # llama.cpp's conversion module ...
+    converter: str              # ... and the converter class of the body
+    gguf_arch: str              # the GGUF architecture it becomes
+    block_length: int           # trained block length when config.json holds none
+    block_keys: tuple           # config.json keys that hold the block length
+    mask_texts: tuple           # the mask token's text in the tokenizer files
+    shift_logits: bool          # row p - 1 predicts position p
+    pre_tokenizer: str          # llama.cpp pre-tokenizer when the fingerprint is unknown
+
+
+# config.json ``architectures[0]`` -> family
+FAMILIES = {
+    "SDARForCausalLM": Family(
+        "SDAR / TraDo", "JetLM/SDAR-1.7B-Chat, -4B-Chat, -8B-Chat; Gen-Verse/TraDo-4B-Instruct, "
+        "-8B-Instruct, -8B-Thinking", "qwen", "Qwen3Model", "qwen3", 4,
+        ("block_length", "block_size"), ("<|MASK|>", "<|mask|>"), False, "qwen2"),
+    "SDARMoeForCausalLM": Family(
+        "SDAR-MoE", "JetLM/SDAR-30B-A3B-Chat, -Sci", "qwen", "Qwen3MoeModel", "qwen3moe", 4,
+        ("block_length", "block_size"), ("<|MASK|>", "<|mask|>"), False, "qwen2"),
+    "Fast_dLLM_QwenForCausalLM": Family(
+        "Fast-dLLM v2", "Efficient-Large-Model/Fast_dLLM_v2_1.5B, _7B", "qwen", "Qwen2Model", "qwen2", 32,
+        ("bd_size", "block_length", "block_size"), ("|<MASK>|",), True, "qwen2"),
+    "LLaDA2MoeModelLM": Family(
+        "LLaDA2.0", "inclusionAI/LLaDA2.0-mini-preview, -mini, -flash", "bailingmoe", "BailingMoeV2Model",
+        "bailingmoe2", 32, ("block_length", "block_size"), ("<|mask|>",), False, "bailingmoe2"),
 }
-MASK_TEXTS = ("<|MASK|>", "<|mask|>")
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
@@ -60,8 +93,8 @@ def _check_dependencies() -> None:
         raise ConversionError(f"conversion needs {', '.join(missing)}: pip install 'llamadiff[convert]'")
 
 
-def _mask_token_id(hf_dir: Path) -> int:
-    """The id of <|MASK|> from tokenizer.json / tokenizer_config.json."""
+def _mask_token_id(hf_dir: Path, family: Family, config: dict) -> int:
+    """The id of the family's mask token, from tokenizer.json / tokenizer_config.json."""
     candidates = {}
     tok_json = hf_dir / "tokenizer.json"
     if tok_json.is_file():
@@ -78,16 +111,19 @@ def _mask_token_id(hf_dir: Path) -> int:
             mask = mask.get("content")
         if mask in candidates:
             return candidates[mask]
-    for text in MASK_TEXTS:
+    for text in family.mask_texts:
         if text in candidates:
             return candidates[text]
-    raise ConversionError(f"{hf_dir}: no mask token ({' / '.join(MASK_TEXTS)}) in the tokenizer files; "
-                          "is this a block-diffusion (SDAR) checkpoint?")
+    if isinstance(config.get("mask_token_id"), int) and config["mask_token_id"] >= 0:
+        return config["mask_token_id"]
+    raise ConversionError(f"{hf_dir}: no mask token ({' / '.join(family.mask_texts)}) in the tokenizer "
+                          f"files; is this a {family.name} checkpoint?")
 
 
 def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str = "f16",
             block_length: Optional[int] = None) -> Path:
-    """Convert an SDAR / SDAR-MoE checkpoint directory to a GGUF file; returns its path."""
+    """Convert a block-diffusion checkpoint directory (``FAMILIES``) to a GGUF file; returns
+    its path."""
     hf_dir = Path(hf_dir)
     outfile = Path(outfile)
     if not hf_dir.is_dir():
@@ -97,44 +133,48 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
         raise ConversionError(f"{hf_dir} has no config.json")
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    archs = config.get("architectures") or []
-    arch = archs[0] if archs else None
-    if arch not in SDAR_ARCHITECTURES:
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{config_path} is not valid JSON: {exc}") from None
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if arch not in FAMILIES:
+        names = ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
         raise UnsupportedModelError(
-            f"{hf_dir}: architecture {arch!r} is not an SDAR checkpoint (expected one of "
-            f"{sorted(SDAR_ARCHITECTURES)}); for other models use llama.cpp's convert_hf_to_gguf.py")
+            f"{hf_dir}: architecture {arch!r} is not a block-diffusion checkpoint llamadiff converts "
+            f"(expected one of: {names}); for other models use llama.cpp's convert_hf_to_gguf.py")
+    family = FAMILIES[arch]
     if block_length is None:
-        block_length = int(config.get("block_length") or config.get("block_size") or 4)
-    if block_length < 1:
-        raise ValueError(f"block_length must be >= 1, got {block_length}")
-    mask_id = _mask_token_id(hf_dir)
+        found = [config[k] for k in family.block_keys if isinstance(config.get(k), int)]
+        block_length = found[0] if found else family.block_length
+    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+        raise ValueError(f"block_length must be an int >= 1, got {block_length!r}")
+    mask_id = _mask_token_id(hf_dir, family, config)
 
     _check_dependencies()
     outfile.parent.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).resolve().parent / "_sdar_hf_convert.py"
+    script = Path(__file__).resolve().parent / "_hf_convert_child.py"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(_converter_dir())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run([sys.executable, str(script), str(hf_dir), str(outfile), outtype,
-                           SDAR_ARCHITECTURES[arch], str(block_length), str(mask_id)],
+                           family.module, family.converter, family.pre_tokenizer, str(block_length),
+                           str(mask_id), "1" if family.shift_logits else "0"],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not outfile.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ConversionError(f"llama.cpp's converter failed on {hf_dir}: {tail[0]}")
+        raise ConversionError(f"llama.cpp's converter failed on {hf_dir} ({family.name}): {tail[0]}")
+    logger.info("converted %s (%s) to %s: %s, block length %d, mask token %d", hf_dir, family.name,
+                outfile, family.gguf_arch, block_length, mask_id)
     return outfile
 
 
 def main(argv=None) -> int:
-    import argparse
+    """``python -m llamadiff.convert ...``: the same as ``llamadiff convert ...``."""
+    from llamadiff.cli import main as cli_main
 
-    ap = argparse.ArgumentParser(prog="llamadiff convert", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("hf_dir", help="SDAR / SDAR-MoE Hugging Face checkpoint directory")
-    ap.add_argument("-o", "--outfile", required=True, help="output .gguf path")
-    ap.add_argument("--outtype", default="f16", choices=OUTTYPES)
-    ap.add_argument("--block-length", type=int, default=None,
-                    help="trained block length to record (default: from config.json, else 4)")
-    args = ap.parse_args(argv)
-    path = convert(args.hf_dir, args.outfile, outtype=args.outtype, block_length=args.block_length)
-    print(path)
-    return 0
+    return cli_main(["convert", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -150,7 +150,8 @@ class GenerationConfig:
     the architecture's default (llada: blocks of 32; dream / rnd1: eps 1e-3); ``steps``
     counts *all* steps (``None``: one per new token) and is spread over the blocks.
     ``algorithm`` (origin, entropy, margin, random, confidence), ``alg_temp``,
-    ``cfg_scale``, ``add_gumbel_noise``, ``shift_logits`` (None: GGUF metadata, else True),
+    ``cfg_scale``, ``add_gumbel_noise``, ``shift_logits`` (both families; None: GGUF
+    metadata, else True for full and False for block diffusion),
     ``cache`` ("none", "prefix", "dual"), ``parallel`` (None, "threshold", "factor") with
     ``threshold`` / ``factor``, and ``rng`` ("counter", or "llama.cpp" to reproduce
     llama-diffusion-cli draw for draw). See docs/GENERATION.md.
@@ -194,7 +195,7 @@ class GenerationConfig:
     add_gumbel_noise: bool = _option(False, "LLaDA-style Gumbel-noise sampling (confidence from the plain "
                                      "softmax)", flags=("--gumbel",), cli="flag", group="full")
     shift_logits: Optional[bool] = _option(None, "row i predicts position i + 1 (None: GGUF metadata, else "
-                                           "True)", cli=None, group="full")
+                                           "True for full diffusion, False for block diffusion)", cli=None)
     parallel: Optional[str] = _option(None, "Fast-dLLM parallel decoding", choices=PARALLEL_MODES, group="full")
     factor: float = _option(1.0, "factor of --parallel factor", bounds=(0.0, None, "("), group="full")
     rng: str = _option("counter", "llama.cpp: reproduce llama-diffusion-cli draw for draw",
@@ -473,6 +474,10 @@ class Generator:
         """Refuse, at construction, a model no generation could run on."""
         family = self.model.family
         if family is None:
+            problem = self.model.block_diffusion_problem
+            if problem is not None and self.model.mask_token_id is not None:
+                raise UnsupportedModelError(
+                    f"block diffusion cannot run on this model ({self.model.architecture}): {problem}")
             raise UnsupportedModelError(
                 f"this model ({self.model.architecture}) is not a diffusion model: block diffusion "
                 "needs a causal-architecture model with a mask token (SDAR-style), full diffusion "
@@ -489,6 +494,11 @@ class Generator:
                 f"the mask token ({mask}, {self.model.token_to_piece(mask, special=True)!r}) is also an "
                 "end-of-generation token of this model: generation could never stop. The GGUF's "
                 "tokenizer.ggml.mask_token_id or its eos/eot token ids are wrong")
+
+    def model_flag(self, key: str, default: bool) -> bool:
+        """A boolean GGUF value of this model's defaults (``diffusion.*``); ``default`` when absent."""
+        meta = self.model.meta(key)
+        return default if meta is None else str(meta).strip().lower() in ("true", "1")
 
     def _model_int(self, key: str) -> Optional[int]:
         """A positive int GGUF value of this model's defaults (``diffusion.*``), or None when

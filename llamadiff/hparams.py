@@ -30,9 +30,15 @@ __all__ = ["check", "problems"]
 # Architectures whose attention and expert structure is checked in full (the others get the
 # value checks that hold for every architecture: finite floats, norm epsilon, RoPE).
 STRUCTURED_ARCHS = frozenset({"qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1",
-                              "qwen2", "llama"})
-MOE_ARCHS = frozenset({"qwen3moe", "llada-moe", "rnd1"})
+                              "qwen2", "llama", "bailingmoe2"})
+MOE_ARCHS = frozenset({"qwen3moe", "llada-moe", "rnd1", "bailingmoe2"})
 MAYBE_MOE_ARCHS = frozenset({"llama"})      # llama.cpp runs Mixtral-style MoE as "llama"
+# RoPE on the first rope.dimension_count dims of each head only (Ling 2.0's partial rotary)
+PARTIAL_ROPE_ARCHS = frozenset({"bailingmoe2"})
+# experts routed in groups (DeepSeek-V3 style), with a gating function read from the file and
+# no default: build_moe_ffn aborts on any value but 1..4
+GROUPED_MOE_ARCHS = frozenset({"bailingmoe2"})
+GATING_FUNCS = (1, 2, 3, 4)     # softmax, sigmoid, softmax over the chosen, sqrt(softplus)
 
 MAX_HEADS = 65536
 MAX_EXPERTS = 1024          # llama.cpp's own limit (LLAMA_MAX_EXPERTS)
@@ -139,7 +145,13 @@ def _structure(arch: str, A: str, meta: Mapping[str, Any], shapes: Mapping[str, 
         out.append(f"head sizes key_length={hd_k!r}, value_length={hd_v!r}, rope.dimension_count="
                    f"{n_rot!r} must be numbers")
         return out
-    if hd_k != hd_v or hd_k != n_rot:
+    if arch in PARTIAL_ROPE_ARCHS:
+        if hd_k != hd_v:
+            out.append(f"head sizes differ: key_length {hd_k}, value_length {hd_v} (this architecture "
+                       "needs them equal)")
+        if not (2 <= n_rot <= hd_k and n_rot % 2 == 0):
+            out.append(f"{A}rope.dimension_count = {n_rot} (must be even, in [2, head size {hd_k}])")
+    elif hd_k != hd_v or hd_k != n_rot:
         out.append(f"head sizes differ: key_length {hd_k}, value_length {hd_v}, rope.dimension_count "
                    f"{n_rot} (this architecture needs them equal)")
     if hd_k < 2 or hd_k % 2:
@@ -167,7 +179,18 @@ def _structure(arch: str, A: str, meta: Mapping[str, Any], shapes: Mapping[str, 
         if gate is not None and gate[1] != n_expert:
             out.append(f"blk.0.ffn_gate_inp.weight routes to {gate[1]} experts but expert_count is {n_expert}")
         groups = meta.get(A + "expert_group_count", 0)
-        if _is_number(groups) and groups > 1:
+        used_groups = meta.get(A + "expert_group_used_count", 0)
+        if arch in GROUPED_MOE_ARCHS:
+            if not _is_number(groups) or not _is_number(used_groups):
+                out.append(f"{A}expert_group_count / expert_group_used_count must be numbers")
+            elif groups > 1 and (not groups < n_expert or n_expert % groups or not 0 < used_groups < groups):
+                out.append(f"{A}expert_group_count = {groups}, expert_group_used_count = {used_groups} "
+                           f"(the groups must divide expert_count = {n_expert} and be fewer, and "
+                           "0 < groups used < groups)")
+            gating = meta.get(A + "expert_gating_func")
+            if gating is not None and gating not in GATING_FUNCS:
+                out.append(f"{A}expert_gating_func = {_show(gating)} (must be one of {GATING_FUNCS})")
+        elif _is_number(groups) and groups > 1:
             # these architectures route without groups; a group count would change the routing
             out.append(f"{A}expert_group_count = {groups} (this architecture has no expert groups)")
     elif n_expert or n_used:

@@ -139,6 +139,14 @@ cdef extern from "llama.h" nogil:
 
     const char * llama_ftype_name(llama_ftype ftype)
 
+    ctypedef enum llama_rope_type:
+        LLAMA_ROPE_TYPE_NONE
+        LLAMA_ROPE_TYPE_NORM
+        LLAMA_ROPE_TYPE_NEOX
+        LLAMA_ROPE_TYPE_MROPE
+        LLAMA_ROPE_TYPE_IMROPE
+        LLAMA_ROPE_TYPE_VISION
+
     ctypedef enum llama_attention_type:
         LLAMA_ATTENTION_TYPE_UNSPECIFIED
         LLAMA_ATTENTION_TYPE_CAUSAL
@@ -275,6 +283,8 @@ cdef extern from "llama.h" nogil:
     bint llama_model_is_recurrent(const llama_model * model)
     bint llama_model_is_hybrid(const llama_model * model)
     bint llama_model_is_diffusion(const llama_model * model)
+    int32_t llama_model_n_swa(const llama_model * model)
+    llama_rope_type llama_model_rope_type(const llama_model * model)
 
     # ------------------------------------------------------------------ memory (KV cache)
     void llama_memory_clear(llama_memory_t mem, bint data)

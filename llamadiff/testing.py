@@ -4,14 +4,19 @@ The models written here load in llama.cpp like real converted checkpoints
 but need no download: every weight is drawn from a seeded numpy generator,
 so the same arguments always give a byte-identical file.
 
-Six architectures are supported, the ones llamadiff runs:
+Nine architectures are supported, the ones llamadiff runs:
 
 * ``qwen3``: a plain Qwen3 GGUF.  Block-diffusion checkpoints (SDAR,
-  Fast-dLLM v2, ...) are exactly that, with a ``<|MASK|>`` token in the
+  TraDo, ...) are exactly that, with a ``<|MASK|>`` token in the
   vocab; like real conversions they usually carry no
   ``tokenizer.ggml.mask_token_id``, so by default none is written.
 * ``qwen3moe``: the mixture-of-experts Qwen3 (SDAR MoE checkpoints are
   that), with the same vocab and mask-token defaults as ``qwen3``.
+* ``qwen2`` (q/k/v biases; Fast-dLLM v2's body), ``llama`` (NORM RoPE) and
+  ``bailingmoe2`` (fused QKV, q/k norm, partial RoPE, sigmoid-gated experts
+  in groups with a selection bias, a shared expert and leading dense layers;
+  LLaDA2.0's body): the other causal bodies block diffusion runs on, with
+  the same defaults as ``qwen3``.
 * ``llada`` and ``dream``: llama.cpp's own diffusion architectures, written
   with the metadata ``convert_hf_to_gguf.py`` gives them (non-causal
   attention, mask token id, ``diffusion.shift_logits`` for LLaDA).
@@ -64,26 +69,47 @@ __all__ = [
     "write_qwen3moe",
     "write_llada_moe",
     "write_rnd1",
+    "write_qwen2",
+    "write_llama",
+    "write_bailingmoe2",
     "read_model",
+    "HF_FAMILIES",
+    "write_hf_checkpoint",
+    "write_sdar_checkpoint",
 ]
 
-ARCHS = ("qwen3", "llada", "dream", "qwen3moe", "llada-moe", "rnd1")
+ARCHS = ("qwen3", "llada", "dream", "qwen3moe", "llada-moe", "rnd1", "qwen2", "llama", "bailingmoe2")
 
 # How llama.cpp applies RoPE for each architecture (llama_model_rope_type):
 # "neox" rotates pairs (i, i + n_rot/2), "norm" rotates pairs (2i, 2i + 1).
 ROPE_TYPE = {"qwen3": "neox", "dream": "neox", "llada": "norm",
-             "qwen3moe": "neox", "llada-moe": "neox", "rnd1": "neox"}
+             "qwen3moe": "neox", "llada-moe": "neox", "rnd1": "neox",
+             "qwen2": "neox", "llama": "norm", "bailingmoe2": "neox"}
 
 # Architectures llama.cpp always runs with bidirectional attention (their
 # load_arch_hparams force causal_attn = false, whatever the metadata says);
 # llm_arch_is_diffusion is true for exactly these.
 DIFFUSION_ARCHS = ("llada", "dream", "llada-moe", "rnd1")
 
+# Causal bodies: block diffusion runs on them (with a mask token in the vocab).
+CAUSAL_ARCHS = ("qwen3", "qwen3moe", "qwen2", "llama", "bailingmoe2")
+
 # Mixture-of-experts architectures: routed experts instead of a dense FFN.
-MOE_ARCHS = ("qwen3moe", "llada-moe", "rnd1")
+# bailingmoe2 adds a shared expert, a selection bias and leading dense layers.
+MOE_ARCHS = ("qwen3moe", "llada-moe", "rnd1", "bailingmoe2")
+
+# How each MoE arch weighs its routed experts (build_moe_ffn's arguments in
+# src/models/<arch>.cpp): gating function, and whether the chosen experts'
+# weights are renormalised to sum to 1.  bailingmoe2 reads both from metadata.
+MOE_GATING = {"qwen3moe": ("softmax", True), "llada-moe": ("softmax", False),
+              "rnd1": ("softmax", True)}
+GATING_FUNCS = {1: "softmax", 2: "sigmoid", 3: "softmax_weight", 4: "sqrt_softplus"}
 
 # Architectures with per-head RMSNorm on q and k (attn_{q,k}_norm).
-_QK_NORM_ARCHS = ("qwen3", "qwen3moe", "llada-moe", "rnd1")
+_QK_NORM_ARCHS = ("qwen3", "qwen3moe", "llada-moe", "rnd1", "bailingmoe2")
+
+# Architectures whose q/k/v projections are one fused attn_qkv tensor.
+_FUSED_QKV_ARCHS = ("bailingmoe2",)
 
 # Qwen's simple ChatML template; llama.cpp recognises it as "chatml".
 QWEN_CHAT_TEMPLATE = (
@@ -211,9 +237,16 @@ class ModelShape:
     e.g. ``151936 - len(byte_vocab().tokens)`` for a Qwen-sized vocab.
 
     ``n_expert``, ``n_expert_used`` and ``n_ff_exp`` size the routed experts
-    of the MoE archs (qwen3moe, llada-moe, rnd1); ``n_ff`` is then only
-    written as ``feed_forward_length``, as real MoE conversions do.  The
-    dense archs ignore all three.
+    of the MoE archs (qwen3moe, llada-moe, rnd1, bailingmoe2); ``n_ff`` is
+    then only written as ``feed_forward_length``, as real MoE conversions
+    do.  The dense archs ignore all three.
+
+    bailingmoe2 alone reads the rest: ``n_expert_shared`` shared experts
+    (width ``n_ff_exp`` each), ``n_dense_lead`` leading layers with a dense
+    FFN of width ``n_ff``, experts in ``n_expert_groups`` groups of which
+    ``n_group_used`` are searched, ``expert_weights_scale`` on the routed
+    weights, and RoPE on the first ``n_rot`` dims of each head (None: all;
+    its default, like Ling 2.0's ``partial_rotary_factor`` 0.5, is half).
     """
 
     n_embd: int = 64
@@ -231,6 +264,12 @@ class ModelShape:
     n_expert: int = 4
     n_expert_used: int = 2
     n_ff_exp: int = 32
+    n_expert_shared: int = 1
+    n_dense_lead: int = 1
+    n_expert_groups: int = 2
+    n_group_used: int = 1
+    expert_weights_scale: float = 2.5
+    n_rot: int | None = None
 
 
 class _Tensor(NamedTuple):
@@ -255,9 +294,13 @@ def _tensor_plan(arch: str, shape: ModelShape, n_vocab: int, qkv_bias: bool) -> 
     for i in range(shape.n_layer):
         p = f"blk.{i}."
         plan.append(_Tensor(p + "attn_norm.weight", (E,), "norm", E))
-        plan.append(_Tensor(p + "attn_q.weight", (H * D, E), "matrix", E))
-        plan.append(_Tensor(p + "attn_k.weight", (KV * D, E), "matrix", E))
-        plan.append(_Tensor(p + "attn_v.weight", (KV * D, E), "matrix", E))
+        if arch in _FUSED_QKV_ARCHS:
+            # rows: q (H * D), then k and v (KV * D each), as build_qkv splits them
+            plan.append(_Tensor(p + "attn_qkv.weight", ((H + 2 * KV) * D, E), "matrix", E))
+        else:
+            plan.append(_Tensor(p + "attn_q.weight", (H * D, E), "matrix", E))
+            plan.append(_Tensor(p + "attn_k.weight", (KV * D, E), "matrix", E))
+            plan.append(_Tensor(p + "attn_v.weight", (KV * D, E), "matrix", E))
         if qkv_bias:
             plan.append(_Tensor(p + "attn_q.bias", (H * D,), "bias", E))
             plan.append(_Tensor(p + "attn_k.bias", (KV * D,), "bias", E))
@@ -267,13 +310,20 @@ def _tensor_plan(arch: str, shape: ModelShape, n_vocab: int, qkv_bias: bool) -> 
             plan.append(_Tensor(p + "attn_q_norm.weight", (D,), "norm", D))
             plan.append(_Tensor(p + "attn_k_norm.weight", (D,), "norm", D))
         plan.append(_Tensor(p + "ffn_norm.weight", (E,), "norm", E))
-        if arch in MOE_ARCHS:
+        if arch in MOE_ARCHS and not (arch == "bailingmoe2" and i < shape.n_dense_lead):
             # GGML ne: gate_inp {E, X}; gate/up {E, FX, X}; down {FX, E, X}.
             X, FX = shape.n_expert, shape.n_ff_exp
             plan.append(_Tensor(p + "ffn_gate_inp.weight", (X, E), "router", E))
+            if arch == "bailingmoe2":
+                plan.append(_Tensor(p + "exp_probs_b.bias", (X,), "bias", E))
             plan.append(_Tensor(p + "ffn_gate_exps.weight", (X, FX, E), "matrix", E))
             plan.append(_Tensor(p + "ffn_up_exps.weight", (X, FX, E), "matrix", E))
             plan.append(_Tensor(p + "ffn_down_exps.weight", (X, E, FX), "matrix", FX))
+            if arch == "bailingmoe2":
+                FS = FX * shape.n_expert_shared
+                plan.append(_Tensor(p + "ffn_gate_shexp.weight", (FS, E), "matrix", E))
+                plan.append(_Tensor(p + "ffn_up_shexp.weight", (FS, E), "matrix", E))
+                plan.append(_Tensor(p + "ffn_down_shexp.weight", (E, FS), "matrix", FS))
         else:
             plan.append(_Tensor(p + "ffn_gate.weight", (F, E), "matrix", E))
             plan.append(_Tensor(p + "ffn_up.weight", (F, E), "matrix", E))
@@ -348,7 +398,7 @@ def write_model(
     ``weight_scale`` multiplies the standard deviation of every matrix and
     bias (default 1: each matrix has std 1/sqrt(fan_in)).
     ``mask_id_in_metadata`` writes ``tokenizer.ggml.mask_token_id``; it
-    defaults to False for qwen3 and qwen3moe and True for the diffusion
+    defaults to False for the causal archs (``CAUSAL_ARCHS``) and True for the diffusion
     archs (llada, dream, llada-moe, rnd1).
     ``block_length`` is written as ``diffusion.block_length`` (uint32).
     ``tensors`` gives the weights (GGUF names, numpy layout ``(out, in)``, or
@@ -377,12 +427,30 @@ def write_model(
             raise ValueError(f"{arch} needs n_expert >= 1 and n_ff_exp >= 1")
         if not 1 <= shape.n_expert_used <= shape.n_expert:
             raise ValueError("n_expert_used must be in [1, n_expert]")
-    if arch == "llada-moe" and shape.tie_embeddings:
-        # llada-moe's load_arch_tensors requires output.weight (no fallback).
-        raise ValueError("llada-moe cannot tie embeddings: llama.cpp requires output.weight")
+    if arch in ("llada-moe", "bailingmoe2") and shape.tie_embeddings:
+        # their load_arch_tensors require output.weight (no fallback).
+        raise ValueError(f"{arch} cannot tie embeddings: llama.cpp requires output.weight")
+    if arch in ("qwen2", "bailingmoe2") and shape.n_head * shape.head_dim != shape.n_embd:
+        # llama.cpp sizes their q (and fused qkv) projections from n_embd
+        raise ValueError(f"{arch} needs n_head * head_dim == n_embd")
+    if arch == "bailingmoe2":
+        if shape.n_expert_shared < 1:
+            raise ValueError("bailingmoe2 needs n_expert_shared >= 1")
+        if not 0 <= shape.n_dense_lead <= shape.n_layer:
+            raise ValueError("n_dense_lead must be in [0, n_layer]")
+        groups, used = shape.n_expert_groups, shape.n_group_used
+        if groups > 1 and (shape.n_expert % groups or not 0 < used < groups or groups >= shape.n_expert):
+            raise ValueError("n_expert_groups must divide n_expert (and be below it), with "
+                             "0 < n_group_used < n_expert_groups")
+    if arch == "bailingmoe2" and shape.n_rot is None:
+        shape.n_rot = shape.head_dim // 2
+    if shape.n_rot is not None and (shape.n_rot % 2 or not 0 < shape.n_rot <= shape.head_dim):
+        raise ValueError("n_rot must be even and in [2, head_dim]")
+    if shape.n_rot not in (None, shape.head_dim) and arch not in ("llama", "bailingmoe2"):
+        raise ValueError(f"{arch} rotates whole heads: n_rot must be None or head_dim")
     if mask_id_in_metadata is None:
-        mask_id_in_metadata = arch not in ("qwen3", "qwen3moe")
-    qkv_bias = shape.qkv_bias if shape.qkv_bias is not None else arch == "dream"
+        mask_id_in_metadata = arch not in CAUSAL_ARCHS
+    qkv_bias = shape.qkv_bias if shape.qkv_bias is not None else arch in ("dream", "qwen2")
     gain = 1.0 if weight_scale is None else float(weight_scale)
     wtype = np.dtype(np.float32 if dtype == "f32" else np.float16)
 
@@ -420,6 +488,26 @@ def write_model(
         put(f"{arch}.expert_count", shape.n_expert, U32)
         put(f"{arch}.expert_used_count", shape.n_expert_used, U32)
         put(f"{arch}.expert_feed_forward_length", shape.n_ff_exp, U32)
+    if arch == "bailingmoe2":
+        # what BailingMoeV2Model.set_gguf_parameters writes for Ling 2.0 / LLaDA2.0 configs
+        put(f"{arch}.rope.dimension_count", shape.n_rot, U32)
+        put(f"{arch}.leading_dense_block_count", shape.n_dense_lead, U32)
+        put(f"{arch}.vocab_size", n_vocab, U32)
+        put(f"{arch}.expert_shared_feed_forward_length", shape.n_ff_exp * shape.n_expert_shared, U32)
+        put(f"{arch}.expert_weights_scale", float(shape.expert_weights_scale), F32)
+        put(f"{arch}.expert_shared_count", shape.n_expert_shared, U32)
+        put(f"{arch}.expert_weights_norm", True, BOOL)
+        put(f"{arch}.expert_gating_func", 2, U32)           # sigmoid
+        put(f"{arch}.nextn_predict_layers", 0, U32)
+        if shape.n_expert_groups > 1:
+            put(f"{arch}.expert_group_count", shape.n_expert_groups, U32)
+            put(f"{arch}.expert_group_used_count", shape.n_group_used, U32)
+    if arch == "llama":
+        put(f"{arch}.vocab_size", n_vocab, U32)
+        put(f"{arch}.rope.dimension_count", shape.n_rot or shape.head_dim, U32)
+        if shape.head_dim * shape.n_head != shape.n_embd:
+            put(f"{arch}.attention.key_length", shape.head_dim, U32)
+            put(f"{arch}.attention.value_length", shape.head_dim, U32)
     if arch == "llada":
         put(f"{arch}.vocab_size", n_vocab, U32)
         put(f"{arch}.rope.dimension_count", shape.head_dim, U32)
@@ -449,7 +537,7 @@ def write_model(
     if mask_id_in_metadata:
         put("tokenizer.ggml.mask_token_id", vocab.mask_id, U32)
     put("tokenizer.ggml.add_bos_token", arch == "llada", BOOL)
-    if arch in ("qwen3", "dream", "qwen3moe", "rnd1"):
+    if arch in ("qwen3", "dream", "qwen3moe", "rnd1", "qwen2"):
         put("tokenizer.chat_template", QWEN_CHAT_TEMPLATE, STR)
 
     for key, value in (metadata or {}).items():
@@ -513,6 +601,21 @@ def write_dream(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
 def write_qwen3moe(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
     """:func:`write_model` with ``arch="qwen3moe"`` (a block-diffusion MoE checkpoint)."""
     return write_model(path, "qwen3moe", **kw)
+
+
+def write_qwen2(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="qwen2"`` (Fast-dLLM v2's body)."""
+    return write_model(path, "qwen2", **kw)
+
+
+def write_llama(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="llama"``."""
+    return write_model(path, "llama", **kw)
+
+
+def write_bailingmoe2(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="bailingmoe2"`` (LLaDA2.0's body)."""
+    return write_model(path, "bailingmoe2", **kw)
 
 
 def write_llada_moe(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
@@ -621,6 +724,13 @@ def read_model(path: str | os.PathLike[str]) -> ModelData:
         "n_expert": int(get("expert_count", 0)),
         "n_expert_used": int(get("expert_used_count", 0)),
         "n_ff_exp": int(get("expert_feed_forward_length", 0)),
+        # how routed experts are weighed (bailingmoe2: from its metadata)
+        "gating": (MOE_GATING.get(arch) or (GATING_FUNCS.get(int(get("expert_gating_func", 0))),
+                                            bool(get("expert_weights_norm", False)))) if arch in MOE_ARCHS else None,
+        "expert_weights_scale": float(get("expert_weights_scale", 0.0)),
+        "n_expert_groups": int(get("expert_group_count", 0)),
+        "n_group_used": int(get("expert_group_used_count", 0)),
+        "n_dense_lead": int(get("leading_dense_block_count", 0)),
         "metadata": meta,
     }
     return ModelData(arch, hparams, weights, vocab)
@@ -633,67 +743,160 @@ _HF_LAYER_NAMES = {
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",
+}
+# BailingMoeV2 / LLaDA2.0 (modeling_llada2_moe.py) names where they differ from Qwen's
+_HF_BAILING_NAMES = {
+    "attn_qkv": "attention.query_key_value", "attn_output": "attention.dense",
+    "attn_q_norm": "attention.query_layernorm", "attn_k_norm": "attention.key_layernorm",
+    "exp_probs_b": "mlp.gate", "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+    "ffn_up_shexp": "mlp.shared_experts.up_proj", "ffn_down_shexp": "mlp.shared_experts.down_proj",
 }
 
 
-def hf_tensor_name(gguf_name: str) -> str:
-    """The Hugging Face (Qwen3 / SDAR) name of a qwen3 GGUF tensor name."""
+def hf_tensor_name(gguf_name: str, arch: str = "qwen3") -> str:
+    """The Hugging Face name of a GGUF tensor name (Qwen2 / Qwen3 / SDAR / Fast-dLLM v2
+    layout, or BailingMoeV2 / LLaDA2.0's for ``arch="bailingmoe2"``). Routed-expert tensors
+    have one HF tensor per expert: see :func:`hf_tensors`."""
     if gguf_name == "token_embd.weight":
-        return "model.embed_tokens.weight"
+        return "model.word_embeddings.weight" if arch == "bailingmoe2" else "model.embed_tokens.weight"
     if gguf_name == "output_norm.weight":
         return "model.norm.weight"
     if gguf_name == "output.weight":
         return "lm_head.weight"
     _, layer, kind, suffix = gguf_name.split(".")
-    return f"model.layers.{layer}.{_HF_LAYER_NAMES[kind]}.{suffix}"
+    names = dict(_HF_LAYER_NAMES, **_HF_BAILING_NAMES) if arch == "bailingmoe2" else _HF_LAYER_NAMES
+    if kind == "exp_probs_b":
+        return f"model.layers.{layer}.mlp.gate.expert_bias"
+    return f"model.layers.{layer}.{names[kind]}.{suffix}"
 
 
-def write_sdar_checkpoint(directory, *, shape: "ModelShape | None" = None, seed: int = 0,
-                          block_length: int = 4) -> pathlib.Path:
-    """Write a tiny SDAR-format Hugging Face checkpoint (config.json, model.safetensors,
-    tokenizer.json, tokenizer_config.json) with the same weights as ``write_qwen3`` would
-    write for ``seed``. Needs ``safetensors`` and ``tokenizers`` (the ``convert`` extra).
+def hf_tensors(weights: Mapping[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
+    """GGUF-named weights (numpy layout) as a Hugging Face checkpoint stores them: float32,
+    HF names, routed experts split into ``mlp.experts.E.{gate,up,down}_proj``."""
+    out = {}
+    for name, value in weights.items():
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        _, *rest = name.split(".")
+        if len(rest) == 3 and rest[1].endswith("_exps"):
+            layer, kind = rest[0], rest[1][len("ffn_"):-len("_exps")]
+            for e in range(value.shape[0]):
+                out[f"model.layers.{layer}.mlp.experts.{e}.{kind}_proj.weight"] = np.ascontiguousarray(value[e])
+        else:
+            out[hf_tensor_name(name, arch)] = value
+    return out
+
+
+# The published checkpoint formats of the block-diffusion families (llamadiff.convert.FAMILIES):
+# family -> (GGUF arch of the body, config.json architectures / model_type / auto_map module,
+# block-length key, mask token text).
+HF_FAMILIES = {
+    "sdar": ("qwen3", "SDARForCausalLM", "sdar", "modeling_sdar", "block_size", "<|MASK|>"),
+    "trado": ("qwen3", "SDARForCausalLM", "sdar", "modeling_sdar", "block_size", "<|MASK|>"),
+    "sdar-moe": ("qwen3moe", "SDARMoeForCausalLM", "sdar_moe", "modeling_sdar_moe", "block_size", "<|MASK|>"),
+    "fast-dllm-v2": ("qwen2", "Fast_dLLM_QwenForCausalLM", "Fast_dLLM_Qwen", "modeling", "bd_size", "|<MASK>|"),
+    "llada2": ("bailingmoe2", "LLaDA2MoeModelLM", "llada2_moe", "modeling_llada2_moe", None, "<|mask|>"),
+}
+
+# LLaDA2.0's chat format (role tags, <|role_end|>), as text
+LLADA2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<role>' + message['role'] | upper + '</role>' + message['content'] + '<|role_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<role>ASSISTANT</role>' }}{% endif %}"
+)
+
+
+def _hf_config(family: str, shape: ModelShape, vocab: Vocab, block_length: int) -> dict:
+    arch, hf_arch, model_type, module, block_key, _ = HF_FAMILIES[family]
+    config = {
+        "architectures": [hf_arch], "model_type": model_type,
+        "auto_map": {"AutoConfig": f"configuration_{model_type.lower()}.Config",
+                     "AutoModelForCausalLM": f"{module}.{hf_arch}"},
+        "vocab_size": vocab.n_tokens, "hidden_size": shape.n_embd,
+        "intermediate_size": shape.n_ff, "num_hidden_layers": shape.n_layer,
+        "num_attention_heads": shape.n_head, "num_key_value_heads": shape.n_head_kv,
+        "max_position_embeddings": shape.n_ctx_train, "rms_norm_eps": shape.rms_eps,
+        "rope_theta": shape.rope_theta, "rope_scaling": None, "tie_word_embeddings": shape.tie_embeddings,
+        "torch_dtype": "float32", "bos_token_id": vocab.eos_id, "eos_token_id": vocab.eos_id,
+    }
+    if arch in ("qwen3", "qwen3moe"):
+        config.update(head_dim=shape.head_dim, attention_bias=False, mask_token_id=vocab.mask_id)
+    if arch == "qwen3moe":
+        config.update(num_experts=shape.n_expert, num_experts_per_tok=shape.n_expert_used,
+                      moe_intermediate_size=shape.n_ff_exp, decoder_sparse_step=1,
+                      norm_topk_prob=True, mlp_only_layers=[])
+    if arch == "qwen2":
+        # Qwen2.5's keys (Fast-dLLM v2 keeps them: full attention in every layer)
+        config.update(use_sliding_window=False, sliding_window=shape.n_ctx_train, max_window_layers=shape.n_layer,
+                      layer_types=["full_attention"] * shape.n_layer)
+    if arch == "bailingmoe2":
+        config.update(head_dim=shape.head_dim, partial_rotary_factor=shape.n_rot / shape.head_dim,
+                      rotary_dim=shape.n_rot, num_experts=shape.n_expert,
+                      num_experts_per_tok=shape.n_expert_used, num_shared_experts=shape.n_expert_shared,
+                      moe_intermediate_size=shape.n_ff_exp, first_k_dense_replace=shape.n_dense_lead,
+                      n_group=shape.n_expert_groups, topk_group=shape.n_group_used,
+                      score_function="sigmoid", routed_scaling_factor=shape.expert_weights_scale,
+                      norm_topk_prob=True, moe_router_enable_expert_bias=True, router_dtype="fp32",
+                      use_qkv_bias=False, use_bias=False, use_qk_norm=True, norm_head=False,
+                      pad_token_id=vocab.eos_id)
+    if block_key is not None:
+        config[block_key] = block_length
+    return config
+
+
+def write_hf_checkpoint(directory, family: str = "sdar", *, shape: "ModelShape | None" = None,
+                        seed: int = 0, block_length: int = 4) -> pathlib.Path:
+    """Write a tiny Hugging Face checkpoint in a block-diffusion family's published format
+    (``HF_FAMILIES``: config.json with its keys, model.safetensors with its tensor names,
+    tokenizer.json and tokenizer_config.json with its mask token and chat template), holding
+    the weights ``write_model(arch, shape=shape, seed=seed)`` writes for the family's body.
+    LLaDA2.0 configs carry no block length (its published default is 32). Needs
+    ``safetensors`` and ``tokenizers`` (the ``convert`` extra).
     """
     import tempfile
 
     from safetensors.numpy import save_file
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+    if family not in HF_FAMILIES:
+        raise ValueError(f"unknown family {family!r}, expected one of {tuple(HF_FAMILIES)}")
+    arch, _, _, _, _, mask_text = HF_FAMILIES[family]
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    shape = shape or ModelShape()
+    shape = dataclasses.replace(shape) if shape is not None else ModelShape()
+    if arch == "bailingmoe2" and shape.n_rot is None:
+        shape.n_rot = shape.head_dim // 2
     vocab = byte_vocab(shape.n_vocab_pad)
     # the weights: those of the equivalent GGUF, renamed
     with tempfile.TemporaryDirectory() as tmp:
-        data = read_model(write_model(pathlib.Path(tmp) / "m.gguf", "qwen3", shape=shape, seed=seed))
-    tensors = {hf_tensor_name(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in data.weights.items()}
-    save_file(tensors, str(directory / "model.safetensors"))
+        data = read_model(write_model(pathlib.Path(tmp) / "m.gguf", arch, shape=shape, seed=seed))
+    save_file(hf_tensors(data.weights, arch), str(directory / "model.safetensors"))
 
     # every token keeps its GGUF id (specials and padding included); specials are then
     # marked special, which keeps their ids since they are already in the vocabulary
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(vocab.tokens)},
+    texts = [mask_text if t == "<|MASK|>" else t for t in vocab.tokens]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(texts)},
                      merges=[tuple(m.split(" ")) for m in vocab.merges])
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = sorted(vocab.special, key=vocab.special.get)
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    specials = [texts[i] for i in sorted(vocab.special.values())]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     tok.save(str(directory / "tokenizer.json"))
+    template = LLADA2_CHAT_TEMPLATE if arch == "bailingmoe2" else QWEN_CHAT_TEMPLATE
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|MASK|>",
-        "chat_template": QWEN_CHAT_TEMPLATE,
-        "added_tokens_decoder": {str(vocab.special[s]): {"content": s, "special": True} for s in specials},
+        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": mask_text,
+        "chat_template": template,
+        "added_tokens_decoder": {str(texts.index(t)): {"content": t, "special": True} for t in specials},
     }, indent=1))
-    config = {
-        "architectures": ["SDARForCausalLM"], "model_type": "sdar",
-        "vocab_size": vocab.n_tokens, "hidden_size": shape.n_embd,
-        "intermediate_size": shape.n_ff, "num_hidden_layers": shape.n_layer,
-        "num_attention_heads": shape.n_head, "num_key_value_heads": shape.n_head_kv,
-        "head_dim": shape.head_dim, "max_position_embeddings": shape.n_ctx_train,
-        "rms_norm_eps": shape.rms_eps, "rope_theta": shape.rope_theta,
-        "tie_word_embeddings": shape.tie_embeddings, "torch_dtype": "float32",
-        "block_length": block_length, "bos_token_id": vocab.eos_id, "eos_token_id": vocab.eos_id,
-    }
+    config = _hf_config(family, shape, vocab, block_length)
     (directory / "config.json").write_text(json.dumps(config, indent=1))
     return directory
+
+
+def write_sdar_checkpoint(directory, *, shape: "ModelShape | None" = None, seed: int = 0,
+                          block_length: int = 4) -> pathlib.Path:
+    """:func:`write_hf_checkpoint` of an SDAR checkpoint (the weights of ``write_qwen3``)."""
+    return write_hf_checkpoint(directory, "sdar", shape=shape, seed=seed, block_length=block_length)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from gguf import GGUFValueType as T
 
-ARCHS = ("qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1")
+ARCHS = ("qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1", "qwen2", "llama", "bailingmoe2")
 F32_VALUES = (0.0, -1.0, math.nan, math.inf, -math.inf, 3.0e38, 1e-40)
 U32_VALUES = (0, 2 ** 32 - 1, 2 ** 31, 65536)
 # type confusion: an integer key written as a negative int32 or a NaN float32

@@ -1,7 +1,7 @@
 """Independent float64 forward pass for the models in llamadiff.testing.
 
-It recomputes, in plain numpy, what llama.cpp's graphs for qwen3, llada and
-dream compute (src/models/{qwen3,llada,dream}.cpp), so tests can check the
+It recomputes, in plain numpy, what llama.cpp's graphs for every arch of
+llamadiff.testing compute (src/models/<arch>.cpp), so tests can check the
 logits llamadiff gets from llama.cpp against a reference that shares no
 code with it.  The attention pattern is an explicit boolean matrix, which
 lets the same function check causal, bidirectional and block-causal
@@ -12,9 +12,19 @@ Per architecture:
 * all: RMSNorm (x / sqrt(mean(x^2) + eps) * w), grouped-query attention with
   scale 1/sqrt(head_dim), SwiGLU FFN (down(silu(gate(x)) * up(x))), final
   RMSNorm, output projection (token_embd when the embeddings are tied).
-* qwen3: per-head RMSNorm of q and k before RoPE; NEOX RoPE.
-* dream: q/k/v biases (Qwen2-like); NEOX RoPE.
-* llada: NORM RoPE (consecutive pairs).
+* qwen3, qwen3moe, rnd1, llada-moe: per-head RMSNorm of q and k before RoPE;
+  NEOX RoPE.
+* dream, qwen2: q/k/v biases; NEOX RoPE.
+* llada, llama: NORM RoPE (consecutive pairs).
+* bailingmoe2: one fused qkv projection, per-head q/k RMSNorm, NEOX RoPE on
+  the first n_rot dims of each head.
+* MoE layers (llama.cpp's build_moe_ffn): router logits -> softmax or
+  sigmoid; a selection bias (bailingmoe2's exp_probs_b) shifts which experts
+  are chosen but not their weights; with expert groups, only the groups
+  whose two best experts score highest are searched; the top n_expert_used
+  experts are run, weighted by their (optionally renormalised, optionally
+  scaled) probabilities; bailingmoe2 adds a shared expert, and its first
+  n_dense_lead layers have a dense FFN instead.
 
 Only q/k/v biases are applied: these graphs pass no bias to the attention
 output, FFN or output projections even where the loader accepts one.
@@ -104,6 +114,47 @@ def _linear(w: dict[str, np.ndarray], name: str, x: np.ndarray, use_bias: bool =
     return y if bias is None else y + bias
 
 
+def _moe(w: dict[str, np.ndarray], p: str, h: np.ndarray, hp: dict[str, Any]) -> np.ndarray:
+    """One MoE feed-forward block, as build_moe_ffn computes it (+ a shared expert if any)."""
+    gating, norm_w = hp["gating"]
+    logits = h @ w[p + "ffn_gate_inp.weight"].T                   # (n, n_expert)
+    if gating == "softmax":
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = e / e.sum(axis=-1, keepdims=True)
+    elif gating == "sigmoid":
+        probs = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        raise NotImplementedError(f"gating {gating!r}")
+    select = probs + w[p + "exp_probs_b.bias"] if p + "exp_probs_b.bias" in w else probs
+    n_groups, k = hp["n_expert_groups"], hp["n_expert_used"]
+    if n_groups > 1:
+        per = select.shape[1] // n_groups
+        grouped = select.reshape(select.shape[0], n_groups, per)
+        score = np.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)    # (n, n_groups): top-2 sum
+        keep = np.argsort(-score, axis=-1, kind="stable")[:, :hp["n_group_used"]]
+        masked = np.full_like(grouped, -np.inf)
+        rows = np.arange(select.shape[0])[:, None]
+        masked[rows, keep] = grouped[rows, keep]
+        select = masked.reshape(select.shape)
+    chosen = np.argsort(-select, axis=-1, kind="stable")[:, :k]    # (n, k)
+    weights = np.take_along_axis(probs, chosen, axis=-1)
+    if norm_w:
+        weights = weights / np.maximum(weights.sum(axis=-1, keepdims=True), 6.103515625e-5)
+    if hp["expert_weights_scale"] not in (0.0, 1.0):
+        weights = weights * hp["expert_weights_scale"]
+    gate, up, down = (w[p + f"ffn_{n}_exps.weight"] for n in ("gate", "up", "down"))
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        for j in range(k):
+            e = chosen[t, j]
+            ff = _silu(gate[e] @ h[t]) * (up[e] @ h[t])
+            out[t] += weights[t, j] * (down[e] @ ff)
+    if p + "ffn_gate_shexp.weight" in w:
+        out += _linear(w, p + "ffn_down_shexp",
+                       _silu(_linear(w, p + "ffn_gate_shexp", h)) * _linear(w, p + "ffn_up_shexp", h))
+    return out
+
+
 def forward(model: ModelData | str | os.PathLike[str], tokens: Any,
             positions: Any = None, allowed: np.ndarray | None = None) -> np.ndarray:
     """Logits (n_tokens, n_vocab) in float64 for one sequence.
@@ -139,9 +190,16 @@ def forward(model: ModelData | str | os.PathLike[str], tokens: Any,
     for il in range(hp["n_layer"]):
         p = f"blk.{il}."
         h = _rms_norm(x, w[p + "attn_norm.weight"], eps)
-        q = _linear(w, p + "attn_q", h, use_bias=True).reshape(n, n_head, hd)
-        k = _linear(w, p + "attn_k", h, use_bias=True).reshape(n, n_head_kv, hd)
-        v = _linear(w, p + "attn_v", h, use_bias=True).reshape(n, n_head_kv, hp["head_dim_v"])
+        if p + "attn_qkv.weight" in w:
+            qkv = _linear(w, p + "attn_qkv", h, use_bias=True)
+            q, k, v = np.split(qkv, [n_head * hd, (n_head + n_head_kv) * hd], axis=-1)
+        else:
+            q = _linear(w, p + "attn_q", h, use_bias=True)
+            k = _linear(w, p + "attn_k", h, use_bias=True)
+            v = _linear(w, p + "attn_v", h, use_bias=True)
+        q = q.reshape(n, n_head, hd)
+        k = k.reshape(n, n_head_kv, hd)
+        v = v.reshape(n, n_head_kv, hp["head_dim_v"])
         if p + "attn_q_norm.weight" in w:
             q = _rms_norm(q, w[p + "attn_q_norm.weight"], eps)
             k = _rms_norm(k, w[p + "attn_k_norm.weight"], eps)
@@ -158,8 +216,11 @@ def forward(model: ModelData | str | os.PathLike[str], tokens: Any,
         x = x + _linear(w, p + "attn_output", attn)
 
         h = _rms_norm(x, w[p + "ffn_norm.weight"], eps)
-        ff = _silu(_linear(w, p + "ffn_gate", h)) * _linear(w, p + "ffn_up", h)
-        x = x + _linear(w, p + "ffn_down", ff)
+        if p + "ffn_gate_inp.weight" in w:
+            x = x + _moe(w, p, h, hp)
+        else:
+            ff = _silu(_linear(w, p + "ffn_gate", h)) * _linear(w, p + "ffn_up", h)
+            x = x + _linear(w, p + "ffn_down", ff)
 
     x = _rms_norm(x, w["output_norm.weight"], eps)
     out = w.get("output.weight", w["token_embd.weight"])
@@ -180,13 +241,14 @@ def _row_stats(logits_row: np.ndarray, mask_id: int) -> tuple[int, float, float]
 
 def block_diffusion_generate(model, prompt, max_new_tokens: int, block_length: int, steps: int,
                              strategy: str, mask_id: int, threshold: float = 0.85,
-                             eb_gamma: float = 0.35) -> list[int]:
+                             eb_gamma: float = 0.35, shift: bool = False) -> list[int]:
     """Greedy block diffusion as SDAR's generate.py defines it, recomputed without any cache.
 
     Every step runs the whole prefix + active block through :func:`forward` with a
     block-causal mask (blocks aligned to absolute positions), picks x0 = argmax and
     commits positions per ``strategy``; the last step of a block commits what is left.
-    Ties between equal scores go to the leftmost position.
+    Ties between equal scores go to the leftmost position.  ``shift``: position p is
+    predicted by the row of p - 1 (Fast-dLLM v2).
     """
     if not isinstance(model, ModelData):
         model = read_model(model)
@@ -200,7 +262,8 @@ def block_diffusion_generate(model, prompt, max_new_tokens: int, block_length: i
             masked = [i for i in range(B) if x[s + i] == mask_id]
             if not masked:
                 break
-            logits = forward(model, x[:s + B], allowed=block_causal_allowed(s + B, B))[s:s + B]
+            rows = forward(model, x[:s + B], allowed=block_causal_allowed(s + B, B))
+            logits = rows[s - 1:s + B - 1] if shift else rows[s:s + B]
             stats = [_row_stats(logits[i], mask_id) for i in masked]
             x0 = [st[0] for st in stats]
             prob = [st[1] for st in stats]

@@ -1,4 +1,6 @@
-"""`llamadiff convert`: SDAR Hugging Face checkpoints -> qwen3 GGUF, checked against NumPy."""
+"""`llamadiff convert`: block-diffusion Hugging Face checkpoints (SDAR, TraDo, SDAR-MoE,
+Fast-dLLM v2, LLaDA2.0, each in its published format) -> GGUF, checked against NumPy and
+against the body's own test model."""
 
 import json
 
@@ -13,7 +15,7 @@ from safetensors.numpy import load_file  # noqa: E402
 
 from llamadiff import Context, Generator, Model, testing  # noqa: E402
 from llamadiff.cli import main as cli_main  # noqa: E402
-from llamadiff.convert import ConversionError, convert  # noqa: E402
+from llamadiff.convert import FAMILIES, ConversionError, convert  # noqa: E402
 from llamadiff.testing import hf_tensor_name, read_model  # noqa: E402
 
 from numpy_reference import block_causal_allowed, forward  # noqa: E402
@@ -21,8 +23,8 @@ from numpy_reference import block_causal_allowed, forward  # noqa: E402
 
 @pytest.fixture(scope="module")
 def sdar_dir(tmp_path_factory):
-    return testing.write_sdar_checkpoint(tmp_path_factory.mktemp("sdar") / "SDAR-tiny", seed=3,
-                                        block_length=8)
+    return testing.write_hf_checkpoint(tmp_path_factory.mktemp("sdar") / "SDAR-tiny", "sdar", seed=3,
+                                       block_length=8)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_not_an_sdar_checkpoint(tmp_path, sdar_dir):
     cfg = json.loads((sdar_dir / "config.json").read_text())
     cfg["architectures"] = ["LlamaForCausalLM"]
     (other / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="not an SDAR checkpoint"):
+    with pytest.raises(ValueError, match="not a block-diffusion checkpoint.*LLaDA2MoeModelLM \\(LLaDA2.0\\)"):
         convert(other, tmp_path / "x.gguf")
     with pytest.raises(FileNotFoundError):
         convert(tmp_path / "missing", tmp_path / "x.gguf")
@@ -89,3 +91,87 @@ def test_not_an_sdar_checkpoint(tmp_path, sdar_dir):
     empty.mkdir()
     with pytest.raises(ConversionError, match="config.json"):
         convert(empty, tmp_path / "x.gguf")
+
+
+# --------------------------------------------------------------------------- every family
+
+# family -> (HF architecture, GGUF arch, block length recorded, shift_logits)
+EXPECTED = {
+    "sdar": ("SDARForCausalLM", "qwen3", 8, False),
+    "trado": ("SDARForCausalLM", "qwen3", 8, False),
+    "sdar-moe": ("SDARMoeForCausalLM", "qwen3moe", 8, False),
+    "fast-dllm-v2": ("Fast_dLLM_QwenForCausalLM", "qwen2", 8, True),
+    "llada2": ("LLaDA2MoeModelLM", "bailingmoe2", 32, False),     # its configs hold none: 32
+}
+
+
+@pytest.fixture(scope="module", params=list(EXPECTED))
+def family(request, tmp_path_factory):
+    name = request.param
+    d = tmp_path_factory.mktemp(name)
+    hf = testing.write_hf_checkpoint(d / "hf", name, seed=4, block_length=8)
+    out = convert(hf, d / f"{name}.gguf", outtype="f32")
+    source = testing.write_model(d / "source.gguf", EXPECTED[name][1], seed=4)
+    return name, hf, out, source
+
+
+def test_every_family_converts_to_its_body(family):
+    """The GGUF holds the checkpoint's weights under the body's tensor names, the same
+    hyper-parameters as the body's test model, and the block-diffusion metadata."""
+    name, hf, out, source = family
+    hf_arch, arch, block, shift = EXPECTED[name]
+    assert json.loads((hf / "config.json").read_text())["architectures"] == [hf_arch]
+    assert FAMILIES[hf_arch].gguf_arch == arch
+    got, want = read_model(out), read_model(source)
+    assert got.arch == arch
+    assert set(got.weights) == set(want.weights)
+    for key, value in want.weights.items():
+        np.testing.assert_array_equal(got.weights[key], value, err_msg=key)
+    skip = {"metadata", "mask_id_in_metadata", "block_length", "shift_logits"}
+    assert {k: v for k, v in got.hparams.items() if k not in skip} == \
+        {k: v for k, v in want.hparams.items() if k not in skip}
+    with Model(out) as m:
+        assert m.family == "block" and m.block_diffusion_problem is None
+        assert m.mask_token_id == testing.byte_vocab().mask_id
+        assert "tokenizer.ggml.mask_token_id" in m.metadata
+        assert m.meta("diffusion.block_length") == str(block)
+        assert (m.meta("diffusion.shift_logits") == "true") == shift
+        assert m.chat_template
+
+
+def test_every_family_generates_as_its_body(family):
+    """Generation with the converted file's defaults equals the body's test model run with
+    those settings (block length, shifted rows) given explicitly."""
+    name, _, out, source = family
+    _, _, block, shift = EXPECTED[name]
+    prompt = [104, 101, 108, 108, 111, 32, 119]
+    with Generator(out, n_ctx=256, n_threads=2, type_k="f32", type_v="f32", flash_attn=False) as gen:
+        assert gen.default_block_length == block
+        ours = gen.generate(prompt, max_new_tokens=12, stop=[])
+        chat = gen.generate([{"role": "user", "content": "hi"}], max_new_tokens=4, stop=[])
+    with Generator(source, n_ctx=256, n_threads=2, type_k="f32", type_v="f32", flash_attn=False) as gen:
+        ref = gen.generate(prompt, max_new_tokens=12, stop=[], block_length=block, shift_logits=shift)
+    assert ours.tokens == ref.tokens
+    assert ours.stats["block_length"] == block
+    assert len(chat.tokens) == 4
+
+
+def test_checkpoint_without_its_mask_token(tmp_path):
+    hf = testing.write_hf_checkpoint(tmp_path / "hf", "fast-dllm-v2", seed=1)
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    del config["mask_token"]
+    (hf / "tokenizer_config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (hf / name).write_text((hf / name).read_text().replace("|<MASK>|", "<|unused|>"))
+    with pytest.raises(ConversionError, match="no mask token .*Fast-dLLM v2 checkpoint"):
+        convert(hf, tmp_path / "x.gguf")
+
+
+def test_broken_config(tmp_path):
+    hf = testing.write_hf_checkpoint(tmp_path / "hf", "llada2", seed=1)
+    (hf / "config.json").write_text("{not json")
+    with pytest.raises(ConversionError, match="not valid JSON"):
+        convert(hf, tmp_path / "x.gguf")
+    (hf / "config.json").write_text(json.dumps({"architectures": "LLaDA2MoeModelLM"}))
+    with pytest.raises(ValueError, match="not a block-diffusion checkpoint"):
+        convert(hf, tmp_path / "x.gguf")

@@ -17,12 +17,29 @@ from llamadiff._full import schedule_regions
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "build" / "llama.cpp-tools" / "bin" / "llama-diffusion-cli"
-SCHEDULES = {"llada": dict(block_length=8), "dream": dict(eps=1e-3)}
+SCHEDULES = {"llada": dict(block_length=8), "dream": dict(eps=1e-3),
+             "llada-moe": dict(block_length=8), "rnd1": dict(eps=1e-3)}
+
+
+@pytest.fixture(scope="module")
+def moe_paths(tmp_path_factory):
+    d = tmp_path_factory.mktemp("full-moe")
+    return {arch: testing.write_model(d / f"{arch}.gguf", arch, seed=6) for arch in ("llada-moe", "rnd1")}
 
 
 @pytest.fixture(scope="module")
 def models(llada_model, dream_model):
     return {"llada": llada_model, "dream": dream_model}
+
+
+@pytest.fixture(scope="module")
+def parity_models(models, moe_paths):
+    out = dict(models)
+    for arch, path in moe_paths.items():
+        out[arch] = Model(path)
+    yield out
+    for arch in moe_paths:
+        out[arch].close()
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +53,9 @@ def gens(models):
 
 
 @pytest.fixture(scope="module")
-def upstream_gens(models):
+def upstream_gens(parity_models):
     """Default settings, as llama-diffusion-cli runs (flash attention auto)."""
-    out = {arch: Generator(m, n_ctx=256, n_threads=2) for arch, m in models.items()}
+    out = {arch: Generator(m, n_ctx=256, n_threads=2) for arch, m in parity_models.items()}
     yield out
     for g in out.values():
         g.close()
@@ -79,19 +96,19 @@ def run_upstream_cli(path, prompt_text, total, steps, schedule, algorithm, tempe
 
 
 def parity_cases():
-    for arch in ("llada", "dream"):
+    for arch in ("llada", "dream", "llada-moe", "rnd1"):
         for algorithm in upstream_port.ALGORITHMS:
             for temperature in (0.0, 0.8):
                 yield arch, algorithm, temperature
 
 
 @pytest.mark.parametrize("arch,algorithm,temperature", list(parity_cases()))
-def test_llama_cpp_rng_mode_matches_upstream(arch, algorithm, temperature, models, upstream_gens,
-                                             llada_path, dream_path):
+def test_llama_cpp_rng_mode_matches_upstream(arch, algorithm, temperature, parity_models, upstream_gens,
+                                             llada_path, dream_path, moe_paths):
     """rng='llama.cpp' with cache='none' gives upstream's tokens: checked against the built
     llama-diffusion-cli when it exists (benchmarks/run.py builds it), and always against the
     NumPy port of upstream's loop (which the CLI check validates)."""
-    model, gen = models[arch], upstream_gens[arch]
+    model, gen = parity_models[arch], upstream_gens[arch]
     prompt_text = "The cat sat"
     # the CLI always applies the chat template (ChatML when the model has none), then
     # tokenizes with special tokens added and parsed
@@ -105,7 +122,7 @@ def test_llama_cpp_rng_mode_matches_upstream(arch, algorithm, temperature, model
         ours_steps = steps_per_block * -(-(total - len(prompt)) // schedule["block_length"])
     else:
         up_steps = ours_steps = 16
-    shift = arch == "dream"        # llada GGUFs carry diffusion.shift_logits = false
+    shift = arch in ("dream", "rnd1")       # llada GGUFs carry diffusion.shift_logits = false
     ref = upstream_port.diffusion_generate(full_logits(model), prompt, total, model.mask_token_id,
                                            steps=up_steps, algorithm=algorithm, temperature=temperature,
                                            seed=seed, shift_logits=shift, **schedule)
@@ -114,7 +131,7 @@ def test_llama_cpp_rng_mode_matches_upstream(arch, algorithm, temperature, model
                        stop=[], **schedule)
     assert res.stats["sequence"] == ref
     if CLI.exists():
-        path = {"llada": llada_path, "dream": dream_path}[arch]
+        path = {"llada": llada_path, "dream": dream_path, **moe_paths}[arch]
         cli_bytes = run_upstream_cli(path, prompt_text, total, up_steps, schedule, algorithm,
                                      temperature, seed)
         # the CLI prints the text with %s: it ends at the first NUL byte
