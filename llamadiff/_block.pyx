@@ -51,7 +51,9 @@ cdef class BlockSequence(Sequence):
             raise ValueError("block_length, steps and n_generate must be >= 1")
         cdef int n_prompt = len(prompt)
         if shift_logits and n_prompt < 1:
-            raise ValueError("shift_logits needs a prompt: the first position has no row before it")
+            raise ValueError("this model reads shifted rows (shift_logits: row p - 1 predicts p, "
+                             "e.g. from the GGUF's diffusion.shift_logits), which needs a prompt of "
+                             "at least one token: the first position has no row before it")
         cdef int n_blocks = (n_prompt + n_generate + block_length - 1) // block_length
         self._init_sequence(model, prompt, n_blocks * block_length, policy, temperature, top_k, top_p, seed)
         self.block_length = block_length
@@ -117,8 +119,10 @@ cdef class BlockSequence(Sequence):
         # recompute: the prefix from an empty memory, in chunks that leave room for the block
         C.llama_memory_seq_rm(self.ctx.mem, self.slot, -1, -1)
         self.fill_from = 0
+        # (block-aligned chunks: a position attends to its whole block, so a block is never
+        # split between two decodes; with shifted rows the block before s is left to fill())
         while s - self.fill_from + B > self.chunk:
-            n = min(own - self.fill_from, self.chunk)
+            n = min((s - B if self.shift else s) - self.fill_from, self.chunk)
             for i in range(n):
                 self.put(i, self.fill_from + i, self.x[self.fill_from + i], False)
             self.decode_own(n)
@@ -137,7 +141,8 @@ cdef class BlockSequence(Sequence):
             n += 1
         self.n_masked = 0
         for i in range(B):
-            masked = self.x[s + i] == self.mask_id
+            # with shifted rows, position 0 has no row to predict it: it stays as given
+            masked = self.x[s + i] == self.mask_id and not (self.shift and s + i == 0)
             if masked:
                 self.positions[self.n_masked] = i
                 self.counters[self.n_masked] = (<uint64_t> (s + i) << 16) | <uint64_t> self.step

@@ -188,6 +188,17 @@ def supports_gpu_offload():
 # (SDAR / TraDo, Dream, LLaDA), tried when the GGUF does not name a mask token id.
 MASK_TOKEN_TEXTS = ("<|MASK|>", "<|mask|>", "<|mdm_mask|>", "[MASK]")
 
+# Bodies that llama.cpp's llama_model::create_memory (src/llama-model.cpp) gives no memory
+# (encoders) or a cache of its own kind (sparse-attention indexers, compressed or
+# sliding-window layers) instead of the plain llama_kv_cache that block-causal attention
+# (vendor/patches/0003) works through. tests/test_bodies.py checks this list against the
+# switch of the pinned source, so a llama.cpp update that adds one fails there.
+NO_MEMORY_ARCHS = frozenset({"bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert",
+                             "jina-bert-v2", "jina-bert-v3", "eurobert", "gemma-embedding",
+                             "wavtokenizer-dec"})
+OWN_CACHE_ARCHS = frozenset({"minimax-m3", "glm-dsa", "deepseek32", "glm5-next", "hy_v4",
+                             "dots3note", "deepseek4", "dflash"})
+
 _KV_TYPES = {
     "f32": C.GGML_TYPE_F32, "f16": C.GGML_TYPE_F16, "bf16": C.GGML_TYPE_BF16,
     "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0,
@@ -700,15 +711,22 @@ cdef class Model(_Resource):
         lives in that cache qualifies (qwen3, qwen3moe, qwen2, llama, bailingmoe2 are tested
         against a NumPy reference). Refused, because that does not hold for them:
         recurrent or hybrid memory (a running state cannot take a step back), sliding-window
-        attention (llama.cpp keeps it in a separate cache the block-causal mask does not
-        reach), encoder-decoder bodies, and multi-axis RoPE (positions with several
-        coordinates per token)."""
+        attention and the bodies llama.cpp gives a cache of their own kind (the block-causal
+        mask does not reach those caches), encoders and encoder-decoder bodies, and
+        multi-axis RoPE (positions with several coordinates per token)."""
         self._check_open()
+        arch = self.architecture
         if C.llama_model_is_diffusion(self.ptr):
             return ("it is a full-diffusion architecture (bidirectional attention over the whole "
                     "sequence), which runs as full diffusion")
         if C.llama_model_has_encoder(self.ptr):
             return "it is an encoder-decoder model; block diffusion needs a decoder-only body"
+        if arch in NO_MEMORY_ARCHS or self.meta(f"{arch}.attention.causal") == "false":
+            return ("it is an encoder (bidirectional, no KV cache); block diffusion needs a causal "
+                    "decoder body")
+        if arch in OWN_CACHE_ARCHS:
+            return ("llama.cpp keeps its attention in a cache of its own kind (sparse-attention "
+                    "indexer or compressed layers) that block-causal attention does not reach")
         if C.llama_model_is_recurrent(self.ptr):
             return ("its layers are recurrent (a running state, not a KV cache): a denoising step "
                     "cannot be taken back and re-decoded")

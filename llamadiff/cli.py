@@ -293,6 +293,8 @@ def cmd_info(args) -> int:
         "path": os.path.abspath(args.model),
         "architecture": model.architecture,
         "family": model.family,
+        # why a causal model with a mask token cannot run block diffusion (None: it can)
+        "block_diffusion_problem": None if model.is_diffusion else model.block_diffusion_problem,
         "description": model.description,
         "file_type": model.file_type,
         "n_vocab": model.n_vocab,

@@ -93,29 +93,56 @@ def _check_dependencies() -> None:
         raise ConversionError(f"conversion needs {', '.join(missing)}: pip install 'llamadiff[convert]'")
 
 
+def _read_json(path: Path, kind: type = dict):
+    """A JSON file of the checkpoint, or a ConversionError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, kind):
+        raise ConversionError(f"{path} must hold a JSON {'object' if kind is dict else 'list'}, "
+                              f"not {type(data).__name__}")
+    return data
+
+
 def _mask_token_id(hf_dir: Path, family: Family, config: dict) -> int:
     """The id of the family's mask token, from tokenizer.json / tokenizer_config.json."""
     candidates = {}
+
+    def add(text, tid, where):
+        if not isinstance(text, str) or isinstance(tid, bool) or not isinstance(tid, int) or tid < 0:
+            raise ConversionError(f"{where}: an added token needs a text and an id >= 0, got "
+                                  f"{text!r} / {tid!r}")
+        candidates[text] = tid
+
     tok_json = hf_dir / "tokenizer.json"
     if tok_json.is_file():
-        data = json.loads(tok_json.read_text(encoding="utf-8"))
-        for tok in data.get("added_tokens", []):
-            candidates[tok["content"]] = tok["id"]
+        added = _read_json(tok_json).get("added_tokens", [])
+        for tok in added if isinstance(added, list) else [added]:
+            tok = tok if isinstance(tok, dict) else {}
+            add(tok.get("content"), tok.get("id"), tok_json)
     cfg_json = hf_dir / "tokenizer_config.json"
+    mask = None
     if cfg_json.is_file():
-        data = json.loads(cfg_json.read_text(encoding="utf-8"))
-        for tid, tok in (data.get("added_tokens_decoder") or {}).items():
-            candidates[tok.get("content")] = int(tid)
+        data = _read_json(cfg_json)
+        decoder = data.get("added_tokens_decoder") or {}
+        for tid, tok in (decoder.items() if isinstance(decoder, dict) else ()):
+            try:
+                tid = int(tid)
+            except ValueError:
+                tid = None
+            add(tok.get("content") if isinstance(tok, dict) else None, tid, f"{cfg_json} added_tokens_decoder")
         mask = data.get("mask_token")
         if isinstance(mask, dict):
             mask = mask.get("content")
-        if mask in candidates:
-            return candidates[mask]
+    if isinstance(mask, str) and mask in candidates:
+        return candidates[mask]
     for text in family.mask_texts:
         if text in candidates:
             return candidates[text]
-    if isinstance(config.get("mask_token_id"), int) and config["mask_token_id"] >= 0:
-        return config["mask_token_id"]
+    mask_id = config.get("mask_token_id")
+    if isinstance(mask_id, int) and not isinstance(mask_id, bool) and mask_id >= 0:
+        return mask_id
     raise ConversionError(f"{hf_dir}: no mask token ({' / '.join(family.mask_texts)}) in the tokenizer "
                           f"files; is this a {family.name} checkpoint?")
 
@@ -133,12 +160,9 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
         raise ConversionError(f"{hf_dir} has no config.json")
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{config_path} is not valid JSON: {exc}") from None
-    archs = config.get("architectures") if isinstance(config, dict) else None
-    arch = archs[0] if isinstance(archs, list) and archs else None
+    config = _read_json(config_path)
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     if arch not in FAMILIES:
         names = ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
         raise UnsupportedModelError(
@@ -146,9 +170,16 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
             f"(expected one of: {names}); for other models use llama.cpp's convert_hf_to_gguf.py")
     family = FAMILIES[arch]
     if block_length is None:
-        found = [config[k] for k in family.block_keys if isinstance(config.get(k), int)]
-        block_length = found[0] if found else family.block_length
-    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+        block_length = family.block_length
+        for key in family.block_keys:
+            if key in config:
+                value = config[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConversionError(f"{config_path}: {key} = {value!r} is not a block length "
+                                          "(an int >= 1); pass block_length= / --block-length")
+                block_length = value
+                break
+    elif isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
         raise ValueError(f"block_length must be an int >= 1, got {block_length!r}")
     mask_id = _mask_token_id(hf_dir, family, config)
 
@@ -162,8 +193,13 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
                            str(mask_id), "1" if family.shift_logits else "0"],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not outfile.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ConversionError(f"llama.cpp's converter failed on {hf_dir} ({family.name}): {tail[0]}")
+        outfile.unlink(missing_ok=True)             # no half-written GGUF left behind
+        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+               else f"exit status {proc.returncode}")
+        raise ConversionError(f"llama.cpp's converter failed on {hf_dir} ({family.name}; {how}): "
+                              + ((errors or lines)[-1] if lines else "no output"))
     logger.info("converted %s (%s) to %s: %s, block length %d, mask token %d", hf_dir, family.name,
                 outfile, family.gguf_arch, block_length, mask_id)
     return outfile

@@ -259,11 +259,14 @@ def block_diffusion_generate(model, prompt, max_new_tokens: int, block_length: i
     for k in range(n_prompt // B, n_blocks):
         s = k * B
         for step in range(steps):
-            masked = [i for i in range(B) if x[s + i] == mask_id]
+            # with shifted rows position 0 has no row to predict it: it stays as given
+            masked = [i for i in range(B) if x[s + i] == mask_id and not (shift and s + i == 0)]
             if not masked:
                 break
             rows = forward(model, x[:s + B], allowed=block_causal_allowed(s + B, B))
-            logits = rows[s - 1:s + B - 1] if shift else rows[s:s + B]
+            if shift:
+                rows = np.vstack([rows[:1], rows])     # row p - 1 predicts p (p = 0 unused)
+            logits = rows[s:s + B]
             stats = [_row_stats(logits[i], mask_id) for i in masked]
             x0 = [st[0] for st in stats]
             prob = [st[1] for st in stats]

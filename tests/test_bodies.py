@@ -2,11 +2,14 @@
 diffusion on every causal body (qwen3, qwen3moe, qwen2, llama, bailingmoe2): the reference
 loop, the exact cache against recomputation, and the bodies that are refused."""
 
+import json
+
 import gguf
 import numpy as np
 import pytest
 
 from llamadiff import Context, Generator, Model, UnsupportedModelError, testing
+from llamadiff.cli import main as cli_main
 
 from numpy_reference import block_causal_allowed, block_diffusion_generate, forward
 
@@ -63,7 +66,7 @@ def test_block_diffusion_on_every_causal_body(bodies, arch, strategy, extra):
     assert recomputed.tokens == ref
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "bailingmoe2"])
+@pytest.mark.parametrize("arch", testing.CAUSAL_ARCHS)
 def test_batched_block_diffusion_equals_single(bodies, arch):
     prompts = [PROMPT, [50, 51, 52], list(range(60, 71))]
     with Generator(bodies[arch], n_ctx=128, n_threads=2, **EXACT) as gen:
@@ -135,7 +138,7 @@ def _mamba(path):
 
 @pytest.mark.parametrize("make,why", [(_olmo2_with_sliding_window, "sliding-window attention"),
                                       (_mamba, "recurrent")])
-def test_bodies_that_cannot_run_block_diffusion_are_refused(tmp_path, make, why):
+def test_bodies_that_cannot_run_block_diffusion_are_refused(tmp_path, make, why, capsys):
     path = make(tmp_path / "body.gguf")
     with Model(path) as model:
         assert model.mask_token_id == MASK            # a mask token alone does not qualify it
@@ -143,6 +146,34 @@ def test_bodies_that_cannot_run_block_diffusion_are_refused(tmp_path, make, why)
         assert model.family is None
     with pytest.raises(UnsupportedModelError, match=f"block diffusion cannot run on this model.*{why}"):
         Generator(path)
+    assert cli_main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] is None and why in info["block_diffusion_problem"]
+
+
+def test_encoders_are_refused(tmp_path):
+    """A causal-looking file whose attention is bidirectional by metadata (an encoder)."""
+    path = testing.write_qwen3(tmp_path / "enc.gguf", metadata={"qwen3.attention.causal": False})
+    with Model(path) as model:
+        assert "encoder" in model.block_diffusion_problem and model.family is None
+
+
+def test_bodies_with_their_own_cache_are_listed_from_the_pinned_source():
+    """NO_MEMORY_ARCHS / OWN_CACHE_ARCHS (llamadiff/_core.pyx) are exactly the special cases of
+    llama_model::create_memory in the pinned llama.cpp, so an update that adds one fails here."""
+    import re
+    from pathlib import Path
+
+    from llamadiff._core import NO_MEMORY_ARCHS, OWN_CACHE_ARCHS
+
+    src = Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp" / "src"
+    names = dict(re.findall(r"\{ (LLM_ARCH_\w+),\s+\"([^\"]+)\"", (src / "llama-arch.cpp").read_text()))
+    model_cpp = (src / "llama-model.cpp").read_text()
+    body = model_cpp[model_cpp.index("llama_model::create_memory("):]
+    body = body[:body.index("        default:")]
+    special = {names[a] for a in re.findall(r"case (LLM_ARCH_\w+):", body)}
+    assert special == NO_MEMORY_ARCHS | OWN_CACHE_ARCHS
+    assert not NO_MEMORY_ARCHS & OWN_CACHE_ARCHS
 
 
 def test_full_diffusion_archs_name_their_family(bodies):
@@ -173,5 +204,18 @@ def test_block_diffusion_with_shifted_rows(tmp_path, n_prompt, strategy, extra):
         assert gen.generate(prompt, **opts).tokens == ref
         assert gen.generate(prompt, cache=False, **opts).tokens == ref
         assert gen.generate(prompt, shift_logits=False, **opts).tokens == plain
-        batch = gen.generate([prompt, prompt[:3]], n_parallel=2, **opts)
+        batch = gen.generate([prompt, prompt[:3], [MASK, 60, 61]], n_parallel=3, **opts)
         assert batch[0].tokens == ref
+        # a prompt shorter than a block; one whose first token is the mask (position 0 has no
+        # row before it and stays as given): neither disturbs the others' rows
+        for other, result in zip((prompt[:3], [MASK, 60, 61]), batch[1:]):
+            assert result.tokens == block_diffusion_generate(data, other, 12, 4, 2, strategy, MASK,
+                                                             shift=True, **extra)
+    # a prefix longer than one decode (n_batch 8): recomputed in block-aligned chunks
+    with Generator(path, n_ctx=128, n_batch=8, n_threads=2, **EXACT) as gen:
+        long_prompt = list(range(60, 60 + n_prompt + 9))
+        long_ref = block_diffusion_generate(data, long_prompt, 8, 4, 2, strategy, MASK, shift=True, **extra)
+        assert gen.generate(long_prompt, max_new_tokens=8, block_length=4, steps=2, strategy=strategy,
+                            stop=[], cache=False, **extra).tokens == long_ref
+        assert gen.generate(long_prompt, max_new_tokens=8, block_length=4, steps=2, strategy=strategy,
+                            stop=[], **extra).tokens == long_ref

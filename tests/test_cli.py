@@ -45,6 +45,7 @@ def test_info(qwen3_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["architecture"] == "qwen3" and info["family"] == "block"
     assert info["mask_token"]["text"] == "<|MASK|>" and info["n_layer"] == 2
+    assert info["block_diffusion_problem"] is None
 
 
 @pytest.mark.parametrize("args,match", [

@@ -175,3 +175,26 @@ def test_broken_config(tmp_path):
     (hf / "config.json").write_text(json.dumps({"architectures": "LLaDA2MoeModelLM"}))
     with pytest.raises(ValueError, match="not a block-diffusion checkpoint"):
         convert(hf, tmp_path / "x.gguf")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: (d / "tokenizer.json").write_text("{broken"), "tokenizer.json is not valid JSON"),
+    (lambda d: (d / "tokenizer_config.json").write_text("[]"), "must hold a JSON object"),
+    (lambda d: (d / "tokenizer.json").write_text(json.dumps({"added_tokens": [{"content": "x"}]})),
+     "an added token needs a text and an id"),
+    (lambda d: _config(d, block_size="8"), "block_size = '8' is not a block length"),
+    (lambda d: _config(d, block_size=0), "block_size = 0 is not a block length"),
+    (lambda d: _config(d, architectures=[["SDARForCausalLM"]]), "not a block-diffusion checkpoint"),
+])
+def test_malformed_checkpoint_files(tmp_path, edit, match):
+    hf = testing.write_hf_checkpoint(tmp_path / "hf", "sdar", seed=1)
+    edit(hf)
+    with pytest.raises((ConversionError, ValueError), match=match):
+        convert(hf, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def _config(hf, **changes):
+    config = json.loads((hf / "config.json").read_text())
+    config.update(changes)
+    (hf / "config.json").write_text(json.dumps(config))
