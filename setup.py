@@ -18,6 +18,8 @@ Environment knobs (documented in README.md):
   LLAMADIFF_LLAMA_CPP_DIR   build from this llama.cpp tree instead of downloading
   LLAMADIFF_NATIVE          1/0: CPU-specific flags (GGML_NATIVE); default 1
   LLAMADIFF_CUDA            1/0: build ggml with CUDA (GGML_CUDA) and the GPU sampler; default 0
+  LLAMADIFF_VULKAN          1/0: build ggml's Vulkan back end (GGML_VULKAN: AMD, Intel, mobile and
+                            NVIDIA GPUs; needs the Vulkan headers, loader and glslc); default 0
   LLAMADIFF_RPC             1/0: the ggml RPC backend and rpc-server (GGML_RPC); default 1
   LLAMADIFF_CUDA_ARCHS      CUDA architectures, e.g. "90" or "80;86;89;90"; default: the local
                             GPU's, else DEFAULT_CUDA_ARCHS
@@ -244,7 +246,30 @@ def prepare_source() -> Path:
 
 
 def build_variant() -> str:
-    return "cuda" if env_flag("LLAMADIFF_CUDA", False) else "cpu"
+    """The build directory's name: one per set of GPU back ends, so switching reuses each."""
+    gpus = [name for name, on in (("cuda", cuda_enabled()), ("vulkan", vulkan_enabled())) if on]
+    return "-".join(gpus) or "cpu"
+
+
+# --------------------------------------------------------------------------- Vulkan
+
+
+def vulkan_enabled() -> bool:
+    return env_flag("LLAMADIFF_VULKAN", False)
+
+
+def check_vulkan_toolchain() -> None:
+    """ggml-vulkan compiles its shaders with glslc and links the Vulkan loader: say what is
+    missing before CMake fails deep in the configure step."""
+    missing = []
+    if not shutil.which("glslc"):
+        missing.append("glslc (Debian/Ubuntu: glslc)")
+    if not any(Path(d, "vulkan", "vulkan.h").is_file() for d in ("/usr/include", "/usr/local/include")) \
+            and not os.environ.get("VULKAN_SDK"):
+        missing.append("the Vulkan headers and loader (Debian/Ubuntu: libvulkan-dev; or set VULKAN_SDK)")
+    if missing:
+        raise SystemExit("llamadiff: LLAMADIFF_VULKAN=1 needs " + " and ".join(missing)
+                         + "; see docs/BUILDING.md, 'Vulkan'")
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -327,6 +352,14 @@ def pip_cublas() -> dict[str, Path] | None:
     return None
 
 
+def pip_cublas_version(found: dict) -> str | None:
+    """The version of the nvidia-cublas distribution that ``found`` belongs to."""
+    site = Path(found["lib"]).parents[2]       # <site>/nvidia/<sub>/lib
+    for info in sorted(site.glob("nvidia_cublas-*.dist-info")):
+        return info.name[len("nvidia_cublas-"):-len(".dist-info")]
+    return None
+
+
 def cuda_cmake_args() -> list[str]:
     """Arguments for a CUDA ggml: architectures, and cuBLAS from PyPI when the toolkit lacks it."""
     nvcc = find_nvcc()
@@ -369,6 +402,11 @@ def stable_cublas(found: dict) -> dict:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     (base / "lib").mkdir(parents=True, exist_ok=True)
+    # which release the headers are: a later build against another one recompiles ggml-cuda,
+    # so scripts/device_check.sh pack installs this one
+    version = pip_cublas_version(found)
+    if version:
+        (base / "VERSION").write_text(version + "\n")
     out = {"include": include}
     for key in ("cublas", "cublasLt"):
         link = base / "lib" / found[key].name
@@ -395,8 +433,12 @@ def cuda_build_requires() -> list[str]:
     if toolkit_has_cublas(home) or pip_cublas() is not None:
         return []
     version = subprocess.run([str(home / "bin" / "nvcc"), "--version"], capture_output=True, text=True).stdout
-    major = re.search(r"release (\d+)\.", version)
-    return [f"nvidia-cublas=={major.group(1)}.*" if major and major.group(1) == "13" else "nvidia-cublas-cu12"]
+    # the toolkit's own minor release: newer cuBLAS headers would need a newer runtime than the
+    # toolkit's (and than what docs/BUILDING.md installs next to the wheel)
+    release = re.search(r"release (\d+)\.(\d+)", version)
+    if release and release.group(1) == "13":
+        return [f"nvidia-cublas=={release.group(1)}.{release.group(2)}.*"]
+    return ["nvidia-cublas-cu12"]
 
 
 # where the PyPI CUDA packages (nvidia-cublas, nvidia-cuda-runtime) put their libraries,
@@ -471,6 +513,7 @@ def cmake_configure_args(build_dir: Path) -> list[str]:
         "-DLLAMA_CURL=OFF",
         f"-DGGML_NATIVE={'ON' if env_flag('LLAMADIFF_NATIVE', True) else 'OFF'}",
         f"-DGGML_CUDA={'ON' if cuda_enabled() else 'OFF'}",
+        f"-DGGML_VULKAN={'ON' if vulkan_enabled() else 'OFF'}",
         f"-DGGML_RPC={'ON' if rpc_enabled() else 'OFF'}",
     ]
     if cuda_enabled():
@@ -520,6 +563,8 @@ def cmake_build(source: Path) -> Path:
     cmake = shutil.which("cmake")
     if not cmake:
         raise SystemExit("llamadiff: cmake is required to build llama.cpp (pip install cmake)")
+    if vulkan_enabled():
+        check_vulkan_toolchain()
     build_dir = ROOT / "build" / f"llama.cpp-{build_variant()}"
     cache = build_dir / "CMakeCache.txt"
     if cache.is_file() and "Ninja" in cache.read_text(errors="ignore") and not shutil.which("ninja"):

@@ -14,7 +14,7 @@ from llamadiff.errors import (LlamaDiffError, ModelLoadError, UnsupportedModelEr
                               ContextError, DecodeError, DecodeAborted, CudaError,
                               CudaUnavailableError, ChatTemplateError)
 from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, system_info,
-                             supports_gpu_offload, quantize, MASK_TOKEN_TEXTS)
+                             supports_gpu_offload, devices, quantize, MASK_TOKEN_TEXTS)
 from llamadiff.policy import (RemaskPolicy, Sequential, LowConfidenceStatic, LowConfidenceDynamic,
                               EntropyBounded, Ranked, Confidence, LowEntropy, Margin, RandomOrder,
                               Origin, ParallelPolicy, ParallelThreshold, ParallelFactor)
@@ -31,7 +31,7 @@ __all__ = [
     "Ranked", "Confidence", "LowEntropy", "Margin", "RandomOrder", "Origin", "ParallelPolicy",
     "ParallelThreshold", "ParallelFactor",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
-    "supports_gpu_offload", "quantize", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
+    "supports_gpu_offload", "devices", "quantize", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted", "CudaError",
     "CudaUnavailableError", "ChatTemplateError",
 ]

@@ -182,6 +182,29 @@ def supports_gpu_offload():
     return bool(C.llama_supports_gpu_offload())
 
 
+_DEVICE_KINDS = {C.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu", C.GGML_BACKEND_DEVICE_TYPE_GPU: "gpu",
+                 C.GGML_BACKEND_DEVICE_TYPE_IGPU: "igpu", C.GGML_BACKEND_DEVICE_TYPE_ACCEL: "accel"}
+
+
+def devices():
+    """The devices of the back ends this build of ggml has, as dicts with ``name`` (e.g.
+    ``CPU``, ``CUDA0``, ``Vulkan0``), ``description`` and ``kind`` (cpu, gpu, igpu, accel).
+    A GPU back end built in but with no usable device (no driver) lists none."""
+    cdef size_t i
+    cdef C.ggml_backend_dev_t dev
+    out = []
+    for i in range(C.ggml_backend_dev_count()):
+        dev = C.ggml_backend_dev_get(i)
+        out.append({"name": C.ggml_backend_dev_name(dev).decode("utf-8", "replace"),
+                    "description": C.ggml_backend_dev_description(dev).decode("utf-8", "replace"),
+                    "kind": _DEVICE_KINDS.get(C.ggml_backend_dev_kind_of(dev), "other")})
+    return out
+
+
+def _has_gpu_device():
+    return any(d["kind"] in ("gpu", "igpu") for d in devices())
+
+
 # --------------------------------------------------------------------------- helpers
 
 # Pieces that stand for the mask token in the diffusion model families we know
@@ -537,6 +560,10 @@ cdef class Model(_Resource):
         cdef const char * cpath = bpath
         cdef llama_model * model = NULL
         endpoints = None
+        if n_gpu_layers != 0 and not rpc_servers and not vocab_only and not _has_gpu_device():
+            logger.warning("n_gpu_layers=%d but this build of ggml has no usable GPU device (a CPU-only "
+                           "build, or no driver / device for its GPU back end): %s runs on the CPU",
+                           n_gpu_layers, os.path.basename(self.path))
         if rpc_servers:
             # checked with the Python handshake first (bounded by rpc_timeout)
             from llamadiff import rpc

@@ -84,6 +84,17 @@ cdef extern from "ggml-backend.h" nogil:
     ggml_backend_dev_t ggml_backend_reg_dev_get(ggml_backend_reg_t reg, size_t index)
     void ggml_backend_register(ggml_backend_reg_t reg)
     const char * ggml_backend_dev_name(ggml_backend_dev_t device)
+    # devices of the back ends this build has (llamadiff.devices)
+    # (enum ggml_backend_dev_type; its tag and the function share that name in C)
+    enum:
+        GGML_BACKEND_DEVICE_TYPE_CPU
+        GGML_BACKEND_DEVICE_TYPE_GPU
+        GGML_BACKEND_DEVICE_TYPE_IGPU
+        GGML_BACKEND_DEVICE_TYPE_ACCEL
+    size_t ggml_backend_dev_count()
+    ggml_backend_dev_t ggml_backend_dev_get(size_t index)
+    const char * ggml_backend_dev_description(ggml_backend_dev_t device)
+    int ggml_backend_dev_kind_of "ggml_backend_dev_type"(ggml_backend_dev_t device)
 
 
 cdef extern from "llama.h" nogil:

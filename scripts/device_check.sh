@@ -51,10 +51,12 @@ if [ "${1:-}" = "pack" ]; then
     "$0" bundle
     venv=$(mktemp -d)/venv
     "$PACK_PY" -m venv "$venv"
-    # the same cuBLAS package as the first build: setup.py points build/cuda-cublas at it, so
-    # the flags stay the same and nothing of ggml-cuda compiles again (the libraries relink)
+    # the same cuBLAS release as the first build (setup.py records it in build/cuda-cublas/VERSION):
+    # same headers and flags, so nothing of ggml-cuda compiles again (the libraries relink)
+    cublas="nvidia-cublas==$(cat build/cuda-cublas/VERSION 2>/dev/null || echo '13.0.*')"
+    echo "== $cublas"
     "$venv/bin/pip" install -q "setuptools>=64" wheel "Cython>=3.0,<4" "cmake>=3.21" ninja "scikit-build-core>=0.9" \
-        numpy "nvidia-cublas==13.0.*"
+        numpy "$cublas"
     tag=$("$venv/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
     rm -f .device/llamadiff-*-"$tag"-*.whl .device/gguf-*.whl
     t0=$(date +%s)

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/numpy_reference.py
 
 
 # ------------------------------------------------------------------ skips are counted
-# On a CPU-only machine only tests marked `cuda` may skip: every other skip means something a
+# On a CPU-only machine only tests marked `cuda` or `vulkan` may skip: every other skip means something a
 # user needs (an extra, the RPC server, a compiler) was missing. The summary always says how
 # many skipped and why; LLAMADIFF_STRICT_SKIPS=1 (set by .ci/run) makes any other skip fail
 # the run.
@@ -21,7 +21,8 @@ _SKIPS = {"cuda": [], "other": []}
 
 def _record_skip(report):
     if report.skipped and not hasattr(report, "wasxfail"):
-        kind = "cuda" if "cuda" in getattr(report, "keywords", ()) else "other"
+        keywords = getattr(report, "keywords", ())
+        kind = "cuda" if ("cuda" in keywords or "vulkan" in keywords) else "other"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _SKIPS[kind].append(f"{report.nodeid}: {reason}")
 
@@ -41,7 +42,7 @@ def _strict():
 def pytest_terminal_summary(terminalreporter):
     cuda_n, other = len(_SKIPS["cuda"]), _SKIPS["other"]
     terminalreporter.write_line(f"llamadiff skips: {cuda_n + len(other)} skipped "
-                                f"({cuda_n} need CUDA, {len(other)} other)")
+                                f"({cuda_n} need CUDA or Vulkan, {len(other)} other)")
     for line in other:
         terminalreporter.write_line(f"  not a CUDA skip: {line}")
     if other and _strict():
