@@ -258,21 +258,18 @@ def vulkan_enabled() -> bool:
     return env_flag("LLAMADIFF_VULKAN", False)
 
 
+VULKAN_PACKAGES = ("Debian/Ubuntu: apt-get install libvulkan-dev glslc spirv-headers "
+                   "(and mesa-vulkan-drivers for a software device); or the LunarG Vulkan SDK "
+                   "with VULKAN_SDK set")
+
+
 def check_vulkan_toolchain() -> None:
-    """ggml-vulkan compiles its shaders with glslc and links the Vulkan loader: say what is
-    missing before CMake fails deep in the configure step."""
-    missing = []
-    if not shutil.which("glslc"):
-        missing.append("glslc (Debian/Ubuntu: glslc)")
-    if not any(Path(d, "vulkan", "vulkan.h").is_file() for d in ("/usr/include", "/usr/local/include")) \
-            and not os.environ.get("VULKAN_SDK"):
-        missing.append("the Vulkan headers and loader (Debian/Ubuntu: libvulkan-dev; or set VULKAN_SDK)")
-    if missing:
-        raise SystemExit("llamadiff: LLAMADIFF_VULKAN=1 needs " + " and ".join(missing)
-                         + "; see docs/BUILDING.md, 'Vulkan'")
-
-
-# --------------------------------------------------------------------------- CUDA
+    """ggml-vulkan compiles its shaders with glslc: say so before CMake fails deep in the
+    configure step (the headers, the loader and the SPIR-V headers are CMake's to find: when it
+    cannot, cmake_build names the packages)."""
+    if not shutil.which("glslc") and not os.environ.get("VULKAN_SDK"):
+        raise SystemExit(f"llamadiff: LLAMADIFF_VULKAN=1 needs glslc and the Vulkan development files "
+                         f"({VULKAN_PACKAGES}); see docs/BUILDING.md, 'Vulkan'")
 
 
 def cuda_enabled() -> bool:
@@ -572,7 +569,9 @@ def cmake_build(source: Path) -> Path:
     build_dir.mkdir(parents=True, exist_ok=True)
     configure = [cmake, "-S", str(source), "-B", str(build_dir)] + cmake_configure_args(build_dir)
     log(" ".join(shlex.quote(a) for a in configure))
-    subprocess.run(configure, check=True)
+    if subprocess.run(configure).returncode != 0:
+        hint = f" With LLAMADIFF_VULKAN=1 it needs {VULKAN_PACKAGES}." if vulkan_enabled() else ""
+        raise SystemExit(f"llamadiff: CMake could not configure llama.cpp (its message is above).{hint}")
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
     subprocess.run([cmake, "--build", str(build_dir), "--target", "llama", "-j", jobs], check=True)
     return build_dir / "bin"

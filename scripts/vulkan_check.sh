@@ -13,6 +13,7 @@ cd "$ROOT"
 need=()
 command -v glslc > /dev/null || need+=(glslc)
 [ -f /usr/include/vulkan/vulkan.h ] || need+=(libvulkan-dev)
+ls /usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake > /dev/null 2>&1 || need+=(spirv-headers)
 ls /usr/share/vulkan/icd.d/*.json > /dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
