@@ -69,7 +69,10 @@ if [ "${1:-}" = "pack" ]; then
     cmake -S vendor/llama.cpp -B build/llama.cpp-cuda -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_EXAMPLES=ON > /dev/null
     cmake --build build/llama.cpp-cuda --target llama-diffusion-cli -j "$(nproc)" > /dev/null
     cp build/llama.cpp-cuda/bin/llama-diffusion-cli .device/
-    strip .device/llama-diffusion-cli
+    # its libllama-common (shared in this tree) beside it: the RUNPATH has $ORIGIN; libllama and
+    # libggml* come from the installed wheel (LD_LIBRARY_PATH below)
+    cp -L build/llama.cpp-cuda/bin/libllama-common.so.0 .device/
+    strip .device/llama-diffusion-cli .device/libllama-common.so.0
     ls -la .device
     du -sh .device
     exit 0
