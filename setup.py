@@ -574,7 +574,9 @@ def cmake_build(source: Path) -> Path:
         hint = f" With LLAMADIFF_VULKAN=1 it needs {VULKAN_PACKAGES}." if vulkan_enabled() else ""
         raise SystemExit(f"llamadiff: CMake could not configure llama.cpp (its message is above).{hint}")
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
-    subprocess.run([cmake, "--build", str(build_dir), "--target", "llama", "-j", jobs], check=True)
+    if subprocess.run([cmake, "--build", str(build_dir), "--target", "llama", "-j", jobs]).returncode != 0:
+        hint = f" With LLAMADIFF_VULKAN=1 it needs {VULKAN_PACKAGES}." if vulkan_enabled() else ""
+        raise SystemExit(f"llamadiff: building llama.cpp failed (the compiler's message is above).{hint}")
     return build_dir / "bin"
 
 
