@@ -249,6 +249,9 @@ def main(argv=None):
                     help="cpu: rehearse on a machine without a GPU (CPU routes, a 2-layer model)")
     ap.add_argument("--upstream-cli", default=None,
                     help="llama-diffusion-cli built against the same ggml: (d) runs when given")
+    ap.add_argument("--e2e-only", default=None, metavar="BLOCKS",
+                    help="only the end-to-end runs at these block lengths (comma-separated): for a second "
+                         "process with other ggml settings, e.g. GGML_CUDA_DISABLE_GRAPHS=1")
     ap.add_argument("--llada-model", default=None,
                     help="the LLaDA model of (d) (default: next to --model, written when missing)")
     args = ap.parse_args(argv)
@@ -287,6 +290,15 @@ def main(argv=None):
         print("[info] no CUDA device: run with --device cpu to rehearse", flush=True)
         return 2
     out = {"info": info, "sampler": [], "decode": [], "e2e": [], "no_cache": [], "upstream": []}
+    if args.e2e_only:
+        info["env"] = {k: v for k, v in os.environ.items() if k.startswith("GGML_")}
+        print(f"[info] ggml settings: {info['env']}", flush=True)
+        with Model(args.model, n_gpu_layers=-1 if GPU else 0) as model:
+            end_to_end(model, [int(b) for b in args.e2e_only.split(",")], args.gen, out["e2e"], args.budget_s)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=1)
+        return 0
     sampler_alone([4, 16, 64], out["sampler"])
     with Model(args.model, n_gpu_layers=-1 if GPU else 0) as model:
         decode_routes(model, [4, 16, 64], out["decode"])

@@ -178,6 +178,15 @@ fi
 echo "== timings ($(left) s left)"
 (cd /tmp && timeout $(( $(left) - 10 )) $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE --model "$MODEL" \
     --gen $GEN ${CLI:+--upstream-cli "$CLI"} --json "$OUT/device_check.json" --budget-s $(( $(left) - 75 )))
+# ggml-cuda replays a CUDA graph only while the graph's shapes repeat (DESIGN §5): the same
+# block-4 runs with graphs off show what the replay is worth on this loop
+if [ "$(left)" -gt 150 ]; then
+    echo "== block 4 with GGML_CUDA_DISABLE_GRAPHS=1 ($(left) s left)"
+    (cd /tmp && GGML_CUDA_DISABLE_GRAPHS=1 timeout 60 $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE \
+        --model "$MODEL" --gen $GEN --e2e-only 4 --json "$OUT/no_graphs.json")
+else
+    echo "== graphs-off run skipped: $(left) s left"
+fi
 # batched generation on the GPU: committed tok/s against parallel sequences (issue targets:
 # >= 6,000 tok/s at 64 sequences, >= 10,000 at the best batch size, SDAR-1.7B shape, block 4)
 if [ "$(left)" -gt 90 ]; then
