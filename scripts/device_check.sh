@@ -9,6 +9,8 @@
 #          against the same ggml, and the trimmed llama.cpp source (for the fallback build)
 #   here, without a GPU, to rehearse every step:    scripts/device_check.sh rehearse
 #   on the GPU machine, carrying .device:          scripts/device_check.sh
+#   where a block step's time goes, instead:       scripts/device_check.sh profile
+#   (rehearsed with:                               scripts/device_check.sh rehearse profile)
 #
 # Budget: one call of under 8 minutes. Installing the packed wheel takes seconds; without it
 # the script compiles ggml-cuda there (several minutes on 16 cores for one architecture).
@@ -78,11 +80,15 @@ if [ "${1:-}" = "pack" ]; then
     exit 0
 fi
 
-REHEARSE=0
+REHEARSE=0; PROFILE=0
 if [ "${1:-}" = "rehearse" ]; then
     # every step on this machine's CPU: the packed wheel (for this Python) installed as on the
     # GPU machine, the tests (the GPU ones skip), timings with --device cpu on a small model
     REHEARSE=1
+fi
+if [ "${1:-}" = "profile" ] || [ "${2:-}" = "profile" ]; then
+    # instead of the tests and timings: where a block step's time goes (benchmarks/gpu_profile.py)
+    PROFILE=1
 fi
 
 BUDGET=${DEVICE_CHECK_BUDGET_S:-470}
@@ -99,7 +105,7 @@ export PATH="$PATH:/usr/local/cuda/bin"
 DEVICE=cuda; GEN=256; MODEL=/tmp/sdar-1.7b-shape-f16.gguf; PARALLEL=1,8,16,32,64,128; PROMPTS=128
 if [ $REHEARSE = 1 ]; then DEVICE=cpu; GEN=32; MODEL=/tmp/device-check-rehearsal.gguf; PARALLEL=1,4,8; PROMPTS=8; fi
 CLI=""
-[ -x .device/llama-diffusion-cli ] && CLI=$ROOT/.device/llama-diffusion-cli
+[ -x .device/llama-diffusion-cli ] && [ $PROFILE = 0 ] && CLI=$ROOT/.device/llama-diffusion-cli
 MODEL_PID=""
 write_models() {
     # the random models (SDAR-1.7B-shaped F16, and a LLaDA of that shape for the upstream
@@ -163,6 +169,27 @@ if [ $installed = 0 ]; then
     echo "== build took $(( $(date +%s) - t0 )) s"
 fi
 (cd /tmp && $PY -c "import llamadiff, llamadiff.cuda as c; print('llamadiff', llamadiff.__file__); print('cuda built:', c.is_built(), 'ggml-cuda:', c.ggml_cuda_built(), 'devices:', c.device_count(), c.device_name(0) if c.device_count() else '')")
+
+if [ $PROFILE = 1 ]; then
+    wait $MODEL_PID; cat "$OUT/model.log"
+    P="$ROOT/benchmarks/gpu_profile.py --device $DEVICE --model $MODEL --json $OUT/gpu_profile.json"
+    (cd /tmp && timeout 90 $PY $P decode)
+    (cd /tmp && GGML_CUDA_DISABLE_GRAPHS=1 timeout 90 $PY $P decode)
+    if [ $REHEARSE = 0 ]; then
+        (cd /tmp && timeout 90 $PY $P torch)
+        NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+        for rows in 4 1; do
+            [ "$(left)" -gt 100 ] || { echo "== ncu $rows skipped: $(left) s left"; continue; }
+            echo "== ncu, one $rows-token decode ($(left) s left)"
+            (cd /tmp && GGML_CUDA_DISABLE_GRAPHS=1 timeout 120 "$NCU" --clock-control none --profile-from-start off \
+                --metrics gpu__time_duration.sum --print-units base --csv $PY $P ncu $rows > "$OUT/ncu$rows.csv" 2> "$OUT/ncu$rows.err")
+            echo "ncu exit $?"; tail -3 "$OUT/ncu$rows.err"
+            (cd /tmp && $PY $P ncu-report "$OUT/ncu$rows.csv")
+        done
+    fi
+    echo "== total $(( $(date +%s) - START )) s"
+    exit 0
+fi
 
 echo "== tests ($(left) s left)"
 (cd /tmp && timeout $(( $(left) - 100 )) $PY -m pytest -q -x "$ROOT/tests/test_cuda.py" -p no:cacheprovider \
