@@ -237,9 +237,49 @@ def prepare_source() -> Path:
         extract_llama_cpp(sdist, tmp)
     apply_patches(tmp)
     (tmp / STAMP.name).write_text(wanted)
-    shutil.rmtree(LLAMA_DIR, ignore_errors=True)
-    tmp.rename(LLAMA_DIR)
+    if LLAMA_DIR.is_dir() and STAMP.is_file():
+        sync_tree(tmp, LLAMA_DIR)
+        shutil.rmtree(tmp)
+    else:
+        shutil.rmtree(LLAMA_DIR, ignore_errors=True)
+        tmp.rename(LLAMA_DIR)
     return LLAMA_DIR
+
+
+def sync_tree(src: Path, dest: Path) -> None:
+    """Make `dest` equal to `src`, writing only the files whose content differs (they get a new
+    mtime; the others keep theirs), so that a new patch recompiles what it touches instead of
+    every object of every build directory (a CUDA build is most of an hour on 2 cores)."""
+    seen = set()
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        seen.add(rel)
+        target = dest / rel
+        if path.is_dir() and not path.is_symlink():
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                target.unlink()
+            target.mkdir(exist_ok=True)
+        elif path.is_symlink():
+            if not (target.is_symlink() and os.readlink(target) == os.readlink(path)):
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                os.symlink(os.readlink(path), target)
+        else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            if target.is_symlink() or not target.is_file() or target.read_bytes() != path.read_bytes():
+                if target.is_symlink():
+                    target.unlink()
+                shutil.copyfile(path, target)
+                shutil.copymode(path, target)
+    for path in sorted(dest.rglob("*"), reverse=True):       # children before their folders
+        if path.relative_to(dest) not in seen:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
 
 # --------------------------------------------------------------------------- CMake
