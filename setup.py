@@ -596,6 +596,23 @@ def build_rpc_server(source: Path, lib_dir: Path) -> Path | None:
     return exe
 
 
+def drop_stale_sub_builds(build_dir: Path) -> None:
+    """CMake projects built inside the build (ggml-vulkan's shader generator, an
+    ExternalProject) keep the make program and cmake of their first configure in their own
+    cache; pip builds each time in a new isolated environment, so the next build found them
+    gone ("ninja --version ... no such file or directory"). Such a cache is removed and the
+    sub-project configures again (seconds); its outputs stay."""
+    for cache in build_dir.glob("*/**/CMakeCache.txt"):
+        text = cache.read_text(errors="ignore")
+        for key in ("CMAKE_MAKE_PROGRAM", "CMAKE_COMMAND"):
+            m = re.search(rf"^{key}:[A-Z]+=(.+)$", text, re.M)
+            if m and m.group(1).startswith("/") and not Path(m.group(1).strip()).exists():
+                log(f"{cache.parent.relative_to(build_dir)}: its {key} ({m.group(1).strip()}) is gone, configuring it again")
+                cache.unlink()
+                shutil.rmtree(cache.parent / "CMakeFiles", ignore_errors=True)
+                break
+
+
 def cmake_build(source: Path) -> Path:
     """Configure (cheap when cached) and build llama + ggml; return the directory of the libs."""
     cmake = shutil.which("cmake")
@@ -608,6 +625,7 @@ def cmake_build(source: Path) -> Path:
     if cache.is_file() and "Ninja" in cache.read_text(errors="ignore") and not shutil.which("ninja"):
         shutil.rmtree(build_dir)  # generator changed: CMake cannot switch in place
     build_dir.mkdir(parents=True, exist_ok=True)
+    drop_stale_sub_builds(build_dir)
     configure = [cmake, "-S", str(source), "-B", str(build_dir)] + cmake_configure_args(build_dir)
     log(" ".join(shlex.quote(a) for a in configure))
     if subprocess.run(configure).returncode != 0:
