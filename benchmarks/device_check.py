@@ -58,6 +58,7 @@ SDAR_1_7B = testing.ModelShape(n_embd=2048, n_layer=28, n_head=16, n_head_kv=8, 
 REHEARSAL = testing.ModelShape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, head_dim=64, n_ff=512,
                                n_ctx_train=4096, tie_embeddings=True, n_vocab_pad=VOCAB - 276)
 GPU = True          # False under --device cpu: only the CPU routes run
+FIXED = None        # the end-to-end runs' fixed_step_shape (None: the default)
 T0 = time.perf_counter()
 
 
@@ -181,7 +182,7 @@ def end_to_end(model: Model, blocks, gen: int, results, budget_s: float):
                 continue
             with Generator(model, n_ctx=1024, sampler=route) as g:
                 opts = dict(max_new_tokens=gen, block_length=block, steps=block, strategy="low_confidence_static",
-                            stop=[])
+                            stop=[], fixed_step_shape=FIXED)
                 g.generate(prompt, **opts)                      # warm-up (context, CUDA graphs)
                 runs = [g.generate(prompt, **opts) for _ in range(3)]
             tps = sorted(r.stats["tokens_per_second"] for r in runs)
@@ -252,11 +253,15 @@ def main(argv=None):
     ap.add_argument("--e2e-only", default=None, metavar="BLOCKS",
                     help="only the end-to-end runs at these block lengths (comma-separated): for a second "
                          "process with other ggml settings, e.g. GGML_CUDA_DISABLE_GRAPHS=1")
+    ap.add_argument("--fixed-step-shape", choices=["auto", "on", "off"], default="auto",
+                    help="the generation option fixed_step_shape of the end-to-end runs (auto: the "
+                         "default, on with the layers on a GPU)")
     ap.add_argument("--llada-model", default=None,
                     help="the LLaDA model of (d) (default: next to --model, written when missing)")
     args = ap.parse_args(argv)
-    global GPU, ROUTES_DECODE, ROUTES_E2E
+    global GPU, ROUTES_DECODE, ROUTES_E2E, FIXED
     GPU = args.device == "cuda"
+    FIXED = {"auto": None, "on": True, "off": False}[args.fixed_step_shape]
     ROUTES_DECODE = ("floor", "cpu", "cuda", "backend") if GPU else ("floor", "cpu")
     ROUTES_E2E = ("cuda", "backend", "cpu") if GPU else ("cpu",)
     shape = SDAR_1_7B if GPU else REHEARSAL
@@ -292,7 +297,8 @@ def main(argv=None):
     out = {"info": info, "sampler": [], "decode": [], "e2e": [], "no_cache": [], "upstream": []}
     if args.e2e_only:
         info["env"] = {k: v for k, v in os.environ.items() if k.startswith("GGML_")}
-        print(f"[info] ggml settings: {info['env']}", flush=True)
+        info["fixed_step_shape"] = args.fixed_step_shape
+        print(f"[info] ggml settings: {info['env']}, fixed_step_shape: {args.fixed_step_shape}", flush=True)
         with Model(args.model, n_gpu_layers=-1 if GPU else 0) as model:
             end_to_end(model, [int(b) for b in args.e2e_only.split(",")], args.gen, out["e2e"], args.budget_s)
         if args.json:

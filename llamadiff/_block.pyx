@@ -39,6 +39,8 @@ cdef class BlockSequence(Sequence):
     of ``block_length``, at most ``steps`` steps per block."""
     cdef readonly int block_length, steps
     cdef readonly bint use_cache, shift
+    cdef readonly bint fixed_shape   # every step decodes the finished block again and all B rows
+    cdef int first_region            # the first region this sequence generates (after the prompt's)
     cdef bint store_pending
     cdef int chunk
     cdef int fill_from              # first position this step decodes before the block
@@ -46,9 +48,12 @@ cdef class BlockSequence(Sequence):
     def __init__(self, Model model not None, prompt, int n_generate, int block_length, int steps,
                  RemaskPolicy policy not None, *, float temperature=0.0, int top_k=0,
                  float top_p=1.0, unsigned long long seed=0, bint cache=True,
-                 bint shift_logits=False):
+                 bint shift_logits=False, bint fixed_shape=False):
         if block_length < 1 or steps < 1 or n_generate < 1:
             raise ValueError("block_length, steps and n_generate must be >= 1")
+        if fixed_shape and (not cache or shift_logits):
+            raise ValueError("fixed_step_shape needs the KV cache (cache=True) and unshifted rows "
+                             "(shift_logits=False)")
         cdef int n_prompt = len(prompt)
         if shift_logits and n_prompt < 1:
             raise ValueError("this model reads shifted rows (shift_logits: row p - 1 predicts p, "
@@ -62,6 +67,9 @@ cdef class BlockSequence(Sequence):
         self.shift = shift_logits
         self.min_commit = 1
         self.region = n_prompt // block_length
+        self.first_region = self.region
+        self.fixed_shape = fixed_shape
+        self.rows_full = fixed_shape
         self.n_regions = n_blocks
         self.block_causal = block_length
         self._size_scratch(block_length)
@@ -111,6 +119,16 @@ cdef class BlockSequence(Sequence):
         # with shifted rows the step also decodes position s - 1 (its row predicts s)
         cdef int own = s - 1 if (self.shift and s > 0) else s
         if self.use_cache:
+            if self.fixed_shape and self.region > self.first_region:
+                # every step of the block decodes the finished block too, not only the first (its
+                # store pass): one batch shape for the whole generation, so a GPU back end
+                # replays one CUDA graph. The finished block's KV is rewritten with the values it
+                # has: block-causal attention keeps it from seeing the active block, and the
+                # batch is the same. (After the prompt, the prompt's block is not decoded again:
+                # its KV came from the prefill, a batch of another shape.)
+                self.fill_from = s - B
+                C.llama_memory_seq_rm(self.ctx.mem, self.slot, self.fill_from, -1)
+                return 0
             # the previous block's store pass rides on this step (it decodes s - 1 anyway)
             self.fill_from = s - B if self.store_pending else own
             if self.fill_from == own < s:
@@ -149,10 +167,14 @@ cdef class BlockSequence(Sequence):
                 self.n_masked += 1
             if self.shift:
                 self.put(n, s + i, self.x[s + i], i + 1 < B and self.x[s + i + 1] == self.mask_id)
+            elif self.rows_full:
+                # a row for every position (one output count for every step): row i is position i
+                self.row_counters[i] = (<uint64_t> (s + i) << 16) | <uint64_t> self.step
+                self.put(n, s + i, self.x[s + i], True)
             else:
                 self.put(n, s + i, self.x[s + i], masked)
             n += 1
-        self.n_rows = self.n_masked
+        self.n_rows = B if self.rows_full else self.n_masked
         self.kv_tokens = s + B
         self.plain = True
         self.region_start = s
@@ -216,8 +238,15 @@ class BlockFamily:
             # block-diffusion checkpoints predict each position from its own row (SDAR) unless
             # the GGUF says otherwise (Fast-dLLM v2 conversions write diffusion.shift_logits)
             shift = gen.model_flag("diffusion.shift_logits", False)
+        fixed = cfg.fixed_step_shape
+        if fixed is None:
+            # a GPU back end replays a CUDA graph only while the step's graph stays the same;
+            # on a CPU the extra rows and tokens are compute (docs/BENCHMARKS.md, H200)
+            fixed = cache and not shift and gen.model.on_gpu
+        elif fixed and (not cache or shift):
+            raise ValueError("fixed_step_shape=True needs cache=True and shift_logits=False")
         return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold,
-                           shift_logits=shift)
+                           shift_logits=shift, fixed_step_shape=fixed)
 
     def positions(self, cfg, int n_prompt):
         """Positions a sequence occupies: whole blocks."""
@@ -237,7 +266,8 @@ class BlockFamily:
     def sequence(self, model, ids, cfg, policy):
         return BlockSequence(model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps, policy,
                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                             seed=cfg.seed, cache=cfg.cache, shift_logits=cfg.shift_logits)
+                             seed=cfg.seed, cache=cfg.cache, shift_logits=cfg.shift_logits,
+                             fixed_shape=cfg.fixed_step_shape)
 
     def runs_alone(self, cfg):
         # the recompute mode (reference behaviour) re-decodes each sequence's prefix alone

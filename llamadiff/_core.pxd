@@ -25,6 +25,7 @@ cdef class Model(_Resource):
     cdef readonly int n_vocab
     cdef readonly bint vocab_only  # loaded without weights: no hyper-parameters, no decoding
     cdef readonly bint uses_rpc    # layers on ggml RPC servers (llamadiff.rpc)
+    cdef readonly bint on_gpu      # layers offloaded to a local GPU device (CUDA, Vulkan)
     cdef readonly double rpc_timeout   # seconds an RPC wait may last without progress
     cdef dict _metadata_cache
 

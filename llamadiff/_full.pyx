@@ -530,6 +530,9 @@ class FullFamily:
 
     def resolve(self, gen, cfg):
         """The schedule, steps, cache, shift_logits and threshold of a call."""
+        if cfg.fixed_step_shape:
+            raise ValueError("fixed_step_shape is for block diffusion (a full-diffusion step "
+                             "decodes the whole canvas, one shape already)")
         if cfg.block_length is not None and cfg.eps is not None:
             raise ValueError("give one schedule: block_length (LLaDA-style blocks) or eps "
                              "(Dream-style timesteps), not both")

@@ -54,6 +54,9 @@ cdef class Sequence:
     # this step (set by fill)
     cdef int n_masked
     cdef int row_start, n_rows       # its rows in the shared logits
+    cdef bint rows_full              # a row for every position of the region, masked or not (the
+                                     # step keeps one shape): masked i reads row positions[i]
+    cdef vector[uint64_t] row_counters   # the sampler's RNG counter per row when rows_full
     cdef int n_step_tokens           # its tokens in the shared batch
     cdef int kv_tokens               # KV cells it holds during the step
     cdef bint plain                  # row i predicts positions[i]: the scheduler samples it

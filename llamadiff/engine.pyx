@@ -99,6 +99,7 @@ cdef class Sequence:
         self.entropy.resize(n_rows)
         self.margin.resize(n_rows)
         self.counters.resize(n_rows)
+        self.row_counters.resize(n_rows)
         self.rows.resize(n_rows)
         self.step_positions.reserve(n_rows)
         self.step_tokens.reserve(n_rows)
@@ -188,15 +189,16 @@ cdef class Sequence:
 
     cdef int score(self, const float * logits) except -1 nogil:
         """The sampled rows into the step view's arrays."""
-        cdef int i
+        cdef int i, r
         if self.skip_commit:
             return 0
-        check_rows(self.rows.data(), self.n_masked)
+        check_rows(self.rows.data(), self.n_rows if self.rows_full else self.n_masked)
         for i in range(self.n_masked):
-            self.x0[i] = self.rows[i].token
-            self.prob[i] = self.rows[i].prob
-            self.entropy[i] = self.rows[i].entropy
-            self.margin[i] = self.rows[i].margin
+            r = self.positions[i] if self.rows_full else i
+            self.x0[i] = self.rows[r].token
+            self.prob[i] = self.rows[r].prob
+            self.entropy[i] = self.rows[r].entropy
+            self.margin[i] = self.rows[r].margin
         return 0
 
     cdef int commit(self) except -1 nogil:
@@ -428,7 +430,8 @@ cdef class Scheduler:
                 j += 1
             for k in range(i, j):
                 other = active[k]
-                memcpy(self.counters.data() + other.row_start, other.counters.data(),
+                memcpy(self.counters.data() + other.row_start,
+                       other.row_counters.data() if other.rows_full else other.counters.data(),
                        other.n_rows * sizeof(uint64_t))
             V = first.n_vocab
             with nogil:

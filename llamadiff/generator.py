@@ -131,8 +131,8 @@ def _check_option(f: dataclasses.Field, value) -> None:
     if meta["choices"] is not None and not policy_ok and (not isinstance(value, str) or value not in meta["choices"]):
         extra = " or pass a RemaskPolicy" if name == "strategy" else ""
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, meta['choices']))}{extra}")
-    if name == "shift_logits" and not isinstance(value, bool):
-        raise TypeError("shift_logits must be None, True or False")
+    if name in ("shift_logits", "fixed_step_shape") and not isinstance(value, bool):
+        raise TypeError(f"{name} must be None, True or False")
 
 
 @dataclasses.dataclass
@@ -196,6 +196,10 @@ class GenerationConfig:
                                      "softmax)", flags=("--gumbel",), cli="flag", group="full")
     shift_logits: Optional[bool] = _option(None, "row i predicts position i + 1 (None: GGUF metadata, else "
                                            "True for full diffusion, False for block diffusion)", cli=None)
+    fixed_step_shape: Optional[bool] = _option(
+        None, "block diffusion with the KV cache: every step decodes the same batch shape (the "
+        "finished block again, a row for every position of the block), so a GPU back end replays "
+        "one CUDA graph; the same tokens (None: on when the model's layers are on a GPU)", cli=None)
     parallel: Optional[str] = _option(None, "Fast-dLLM parallel decoding", choices=PARALLEL_MODES, group="full")
     factor: float = _option(1.0, "factor of --parallel factor", bounds=(0.0, None, "("), group="full")
     rng: str = _option("counter", "llama.cpp: reproduce llama-diffusion-cli draw for draw",

@@ -205,15 +205,23 @@ fi
 echo "== timings ($(left) s left)"
 (cd /tmp && timeout $(( $(left) - 10 )) $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE --model "$MODEL" \
     --gen $GEN ${CLI:+--upstream-cli "$CLI"} --json "$OUT/device_check.json" --budget-s $(( $(left) - 75 )))
-# ggml-cuda replays a CUDA graph only while the graph's shapes repeat (DESIGN §5): the same
-# block-4 runs with graphs off show what the replay is worth on this loop
-if [ "$(left)" -gt 150 ]; then
-    echo "== block 4 with GGML_CUDA_DISABLE_GRAPHS=1 ($(left) s left)"
-    (cd /tmp && GGML_CUDA_DISABLE_GRAPHS=1 timeout 60 $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE \
-        --model "$MODEL" --gen $GEN --e2e-only 4 --json "$OUT/no_graphs.json")
-else
-    echo "== graphs-off run skipped: $(left) s left"
-fi
+# ggml-cuda replays a CUDA graph only while the graph stays the same (DESIGN §5): the loop
+# keeps one step shape for that (fixed_step_shape, on by default with offloaded layers); the
+# same runs with the minimal steps, and with graphs off, show what each is worth
+for variant in "fixed-off:--fixed-step-shape off" "graphs-off:GGML_CUDA_DISABLE_GRAPHS=1"; do
+    name=${variant%%:*}; arg=${variant#*:}
+    if [ "$(left)" -gt 150 ]; then
+        echo "== block 4 and 16, $name ($(left) s left)"
+        case $arg in
+            GGML*) (cd /tmp && env $arg timeout 60 $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE \
+                       --model "$MODEL" --gen $GEN --e2e-only 4,16 --json "$OUT/$name.json") ;;
+            *)     (cd /tmp && timeout 60 $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE \
+                       --model "$MODEL" --gen $GEN --e2e-only 4,16 $arg --json "$OUT/$name.json") ;;
+        esac
+    else
+        echo "== $name run skipped: $(left) s left"
+    fi
+done
 # batched generation on the GPU: committed tok/s against parallel sequences (issue targets:
 # >= 6,000 tok/s at 64 sequences, >= 10,000 at the best batch size, SDAR-1.7B shape, block 4)
 if [ "$(left)" -gt 90 ]; then

@@ -262,15 +262,22 @@ def test_gpu_sampling_distribution_chi_square():
 @pytest.mark.parametrize("sampler", ["cuda", "backend"])
 @pytest.mark.parametrize("strategy,extra", [("low_confidence_static", {}), ("entropy_bounded", {"eb_gamma": 11.0})])
 @pytest.mark.parametrize("block", [2, 4, 8])
-def test_gpu_generation_matches_reference(qwen3_model, qwen3_path, sampler, strategy, extra, block):
+@pytest.mark.parametrize("fixed", [None, False])
+def test_gpu_generation_matches_reference(qwen3_model, qwen3_path, sampler, strategy, extra, block, fixed):
     """Greedy generation on the GPU (layers offloaded when ggml has CUDA) gives the tokens of
-    the independent NumPy loop, like the CPU build does."""
+    the independent NumPy loop, like the CPU build does: with one step shape (the default with
+    offloaded layers, for CUDA-graph replay) and with the minimal steps."""
     from llamadiff.testing import read_model
     steps = max(1, block // 2)
     ref = block_diffusion_generate(read_model(qwen3_path), PROMPT, 12, block, steps, strategy, MASK, **extra)
     n_gpu_layers = -1 if cuda.ggml_cuda_built() else 0
     with Generator(qwen3_path, n_ctx=256, n_gpu_layers=n_gpu_layers, sampler=sampler, **EXACT) as g:
         out = g.generate(PROMPT, max_new_tokens=12, block_length=block, steps=steps, strategy=strategy,
-                         stop=[], **extra)
+                         stop=[], fixed_step_shape=fixed, **extra)
+        if fixed is None and n_gpu_layers:
+            # on by default with the layers on the GPU: every later step decodes two blocks
+            plain = g.generate(PROMPT, max_new_tokens=12, block_length=block, steps=steps, strategy=strategy,
+                               stop=[], fixed_step_shape=False, **extra)
+            assert out.stats["decode_tokens"] > plain.stats["decode_tokens"]
     assert out.stats["sampler"] == sampler
     assert out.tokens == ref

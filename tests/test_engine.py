@@ -126,3 +126,56 @@ def test_former_module_names_still_import():
     from llamadiff import _remask, policy
     assert _remask.RemaskPolicy is policy.RemaskPolicy and _remask.make_policy is policy.make_policy
     assert isinstance(_remask.make_policy("sequential"), policy.Sequential)
+
+
+# -- one batch shape per step (fixed_step_shape): what lets a GPU replay its CUDA graph ------
+
+@pytest.mark.parametrize("block,steps", [(4, 4), (4, 2), (8, 3)])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic", "sequential"])
+def test_fixed_step_shape_gives_the_same_tokens(qwen3_model, block, steps, temperature, strategy):
+    """Decoding the finished block again at every step (and a row for every position) rewrites
+    its KV with the values it has and draws every masked row with its own RNG counter: the
+    tokens are those of the minimal steps, prompt ending inside a block or on its edge."""
+    with Generator(qwen3_model, n_ctx=256) as g:
+        for prompt in ([5, 6, 7], [5, 6, 7, 8, 9, 10, 11, 12], [3]):
+            kw = dict(max_new_tokens=20, block_length=block, steps=steps, temperature=temperature, seed=3,
+                      strategy=strategy, stop=[])
+            plain = g.generate(prompt, fixed_step_shape=False, **kw)
+            fixed = g.generate(prompt, fixed_step_shape=True, **kw)
+            assert fixed.tokens == plain.tokens
+            # after the first generated block every step decodes 2 blocks (the fixed shape)
+            assert fixed.stats["decode_tokens"] > plain.stats["decode_tokens"]
+            assert fixed.stats["decode_calls"] == plain.stats["decode_calls"]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_fixed_step_shape_in_a_batch(qwen3_model, temperature):
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6], [9] * 11, [4]]
+    with Generator(qwen3_model, n_ctx=256) as g:
+        runs = [[r.tokens for r in g.generate(prompts, max_new_tokens=20, block_length=4, steps=4,
+                                              temperature=temperature, seed=5, stop=[], n_parallel=3,
+                                              fixed_step_shape=fixed)]
+                for fixed in (False, True)]
+        single = [g.generate(p, max_new_tokens=20, block_length=4, steps=4, temperature=temperature, seed=5,
+                             stop=[], fixed_step_shape=True).tokens for p in prompts]
+    assert runs[1] == runs[0] == single
+
+
+def test_fixed_step_shape_is_off_on_the_cpu_and_checked(qwen3_model, llada_model):
+    assert not qwen3_model.on_gpu
+    with Generator(qwen3_model, n_ctx=256) as g:
+        default = g.generate([5, 6, 7], max_new_tokens=12, stop=[])
+        plain = g.generate([5, 6, 7], max_new_tokens=12, stop=[], fixed_step_shape=False)
+        assert default.stats["decode_tokens"] == plain.stats["decode_tokens"]
+        with pytest.raises(ValueError, match="needs cache=True and shift_logits=False"):
+            g.generate([5, 6, 7], max_new_tokens=8, fixed_step_shape=True, cache=False)
+        with pytest.raises(ValueError, match="needs cache=True and shift_logits=False"):
+            g.generate([5, 6, 7], max_new_tokens=8, fixed_step_shape=True, shift_logits=True)
+        with pytest.raises(TypeError, match="fixed_step_shape must be None, True or False"):
+            g.generate([5, 6, 7], max_new_tokens=8, fixed_step_shape=1)
+    with Generator(llada_model, n_ctx=128) as g:
+        with pytest.raises(ValueError, match="fixed_step_shape is for block diffusion"):
+            g.generate([5, 6, 7], max_new_tokens=8, fixed_step_shape=True)
+    with pytest.raises(ValueError, match="needs the KV cache"):
+        BlockSequence(qwen3_model, [5, 6], 4, 4, 4, LowConfidenceStatic(), cache=False, fixed_shape=True)
