@@ -104,8 +104,12 @@ export PATH="$PATH:/usr/local/cuda/bin"
 
 DEVICE=cuda; GEN=256; MODEL=/tmp/sdar-1.7b-shape-f16.gguf; PARALLEL=1,8,16,32,64,128; PROMPTS=128
 if [ $REHEARSE = 1 ]; then DEVICE=cpu; GEN=32; MODEL=/tmp/device-check-rehearsal.gguf; PARALLEL=1,4,8; PROMPTS=8; fi
+# DEVICE_CHECK_QUICK=1: a second look after a change (about 150 s): no upstream CLI, no
+# graphs-off run, fewer batch sizes
+QUICK=${DEVICE_CHECK_QUICK:-0}
+[ "$QUICK" = 1 ] && [ $REHEARSE = 0 ] && { PARALLEL=1,16,64; PROMPTS=64; }
 CLI=""
-[ -x .device/llama-diffusion-cli ] && [ $PROFILE = 0 ] && CLI=$ROOT/.device/llama-diffusion-cli
+[ -x .device/llama-diffusion-cli ] && [ $PROFILE = 0 ] && [ "$QUICK" = 0 ] && CLI=$ROOT/.device/llama-diffusion-cli
 MODEL_PID=""
 write_models() {
     # the random models (SDAR-1.7B-shaped F16, and a LLaDA of that shape for the upstream
@@ -208,7 +212,9 @@ echo "== timings ($(left) s left)"
 # ggml-cuda replays a CUDA graph only while the graph stays the same (DESIGN §5): the loop
 # keeps one step shape for that (fixed_step_shape, on by default with offloaded layers); the
 # same runs with the minimal steps, and with graphs off, show what each is worth
-for variant in "fixed-off:--fixed-step-shape off" "graphs-off:GGML_CUDA_DISABLE_GRAPHS=1"; do
+VARIANTS=("fixed-off:--fixed-step-shape off" "graphs-off:GGML_CUDA_DISABLE_GRAPHS=1")
+[ "$QUICK" = 1 ] && VARIANTS=("fixed-off:--fixed-step-shape off")
+for variant in "${VARIANTS[@]}"; do
     name=${variant%%:*}; arg=${variant#*:}
     if [ "$(left)" -gt 150 ]; then
         echo "== block 4 and 16, $name ($(left) s left)"

@@ -3,12 +3,65 @@
 # the machine has: Mesa's software driver (lavapipe) where there is no GPU, the vendor's driver
 # where there is one (docs/BUILDING.md, "Vulkan").
 #
-#   scripts/vulkan_check.sh     install the Debian packages it lacks, build into a venv, test
+#   scripts/vulkan_check.sh          install the Debian packages it lacks, build into a venv, test
+#   scripts/vulkan_check.sh pack     after that: .vk/ = a wheel of that build for the GPU machine's
+#                                    Python (3.12 unless LLAMADIFF_PACK_PYTHON names another)
+#   scripts/vulkan_check.sh device   on a GPU machine (no network), carrying .vk and .gl (the Vulkan
+#                                    loader's Debian packages, /work/.library/device/README.md):
+#                                    install the packed wheel, run the Vulkan tests through the
+#                                    vendor's driver, time F16 / Q8_0 / Q4_K_M offloaded
 #
 # Environment: VULKAN_VENV (default build/vulkan-venv), PYTHON (default python3).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+
+if [ "${1:-}" = "pack" ]; then
+    PACK_PY=${LLAMADIFF_PACK_PYTHON:-python3.12}
+    [ -d build/llama.cpp-vulkan ] || { echo "no build/llama.cpp-vulkan: run scripts/vulkan_check.sh first"; exit 1; }
+    venv=$(mktemp -d)/venv
+    "$PACK_PY" -m venv "$venv"
+    "$venv/bin/pip" install -q "setuptools>=64" wheel "Cython>=3.0,<4" "cmake>=3.21" ninja "scikit-build-core>=0.9" numpy
+    mkdir -p .vk
+    grep -qx '/.vk/' "$(git rev-parse --git-path info/exclude)" 2>/dev/null \
+        || echo '/.vk/' >> "$(git rev-parse --git-path info/exclude)"
+    rm -f .vk/llamadiff-*.whl
+    t0=$(date +%s)
+    # the Cython extensions compile again for that Python; ggml-vulkan is reused as built
+    LLAMADIFF_VULKAN=1 "$venv/bin/pip" wheel -q --no-build-isolation --no-deps . -w .vk
+    "$venv/bin/pip" download -q --no-deps "gguf==0.19.0" -d .vk
+    echo "wheel built in $(( $(date +%s) - t0 )) s"
+    ls -la .vk; du -sh .vk
+    exit 0
+fi
+
+if [ "${1:-}" = "device" ]; then
+    OUT=${OUT:-/tmp/vulkan_check_out}; mkdir -p "$OUT"
+    exec > >(tee "$OUT/vulkan_check.log") 2>&1
+    PY=${PYTHON:-python3}
+    START=$(date +%s)
+    # the Vulkan loader (the image has the driver's ICD, not always the loader)
+    if ! ldconfig -p | grep -q libvulkan.so.1; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+    fi
+    ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    [ -f "$ICD" ] && [ -z "${VK_DRIVER_FILES:-}" ] && ! ls /usr/share/vulkan/icd.d/*.json > /dev/null 2>&1 \
+        && export VK_DRIVER_FILES=$ICD
+    SITE=/tmp/vulkan-site; rm -rf "$SITE"
+    $PY -m pip install -q --no-deps --no-index --no-compile --target "$SITE" .vk/llamadiff-*-cp$($PY -c \
+        'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')-*.whl .vk/gguf-*.whl || exit 2
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    (cd /tmp && $PY -c "import llamadiff; print('devices:', llamadiff.devices())")
+    echo "== tests ($(( $(date +%s) - START )) s)"
+    (cd /tmp && timeout 150 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_vulkan.py" --rootdir "$ROOT" \
+        > "$OUT/pytest.log" 2>&1); echo "pytest exit $?: $(tail -1 "$OUT/pytest.log")"
+    grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -10
+    echo "== timings ($(( $(date +%s) - START )) s)"
+    (cd /tmp && timeout ${VULKAN_TIMING_S:-200} $PY "$ROOT/benchmarks/backend_compare.py" --shape sdar --no-cpu \
+        --gen 128 --json "$OUT/backend_compare.json")
+    echo "== total $(( $(date +%s) - START )) s"
+    exit 0
+fi
 
 need=()
 command -v glslc > /dev/null || need+=(glslc)
