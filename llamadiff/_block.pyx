@@ -24,6 +24,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
+from llamadiff._core import _has_cuda_device
 from llamadiff.engine cimport Sequence
 from llamadiff.policy cimport RemaskPolicy
 from llamadiff.policy import make_policy
@@ -34,12 +35,20 @@ cdef inline int transfer_count(int block_length, int steps, int step) noexcept n
     return block_length // steps + (1 if step < block_length % steps else 0)
 
 
+FIXED_SHAPE_BATCH_FAULT = (
+    "fixed_step_shape=True needs one sequence per context on a GPU (n_parallel=1): the pinned "
+    "ggml-cuda faults ('an illegal instruction was encountered', which aborts the process) when it "
+    "replays the CUDA graph of a step of several sequences; leave fixed_step_shape unset (then "
+    "batches decode with the minimal steps)")
+
+
 cdef class BlockSequence(Sequence):
     """One block-diffusion generation: ``n_generate`` new tokens after ``prompt`` in blocks
     of ``block_length``, at most ``steps`` steps per block."""
     cdef readonly int block_length, steps
     cdef readonly bint use_cache, shift
     cdef readonly bint fixed_shape   # every step decodes the finished block again and all B rows
+    cdef int fixed_request           # fixed_step_shape as asked: -1 (None: decided in bind), 0, 1
     cdef int first_region            # the first region this sequence generates (after the prompt's)
     cdef bint store_pending
     cdef int chunk
@@ -48,9 +57,11 @@ cdef class BlockSequence(Sequence):
     def __init__(self, Model model not None, prompt, int n_generate, int block_length, int steps,
                  RemaskPolicy policy not None, *, float temperature=0.0, int top_k=0,
                  float top_p=1.0, unsigned long long seed=0, bint cache=True,
-                 bint shift_logits=False, bint fixed_shape=False):
+                 bint shift_logits=False, fixed_shape=False):
         if block_length < 1 or steps < 1 or n_generate < 1:
             raise ValueError("block_length, steps and n_generate must be >= 1")
+        if fixed_shape is not None and not isinstance(fixed_shape, bool):
+            raise TypeError("fixed_shape must be None, True or False")
         if fixed_shape and (not cache or shift_logits):
             raise ValueError("fixed_step_shape needs the KV cache (cache=True) and unshifted rows "
                              "(shift_logits=False)")
@@ -68,8 +79,7 @@ cdef class BlockSequence(Sequence):
         self.min_commit = 1
         self.region = n_prompt // block_length
         self.first_region = self.region
-        self.fixed_shape = fixed_shape
-        self.rows_full = fixed_shape
+        self.fixed_request = -1 if fixed_shape is None else int(fixed_shape)
         self.n_regions = n_blocks
         self.block_causal = block_length
         self._size_scratch(block_length)
@@ -93,6 +103,16 @@ cdef class BlockSequence(Sequence):
         if self.n_total > ctx.n_ctx:
             raise ValueError(f"prompt ({self.n_prompt}) + generation rounded up to whole blocks "
                              f"({self.n_total} positions) exceeds n_ctx={ctx.n_ctx}")
+        if self.fixed_request == 1 and ctx.n_seq_max > 1 and self.model.on_gpu:
+            raise ValueError(FIXED_SHAPE_BATCH_FAULT)
+        # default: on for one sequence per context with the layers on a CUDA GPU (graph replay);
+        # off on a CPU, where the extra rows and tokens are compute, on other GPU back ends
+        # (ggml-vulkan replays no graphs), and for several sequences, whose replayed step
+        # faults in the pinned ggml-cuda (FIXED_SHAPE_BATCH_FAULT)
+        self.fixed_shape = self.fixed_request == 1 or (
+            self.fixed_request == -1 and self.use_cache and not self.shift and self.model.on_gpu
+            and ctx.n_seq_max == 1 and _has_cuda_device())
+        self.rows_full = self.fixed_shape
         Sequence.bind(self, ctx, slot, companion)
         # a step: the store pass and the block, or (recompute) a chunk ending with the block
         self.max_step_tokens = 2 * B if self.use_cache else self.chunk
@@ -238,15 +258,11 @@ class BlockFamily:
             # block-diffusion checkpoints predict each position from its own row (SDAR) unless
             # the GGUF says otherwise (Fast-dLLM v2 conversions write diffusion.shift_logits)
             shift = gen.model_flag("diffusion.shift_logits", False)
-        fixed = cfg.fixed_step_shape
-        if fixed is None:
-            # a GPU back end replays a CUDA graph only while the step's graph stays the same;
-            # on a CPU the extra rows and tokens are compute (docs/BENCHMARKS.md, H200)
-            fixed = cache and not shift and gen.model.on_gpu
-        elif fixed and (not cache or shift):
+        # None is decided per context (BlockSequence.bind): on for one sequence on a GPU
+        if cfg.fixed_step_shape and (not cache or shift):
             raise ValueError("fixed_step_shape=True needs cache=True and shift_logits=False")
         return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold,
-                           shift_logits=shift, fixed_step_shape=fixed)
+                           shift_logits=shift)
 
     def positions(self, cfg, int n_prompt):
         """Positions a sequence occupies: whole blocks."""

@@ -205,6 +205,11 @@ def _has_gpu_device():
     return any(d["kind"] in ("gpu", "igpu") for d in devices())
 
 
+def _has_cuda_device():
+    """A ggml CUDA device is usable: the back end that captures and replays CUDA graphs."""
+    return any(d["name"].startswith("CUDA") for d in devices())
+
+
 # --------------------------------------------------------------------------- helpers
 
 # Pieces that stand for the mask token in the diffusion model families we know

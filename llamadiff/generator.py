@@ -199,7 +199,8 @@ class GenerationConfig:
     fixed_step_shape: Optional[bool] = _option(
         None, "block diffusion with the KV cache: every step decodes the same batch shape (the "
         "finished block again, a row for every position of the block), so a GPU back end replays "
-        "one CUDA graph; the same tokens (None: on when the model's layers are on a GPU)", cli=None)
+        "one CUDA graph; the same tokens (None: on for one sequence per context with the model's layers "
+        "on a CUDA GPU)", cli=None)
     parallel: Optional[str] = _option(None, "Fast-dLLM parallel decoding", choices=PARALLEL_MODES, group="full")
     factor: float = _option(1.0, "factor of --parallel factor", bounds=(0.0, None, "("), group="full")
     rng: str = _option("counter", "llama.cpp: reproduce llama-diffusion-cli draw for draw",

@@ -68,6 +68,7 @@ command -v glslc > /dev/null || need+=(glslc)
 [ -f /usr/include/vulkan/vulkan.h ] || need+=(libvulkan-dev)
 ls /usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake > /dev/null 2>&1 || need+=(spirv-headers)
 ls /usr/share/vulkan/icd.d/*.json > /dev/null 2>&1 || need+=(mesa-vulkan-drivers)
+command -v vulkaninfo > /dev/null || need+=(vulkan-tools)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     echo "== installing ${need[*]}"
@@ -83,6 +84,12 @@ t0=$(date +%s)
 LLAMADIFF_VULKAN=1 "$venv/bin/pip" install -q ".[test]"
 echo "== build + install: $(( $(date +%s) - t0 )) s"
 
+# ggml-vulkan leaves CPU-type devices (Mesa's lavapipe) out unless GGML_VK_VISIBLE_DEVICES
+# names them: with no GPU among the Vulkan devices, take device 0 (the software one)
+if ! vulkaninfo --summary 2>/dev/null | grep -qE "PHYSICAL_DEVICE_TYPE_(DISCRETE|INTEGRATED|VIRTUAL)_GPU"; then
+    export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
+    echo "== no Vulkan GPU: the software device (GGML_VK_VISIBLE_DEVICES=$GGML_VK_VISIBLE_DEVICES)"
+fi
 # from outside the source tree, so that the installed package is the one tested
 cd /tmp
 "$venv/bin/python" -c "import llamadiff; print('devices:', llamadiff.devices())"

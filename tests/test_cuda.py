@@ -274,10 +274,27 @@ def test_gpu_generation_matches_reference(qwen3_model, qwen3_path, sampler, stra
     with Generator(qwen3_path, n_ctx=256, n_gpu_layers=n_gpu_layers, sampler=sampler, **EXACT) as g:
         out = g.generate(PROMPT, max_new_tokens=12, block_length=block, steps=steps, strategy=strategy,
                          stop=[], fixed_step_shape=fixed, **extra)
-        if fixed is None and n_gpu_layers:
-            # on by default with the layers on the GPU: every later step decodes two blocks
+        if fixed is None and n_gpu_layers and steps > 1:
+            # on by default with the layers on the GPU: every later step decodes two blocks (with
+            # one step per block every step is a first step, which decodes both anyway)
             plain = g.generate(PROMPT, max_new_tokens=12, block_length=block, steps=steps, strategy=strategy,
                                stop=[], fixed_step_shape=False, **extra)
             assert out.stats["decode_tokens"] > plain.stats["decode_tokens"]
     assert out.stats["sampler"] == sampler
     assert out.tokens == ref
+
+
+@needs_gpu
+def test_fixed_step_shape_and_batches_on_the_gpu(qwen3_path):
+    """One step shape is the default for one sequence on the GPU, not for a batch (the pinned
+    ggml-cuda faults replaying a several-sequence step: 'an illegal instruction was
+    encountered', an abort, seen on an H200); asking for it there is a clear error."""
+    with Generator(qwen3_path, n_ctx=256, n_gpu_layers=-1, **EXACT) as g:
+        prompts = [PROMPT, PROMPT[:3], PROMPT[2:]]
+        batch = g.generate(prompts, max_new_tokens=12, block_length=4, steps=4, stop=[], n_parallel=3)
+        plain = g.generate(prompts, max_new_tokens=12, block_length=4, steps=4, stop=[], n_parallel=3,
+                           fixed_step_shape=False)
+        assert [r.stats["decode_tokens"] for r in batch] == [r.stats["decode_tokens"] for r in plain]
+        with pytest.raises(ValueError, match="one sequence per context on a GPU"):
+            g.generate(prompts, max_new_tokens=12, block_length=4, steps=4, stop=[], n_parallel=3,
+                       fixed_step_shape=True)
