@@ -299,9 +299,8 @@ def vulkan_enabled() -> bool:
 
 
 VULKAN_PACKAGES = ("Debian/Ubuntu: apt-get install libvulkan-dev glslc spirv-headers "
-                   "(and mesa-vulkan-drivers for a software device), with Vulkan headers newer "
-                   "than 1.3.239 (Debian 13, Ubuntu 24.04); or the LunarG Vulkan SDK with "
-                   "VULKAN_SDK set")
+                   "(and mesa-vulkan-drivers for a software device); or the LunarG Vulkan SDK "
+                   "with VULKAN_SDK set")
 
 
 def check_vulkan_toolchain() -> None:
