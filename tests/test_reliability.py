@@ -229,6 +229,8 @@ def run_isolated(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 INTERRUPT_CHILD = r"""
 import os, signal, sys, threading, time
+# Ctrl-C as in a terminal, whatever this run inherited (a shell's background job ignores SIGINT)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from llamadiff import Generator, testing
 shape = testing.ModelShape(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
 path = testing.write_model(sys.argv[1], sys.argv[2], shape=shape)

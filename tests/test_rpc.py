@@ -277,6 +277,9 @@ def test_ctrl_c_interrupts_a_stalled_server(api, qwen3_path):
     }[api]
     script = textwrap.dedent(f"""
         import os, signal, sys, time
+        # Ctrl-C as in a terminal, whatever this run inherited (a shell's background job
+        # ignores SIGINT, and the child would too)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from llamadiff import Context, Generator, Model
         model = Model({str(qwen3_path)!r}, rpc_servers=[{server.endpoint!r}], rpc_timeout=60.0)
         gen = Generator(model, n_ctx=256, n_threads=1)
