@@ -57,8 +57,9 @@ if [ "${1:-}" = "device" ]; then
         > "$OUT/pytest.log" 2>&1); echo "pytest exit $?: $(tail -1 "$OUT/pytest.log")"
     grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -10
     echo "== timings ($(( $(date +%s) - START )) s)"
-    (cd /tmp && timeout ${VULKAN_TIMING_S:-200} $PY "$ROOT/benchmarks/backend_compare.py" --shape sdar --no-cpu \
-        --gen 128 --json "$OUT/backend_compare.json")
+    # VULKAN_SHAPE=small VULKAN_GEN=16 rehearse this on a machine with only lavapipe
+    (cd /tmp && timeout ${VULKAN_TIMING_S:-200} $PY "$ROOT/benchmarks/backend_compare.py" \
+        --shape ${VULKAN_SHAPE:-sdar} --no-cpu --gen ${VULKAN_GEN:-128} --json "$OUT/backend_compare.json")
     echo "== total $(( $(date +%s) - START )) s"
     exit 0
 fi
