@@ -53,13 +53,14 @@ if [ "${1:-}" = "device" ]; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
     (cd /tmp && $PY -c "import llamadiff; print('devices:', llamadiff.devices())")
     echo "== tests ($(( $(date +%s) - START )) s)"
-    (cd /tmp && timeout 150 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_vulkan.py" --rootdir "$ROOT" \
-        > "$OUT/pytest.log" 2>&1); echo "pytest exit $?: $(tail -1 "$OUT/pytest.log")"
-    grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -10
+    rc=0; (cd /tmp && timeout 150 $PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_vulkan.py" --rootdir "$ROOT" \
+        > "$OUT/pytest.log" 2>&1) || rc=$?; echo "pytest exit $rc: $(tail -1 "$OUT/pytest.log")"
+    grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -10 || true
     echo "== timings ($(( $(date +%s) - START )) s)"
     # VULKAN_SHAPE=small VULKAN_GEN=16 rehearse this on a machine with only lavapipe
     (cd /tmp && timeout ${VULKAN_TIMING_S:-200} $PY "$ROOT/benchmarks/backend_compare.py" \
-        --shape ${VULKAN_SHAPE:-sdar} --no-cpu --gen ${VULKAN_GEN:-128} --json "$OUT/backend_compare.json")
+        --shape ${VULKAN_SHAPE:-sdar} --no-cpu --gen ${VULKAN_GEN:-128} --json "$OUT/backend_compare.json") \
+        || echo "== timings stopped (exit $?): VULKAN_TIMING_S=${VULKAN_TIMING_S:-200} s"
     echo "== total $(( $(date +%s) - START )) s"
     exit 0
 fi
