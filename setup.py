@@ -634,14 +634,18 @@ def cmake_build(source: Path) -> Path:
     drop_stale_sub_builds(build_dir)
     configure = [cmake, "-S", str(source), "-B", str(build_dir)] + cmake_configure_args(build_dir)
     log(" ".join(shlex.quote(a) for a in configure))
-    if subprocess.run(configure).returncode != 0:
-        hint = f" With LLAMADIFF_VULKAN=1 it needs {VULKAN_PACKAGES}." if vulkan_enabled() else ""
-        raise SystemExit(f"llamadiff: CMake could not configure llama.cpp (its message is above).{hint}")
+    run_cmake_step(configure, "CMake could not configure llama.cpp (its message is above)")
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
-    if subprocess.run([cmake, "--build", str(build_dir), "--target", "llama", "-j", jobs]).returncode != 0:
-        hint = f" With LLAMADIFF_VULKAN=1 it needs {VULKAN_PACKAGES}." if vulkan_enabled() else ""
-        raise SystemExit(f"llamadiff: building llama.cpp failed (the compiler's message is above).{hint}")
+    run_cmake_step([cmake, "--build", str(build_dir), "--target", "llama", "-j", jobs],
+                   "building llama.cpp failed (the compiler's message is above)")
     return build_dir / "bin"
+
+
+def run_cmake_step(command: list[str], failure: str) -> None:
+    """Run a CMake step; on failure, stop with `failure` and what a Vulkan build needs."""
+    if subprocess.run(command).returncode != 0:
+        hint = f" With LLAMADIFF_VULKAN=1 it needs {VULKAN_PACKAGES}." if vulkan_enabled() else ""
+        raise SystemExit(f"llamadiff: {failure}.{hint}")
 
 
 def runtime_libraries(lib_dir: Path) -> list[Path]:

@@ -65,12 +65,14 @@ def main() -> None:
             "s = testing.ModelShape(**{**SHAPE.__dict__, 'n_head_kv': SHAPE.n_head, "
             "'head_dim': SHAPE.n_embd // SHAPE.n_head})\n"
             "testing.write_model(sys.argv[2], 'llada', shape=s, dtype='f16')"), str(qwen3), str(llada)],
-            check=True)
+            check=True, cwd=tmp)
         runs: dict = {"a": [], "b": []}
         for _ in range(args.rounds):
             for side in ("a", "b"):
                 proc = subprocess.run([getattr(args, side), "-c", WORK, str(qwen3), str(llada),
-                                       str(args.threads)], capture_output=True, text=True, check=True)
+                                       str(args.threads)], capture_output=True, text=True, check=True,
+                                      cwd=tmp)   # `python -c` puts the cwd first on sys.path: a
+                                                 # source tree there would shadow either side
                 runs[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print("| measure | A (median) | B (median) | B / A |")
     print("|---|---|---|---|")

@@ -37,3 +37,4 @@ class BlockSequence(Sequence):
     def use_cache(self): ...
 
 FIXED_SHAPE_BATCH_FAULT: str
+FIXED_SHAPE_NEEDS: str

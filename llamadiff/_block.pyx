@@ -35,6 +35,8 @@ cdef inline int transfer_count(int block_length, int steps, int step) noexcept n
     return block_length // steps + (1 if step < block_length % steps else 0)
 
 
+FIXED_SHAPE_NEEDS = ("fixed_step_shape=True needs cache=True and shift_logits=False (the KV cache "
+                     "and unshifted rows)")
 FIXED_SHAPE_BATCH_FAULT = (
     "fixed_step_shape=True needs one sequence per context on a GPU (n_parallel=1): the pinned "
     "ggml-cuda faults ('an illegal instruction was encountered', which aborts the process) when it "
@@ -63,8 +65,7 @@ cdef class BlockSequence(Sequence):
         if fixed_shape is not None and not isinstance(fixed_shape, bool):
             raise TypeError("fixed_shape must be None, True or False")
         if fixed_shape and (not cache or shift_logits):
-            raise ValueError("fixed_step_shape needs the KV cache (cache=True) and unshifted rows "
-                             "(shift_logits=False)")
+            raise ValueError(FIXED_SHAPE_NEEDS)
         cdef int n_prompt = len(prompt)
         if shift_logits and n_prompt < 1:
             raise ValueError("this model reads shifted rows (shift_logits: row p - 1 predicts p, "
@@ -260,7 +261,7 @@ class BlockFamily:
             shift = gen.model_flag("diffusion.shift_logits", False)
         # None is decided per context (BlockSequence.bind): on for one sequence on a GPU
         if cfg.fixed_step_shape and (not cache or shift):
-            raise ValueError("fixed_step_shape=True needs cache=True and shift_logits=False")
+            raise ValueError(FIXED_SHAPE_NEEDS)
         return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold,
                            shift_logits=shift)
 

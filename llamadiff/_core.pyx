@@ -565,8 +565,9 @@ cdef class Model(_Resource):
         cdef const char * cpath = bpath
         cdef llama_model * model = NULL
         endpoints = None
-        self.on_gpu = n_gpu_layers != 0 and not rpc_servers and not vocab_only and _has_gpu_device()
-        if n_gpu_layers != 0 and not rpc_servers and not vocab_only and not self.on_gpu:
+        local_offload = n_gpu_layers != 0 and not rpc_servers and not vocab_only
+        self.on_gpu = local_offload and _has_gpu_device()
+        if local_offload and not self.on_gpu:
             logger.warning("n_gpu_layers=%d but this build of ggml has no usable GPU device (a CPU-only "
                            "build, or no driver / device for its GPU back end): %s runs on the CPU",
                            n_gpu_layers, os.path.basename(self.path))

@@ -212,18 +212,14 @@ echo "== timings ($(left) s left)"
 # ggml-cuda replays a CUDA graph only while the graph stays the same (DESIGN §5): the loop
 # keeps one step shape for that (fixed_step_shape, on by default with offloaded layers); the
 # same runs with the minimal steps, and with graphs off, show what each is worth
-VARIANTS=("fixed-off:--fixed-step-shape off" "graphs-off:GGML_CUDA_DISABLE_GRAPHS=1")
-[ "$QUICK" = 1 ] && VARIANTS=("fixed-off:--fixed-step-shape off")
+VARIANTS=("fixed-off||--fixed-step-shape off" "graphs-off|GGML_CUDA_DISABLE_GRAPHS=1|")
+[ "$QUICK" = 1 ] && VARIANTS=("fixed-off||--fixed-step-shape off")
 for variant in "${VARIANTS[@]}"; do
-    name=${variant%%:*}; arg=${variant#*:}
+    IFS='|' read -r name vars args <<< "$variant"
     if [ "$(left)" -gt 150 ]; then
         echo "== block 4 and 16, $name ($(left) s left)"
-        case $arg in
-            GGML*) (cd /tmp && env $arg timeout 60 $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE \
-                       --model "$MODEL" --gen $GEN --e2e-only 4,16 --json "$OUT/$name.json") ;;
-            *)     (cd /tmp && timeout 60 $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE \
-                       --model "$MODEL" --gen $GEN --e2e-only 4,16 $arg --json "$OUT/$name.json") ;;
-        esac
+        (cd /tmp && env $vars timeout 60 $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE \
+            --model "$MODEL" --gen $GEN --e2e-only 4,16 $args --json "$OUT/$name.json")
     else
         echo "== $name run skipped: $(left) s left"
     fi
