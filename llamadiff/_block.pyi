@@ -2,6 +2,7 @@
 from llamadiff._core import Model
 from llamadiff.policy import RemaskPolicy
 
+BATCH_REPLAY_ENV: str
 
 class BlockFamily:
     def batch_key(self, cfg): ...

@@ -20,6 +20,8 @@ position is then predicted by the last position before it, which each step decod
 together with the block (the row is the block's autoregressive next-token prediction).
 """
 
+import os
+
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
 cimport llamadiff.llama as C
@@ -42,6 +44,9 @@ FIXED_SHAPE_BATCH_FAULT = (
     "ggml-cuda faults ('an illegal instruction was encountered', which aborts the process) when it "
     "replays the CUDA graph of a step of several sequences; leave fixed_step_shape unset (then "
     "batches decode with the minimal steps)")
+# LLAMADIFF_BATCH_GRAPH_REPLAY=1 lifts that refusal: for the device check's search for the
+# fault (scripts/device_check.sh graphs) and for trying a workaround (docs/BENCHMARKS.md)
+BATCH_REPLAY_ENV = "LLAMADIFF_BATCH_GRAPH_REPLAY"
 
 
 cdef class BlockSequence(Sequence):
@@ -104,7 +109,8 @@ cdef class BlockSequence(Sequence):
         if self.n_total > ctx.n_ctx:
             raise ValueError(f"prompt ({self.n_prompt}) + generation rounded up to whole blocks "
                              f"({self.n_total} positions) exceeds n_ctx={ctx.n_ctx}")
-        if self.fixed_request == 1 and ctx.n_seq_max > 1 and self.model.on_gpu:
+        if (self.fixed_request == 1 and ctx.n_seq_max > 1 and self.model.on_gpu
+                and os.environ.get(BATCH_REPLAY_ENV) != "1"):
             raise ValueError(FIXED_SHAPE_BATCH_FAULT)
         # default: on for one sequence per context with the layers on a CUDA GPU (graph replay);
         # off on a CPU, where the extra rows and tokens are compute, on other GPU back ends

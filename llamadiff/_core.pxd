@@ -6,6 +6,7 @@ raw llama.cpp handles (``model.ptr``, ``ctx.ptr``) and the no-GIL decode entry p
 """
 
 from libc.stdint cimport int8_t, int32_t
+from libcpp.vector cimport vector
 from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_memory_t,
                               llama_batch, llama_token, llama_pos, llama_seq_id)
 
@@ -49,9 +50,14 @@ cdef class Context(_Resource):
     cdef int _abort_flag
     cdef bint _rpc_sigint           # SIGINT came during the last (RPC) decode
     cdef readonly int block_causal  # block size of block-causal attention, 0: off
+    cdef readonly bint logits_on_device   # decodes leave the logits where they were computed
+    cdef readonly bint logits_stayed      # the last decode did (no copy to llama.cpp's host buffer)
+    cdef vector[float] _logits_stage      # host copy of such logits for a reader that needs one
 
     cdef int _check_open(self) except -1
     cdef int check_batch_size(self, int n_tokens) except -1
     cdef int32_t decode_batch(self, int32_t n_tokens) except -32768 nogil
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1
     cdef float * logits_row(self, int32_t i) noexcept nogil
+    cdef int set_logits_on_device(self, bint on) noexcept nogil
+    cdef const float * step_logits(self, bint device_ok, int * device) except? NULL nogil

@@ -18,8 +18,8 @@ import struct
 from cpython.buffer cimport PyBUF_WRITABLE
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetInterrupt
 from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free, strtol
+from libc.string cimport memcpy, strncmp
 from libcpp cimport bool as cbool
 
 from libcpp.vector cimport vector
@@ -1380,6 +1380,8 @@ cdef class Context(_Resource):
             C.llama_synchronize(self.ptr)
             self._rpc_sigint = _rpc_leave()
         self.n_outputs = n_out if rc == 0 else 0
+        self.logits_stayed = (self.logits_on_device and rc == 0 and n_out > 0
+                              and C.llama_get_logits_tensor(self.ptr) != NULL)
         return rc
 
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1:
@@ -1419,8 +1421,63 @@ cdef class Context(_Resource):
         raise DecodeError(f"llama_decode failed with status {rc}{detail}")
 
     cdef float * logits_row(self, int32_t i) noexcept nogil:
-        """Logits of the i-th output row of the last decode (no bounds check)."""
-        return C.llama_get_logits(self.ptr) + <Py_ssize_t> i * self.n_vocab
+        """Logits of the i-th output row of the last decode (no bounds check; host memory)."""
+        cdef int device = -1
+        return <float *> self.step_logits(False, &device) + <Py_ssize_t> i * self.n_vocab
+
+    # -- logits where they were computed (vendor/patches/0008) ------------------------------
+
+    @property
+    def keep_logits_on_device(self):
+        """True: decodes leave the logits in the output layer's buffer (no copy to llama.cpp's
+        host buffer, vendor/patches/0008); ``logits`` still reads them (copying them from a
+        GPU). ``logits_stayed`` says whether the last decode did."""
+        return self.logits_on_device
+
+    @keep_logits_on_device.setter
+    def keep_logits_on_device(self, bint on):
+        self._check_open()
+        self.set_logits_on_device(on)
+
+    cdef int set_logits_on_device(self, bint on) noexcept nogil:
+        """From the next decode on, leave the logits in the output layer's buffer (no copy to
+        llama.cpp's host buffer) when ``on``; ``step_logits`` finds them either way."""
+        if on != self.logits_on_device and self.ptr != NULL:
+            C.llama_set_logits_on_device(self.ptr, on)
+            self.logits_on_device = on
+        return 0
+
+    cdef const float * step_logits(self, bint device_ok, int * device) except? NULL nogil:
+        """The last decode's logits rows (n_outputs x n_vocab, batch order) and where they are:
+        ``device[0]`` = -1 for memory the host can read (llama.cpp's host buffer, or the CPU
+        back end's own buffer), k >= 0 for memory of CUDA device k (only when ``device_ok``).
+        Rows on any other device are copied to a host buffer of this context first."""
+        cdef C.ggml_tensor * t
+        cdef const char * name
+        cdef int k
+        device[0] = -1
+        if not self.logits_stayed:
+            return C.llama_get_logits(self.ptr)      # copied to the host as usual (see the patch)
+        t = C.llama_get_logits_tensor(self.ptr)
+        if (t.type != C.GGML_TYPE_F32 or not C.ggml_is_contiguous(t) or t.ne[0] != self.n_vocab
+                or t.ne[1] != self.n_outputs or t.data == NULL):
+            with gil:
+                raise DecodeError(f"llama.cpp left logits of an unexpected shape on the device "
+                                  f"([{t.ne[0]}, {t.ne[1]}], type {<int> t.type}; expected "
+                                  f"[{self.n_vocab}, {self.n_outputs}] F32)")
+        if t.buffer == NULL or C.ggml_backend_buffer_is_host(t.buffer):
+            return <const float *> t.data
+        if device_ok:
+            name = C.ggml_backend_dev_name(C.ggml_backend_buft_get_device(
+                C.ggml_backend_buffer_get_type(t.buffer)))
+            k = _cuda_index(name)
+            if k >= 0:
+                device[0] = k
+                return <const float *> t.data
+        # another kind of device (Vulkan, RPC, ...) or a reader of host memory: copy the rows
+        self._logits_stage.resize(<size_t> self.n_outputs * self.n_vocab)
+        C.ggml_backend_tensor_get(t, self._logits_stage.data(), 0, C.ggml_nbytes(t))
+        return self._logits_stage.data()
 
     def decode(self, tokens, positions=None, *, logits=True, int seq_id=0):
         """Run the model over ``tokens`` at ``positions`` and keep their KV in memory.
@@ -1481,8 +1538,9 @@ cdef class Context(_Resource):
         if self.n_outputs == 0:
             return np.empty((0, self.n_vocab), dtype=np.float32)
         cdef _LogitsBuffer buf = _LogitsBuffer.__new__(_LogitsBuffer)
+        cdef int device = -1
         buf.ctx = self
-        buf.data = C.llama_get_logits(self.ptr)
+        buf.data = <float *> self.step_logits(False, &device)
         buf.shape[0] = self.n_outputs
         buf.shape[1] = self.n_vocab
         buf.strides[0] = self.n_vocab * sizeof(float)
@@ -1505,6 +1563,18 @@ cdef class Context(_Resource):
     def perf_reset(self):
         self._check_open()
         C.llama_perf_context_reset(self.ptr)
+
+
+cdef int _cuda_index(const char * name) noexcept nogil:
+    """k for a ggml device named "CUDA<k>", else -1."""
+    cdef char * end = NULL
+    cdef long k
+    if name == NULL or strncmp(name, b"CUDA", 4) != 0 or name[4] == 0:
+        return -1
+    k = strtol(name + 4, &end, 10)
+    if end == NULL or end[0] != 0 or k < 0 or k > 1024:
+        return -1
+    return <int> k
 
 
 cdef object _optional_token(llama_token tok):

@@ -50,7 +50,6 @@ from libcpp.vector cimport vector
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
-from llamadiff._kernels cimport ld_row_argmax, ld_row_softmax_stats, ld_expf
 from llamadiff._sampling cimport RowSampler, check_rows, check_logits
 from llamadiff.engine cimport Sequence
 from llamadiff.policy cimport RemaskPolicy, Scored, by_score    # by_score: upstream's order too
@@ -128,7 +127,6 @@ cdef class FullSequence(Sequence):
     cdef vector[int] r_start, r_end, r_steps
     cdef vector[int32_t] n_transfer_sched
     cdef readonly long global_step
-    cdef vector[float] rowbuf           # classifier-free guidance: the combined rows
     cdef int lo, hi                     # this step's decode window [lo, hi)
     cdef bint refresh                   # prefix / dual: this step re-decodes the whole sequence
     # llama-diffusion-cli compatible mode
@@ -196,8 +194,10 @@ cdef class FullSequence(Sequence):
         self.n_transfer_sched.resize(max(steps, 1) + 1)
         self.guided = cfg_scale > 0
         if self.guided:
-            self.rowbuf.resize(<size_t> rows_cap * self.n_vocab)
             self.n_seq_ids = 2      # the unconditional pass decodes as a companion sequence
+        # LLaDA's Gumbel mode scores x0 by its plain softmax probability: the sampler adds it
+        self.sp.plain_prob = self.gumbel and temperature > 0
+        self.host_logits = self.compat      # upstream's loop edits the rows in place
         # a step decodes the whole sequence at most (twice when guided); compatible mode reads every row
         self.max_step_tokens = self.n_seq_ids * self.n_total
         self.max_out_rows = self.n_total if self.compat else self.n_seq_ids * rows_cap
@@ -351,48 +351,28 @@ cdef class FullSequence(Sequence):
         C.llama_memory_seq_rm(self.ctx.mem, self.slot, lo, hi if hi < self.n_total else -1)
         return 0
 
-    cdef int sample(self, const float * logits, RowSampler sampler) except -1 nogil:
-        cdef int i
-        cdef int64_t j
-        cdef float * row
-        cdef const float * cond
-        cdef const float * unc
-        cdef float scale
+    cdef int sample(self, const float * logits, int device, RowSampler sampler) except -1 nogil:
         if self.compat:
+            # host_logits: the scheduler kept the rows in llama.cpp's host buffer (device -1)
             self._compat_step(<float *> logits + <size_t> self.row_start * self.n_vocab)
             return 0
-        # guidance: un + (cfg + 1) * (cond - un); the unconditional rows follow the conditional ones
-        scale = self.cfg_scale + 1.0
-        for i in range(self.n_masked):
-            row = self.rowbuf.data() + <size_t> i * self.n_vocab
-            cond = logits + <size_t> (self.row_start + i) * self.n_vocab
-            unc = logits + <size_t> (self.row_start + self.n_masked + i) * self.n_vocab
-            for j in range(self.n_vocab):
-                row[j] = unc[j] + scale * (cond[j] - unc[j])
-        sampler.sample(self.rowbuf.data(), self.n_vocab, self.n_masked, &self.sp, self.counters.data(),
-                       self.rows.data())
+        # guidance: un + (cfg + 1) * (cond - un); the unconditional rows follow the conditional
+        # ones, and the sampler forms the guided rows where the logits are
+        sampler.sample_guided(logits + <size_t> self.row_start * self.n_vocab, device, self.n_vocab,
+                              self.n_masked, self.cfg_scale + 1.0, &self.sp, self.counters.data(),
+                              self.rows.data())
         return 0
 
-    cdef int score(self, const float * logits) except -1 nogil:
+    cdef int score(self) except -1 nogil:
         cdef int i
-        cdef const float * row
-        cdef float m
-        cdef int64_t arg
-        cdef double z, e
         if self.compat:
             return 0
-        Sequence.score(self, logits)
-        if self.gumbel and self.sp.temperature > 0:
+        Sequence.score(self)
+        if self.sp.plain_prob:
             # LLaDA: x0 drawn with Gumbel noise at the temperature, the confidence from the
-            # plain softmax
+            # plain softmax (of the guided rows, with guidance)
             for i in range(self.n_masked):
-                if self.guided:
-                    row = self.rowbuf.data() + <size_t> i * self.n_vocab
-                else:
-                    row = logits + <size_t> (self.row_start + i) * self.n_vocab
-                ld_row_argmax(row, self.n_vocab, self.mask_id, &m, &arg)
-                ld_row_softmax_stats(row, self.n_vocab, self.mask_id, m, 1.0, &z, &e)
-                self.prob[i] = <float> (ld_expf(row[self.x0[i]] - m) / z)
+                self.prob[i] = self.rows[i].plain_prob
         return 0
 
     cdef int end_step(self) except -1:

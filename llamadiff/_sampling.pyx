@@ -24,6 +24,9 @@ from llamadiff._kernels cimport (ld_expf, ld_range_max, ld_row_argmax, ld_row_so
                                   ld_row_draw, ld_uniform)
 
 
+# RowResult as float32 words (int32 token, then floats): what a row's sampling returns
+RESULT_FLOATS = sizeof(RowResult) // sizeof(float)
+
 # Rows per step times vocabulary below which threads cost more than they save.
 cdef int64_t PARALLEL_MIN_WORK = 1 << 16
 
@@ -113,6 +116,8 @@ cdef void _sample_filtered(const float * row, int64_t n_vocab, const SamplingPar
     out.entropy = <float> (log(z) - h / z)
     w = ld_expf(s * (scratch[1].logit - m)) if kept >= 2 else 0.0
     out.margin = <float> ((1.0 - w) / z)
+    if sp.plain_prob:
+        out.plain_prob = _plain_prob(row, n_vocab, sp.skip_token, out.token)
 
 
 cdef inline float _second_max(const float * row, int64_t n, int64_t skip, int64_t arg) noexcept nogil:
@@ -148,6 +153,18 @@ cdef void sample_row(const float * row, int64_t n_vocab, const SamplingParams * 
     out.prob = <float> (ld_expf(s * (row[pick] - m)) / z)
     out.entropy = <float> (log(z) - e / z)
     out.margin = <float> ((1.0 - ld_expf(s * (_second_max(row, n_vocab, sp.skip_token, arg) - m))) / z)
+    if sp.plain_prob:
+        out.plain_prob = _plain_prob(row, n_vocab, sp.skip_token, pick)
+
+
+cdef float _plain_prob(const float * row, int64_t n_vocab, int32_t skip, int64_t token) noexcept nogil:
+    """p(token) under the plain softmax of the row (temperature 1, the mask token left out)."""
+    cdef float m
+    cdef int64_t arg
+    cdef double z, e
+    ld_row_argmax(row, n_vocab, skip, &m, &arg)
+    ld_row_softmax_stats(row, n_vocab, skip, m, 1.0, &z, &e)
+    return <float> (ld_expf(row[token] - m) / z)
 
 
 cdef void sample_rows(const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
@@ -238,6 +255,35 @@ cdef class RowSampler:
         with gil:
             raise NotImplementedError(f"{type(self).__name__}.sample")
 
+    cdef int sample_device(self, const float * logits, int device, int64_t n_vocab, int n_rows,
+                           const SamplingParams * sp, const uint64_t * counters,
+                           RowResult * out) except -1 nogil:
+        with gil:
+            raise NotImplementedError(f"the {self.name!r} sampler cannot read rows in device memory")
+
+    cdef int sample_guided(self, const float * logits, int device, int64_t n_vocab, int n_rows,
+                           float scale, const SamplingParams * sp, const uint64_t * counters,
+                           RowResult * out) except -1 nogil:
+        """Host rows: the guided rows into a scratch buffer, then ``sample``."""
+        cdef int i
+        cdef int64_t j
+        cdef float * row
+        cdef const float * cond
+        cdef const float * unc
+        if device >= 0:
+            with gil:
+                raise NotImplementedError(f"the {self.name!r} sampler cannot guide rows in device memory")
+        if self.guided_rows.size() < <size_t> n_rows * <size_t> n_vocab:
+            with gil:
+                self.guided_rows.resize(<size_t> n_rows * <size_t> n_vocab)
+        for i in range(n_rows):
+            row = self.guided_rows.data() + <size_t> i * n_vocab
+            cond = logits + <size_t> i * n_vocab
+            unc = logits + <size_t> (n_rows + i) * n_vocab
+            for j in range(n_vocab):
+                row[j] = unc[j] + scale * (cond[j] - unc[j])
+        return self.sample(self.guided_rows.data(), n_vocab, n_rows, sp, counters, out)
+
     def sample_logits(self, logits, *, float temperature=0.0, int top_k=0, float top_p=1.0,
                       unsigned long long seed=0, int skip_token=-1, counters=None):
         """Sample a (rows, n_vocab) float32 array: returns (tokens, probs, entropies, margins).
@@ -253,15 +299,16 @@ cdef class RowSampler:
 cdef class CpuRowSampler(RowSampler):
     """CPU row sampler: ``sample_rows`` with its scratch space and thread count."""
 
-    def __init__(self, int n_threads=1):
+    def __init__(self, int n_threads=1, *, bint in_place=False):
         RowSampler.__init__(self)
         if n_threads < 1:
             raise ValueError("n_threads must be >= 1")
         self.n_threads = n_threads
+        self.in_place = in_place
 
     @property
     def name(self):
-        return "cpu"
+        return "device" if self.in_place else "cpu"
 
     cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1:
         if ((0 < sp.top_k < n_vocab) or sp.top_p < 1.0) and \
@@ -298,11 +345,12 @@ cdef _sample_array(RowSampler sampler, logits, float temperature, int top_k, flo
     sp.top_p = top_p
     sp.seed = seed
     sp.skip_token = skip_token
+    sp.plain_prob = 0
     sampler.reserve(n_rows, n_vocab, &sp)
-    out = np.empty(n_rows * 4, dtype=np.float32)              # RowResult = 16 bytes
+    out = np.empty(n_rows * RESULT_FLOATS, dtype=np.float32)
     cdef float[::1] out_view = out
     with nogil:
         sampler.sample(&view[0, 0], n_vocab, n_rows, &sp, &ctr[0], <RowResult *> &out_view[0])
-    res = out.reshape(n_rows, 4)
+    res = out.reshape(n_rows, RESULT_FLOATS)
     tokens = res[:, 0].view(np.int32).copy()
     return tokens, res[:, 1].copy(), res[:, 2].copy(), res[:, 3].copy()

@@ -148,9 +148,9 @@ def _mask_token_id(hf_dir: Path, family: Family, config: dict) -> int:
 
 
 def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str = "f16",
-            block_length: Optional[int] = None) -> Path:
+            block_length: Optional[int] = None, fuse: bool = False) -> Path:
     """Convert a block-diffusion checkpoint directory (``FAMILIES``) to a GGUF file; returns
-    its path."""
+    its path. ``fuse``: q/k/v and gate/up as one matrix each (``llamadiff.fuse``)."""
     hf_dir = Path(hf_dir)
     outfile = Path(outfile)
     if not hf_dir.is_dir():
@@ -200,8 +200,15 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
                else f"exit status {proc.returncode}")
         raise ConversionError(f"llama.cpp's converter failed on {hf_dir} ({family.name}; {how}): "
                               + ((errors or lines)[-1] if lines else "no output"))
-    logger.info("converted %s (%s) to %s: %s, block length %d, mask token %d", hf_dir, family.name,
-                outfile, family.gguf_arch, block_length, mask_id)
+    if fuse:
+        from llamadiff.fuse import fuse_gguf
+        try:
+            fuse_gguf(outfile, outfile)
+        except BaseException:
+            outfile.unlink(missing_ok=True)
+            raise
+    logger.info("converted %s (%s) to %s: %s, block length %d, mask token %d%s", hf_dir, family.name,
+                outfile, family.gguf_arch, block_length, mask_id, ", fused" if fuse else "")
     return outfile
 
 

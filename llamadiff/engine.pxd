@@ -27,6 +27,7 @@ callbacks):
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libcpp.vector cimport vector
+from cpython.ref cimport PyObject
 
 from llamadiff._core cimport Context, Model
 from llamadiff._sampling cimport SamplingParams, RowResult, RowSampler
@@ -62,6 +63,8 @@ cdef class Sequence:
     cdef bint plain                  # row i predicts positions[i]: the scheduler samples it
     cdef bint force_all              # the schedule's last step: commit every masked position
     cdef bint skip_commit            # sample() already committed (llama.cpp-compatible mode)
+    cdef bint host_logits            # its rows must be in llama.cpp's host buffer (sample() edits
+                                     # them in place): the step's logits do not stay on the device
     cdef int region_start, region_length, region_steps, n_transfer
     cdef vector[int32_t] positions   # offsets of the masked positions inside the region
     cdef vector[int32_t] x0, chosen
@@ -94,8 +97,8 @@ cdef class Sequence:
     cdef int prepare(self) except -1
     cdef int fill(self, int n) except -1 nogil
     cdef int after_decode(self) except -1 nogil
-    cdef int sample(self, const float * logits, RowSampler sampler) except -1 nogil
-    cdef int score(self, const float * logits) except -1 nogil
+    cdef int sample(self, const float * logits, int device, RowSampler sampler) except -1 nogil
+    cdef int score(self) except -1 nogil
     cdef int commit(self) except -1 nogil
     cdef int end_step(self) except -1
 
@@ -103,11 +106,19 @@ cdef class Sequence:
 cdef class Scheduler:
     cdef readonly Context ctx
     cdef readonly RowSampler sampler
-    cdef list _sequences             # active, in slot order of arrival
+    cdef list _sequences             # every sequence of the scheduler, in slot order
+    cdef tuple _active               # the unfinished ones (what step() runs), and the same as
+    cdef vector[PyObject *] _active_ptrs   # an array for its loops (the tuple holds the references)
+    cdef bint _stale                 # the set changed: make both again before the next step
     cdef vector[RowResult] rows
     cdef vector[uint64_t] counters
     cdef int rows_reserved
+    cdef readonly bint in_place      # the sampler reads the logits where they were computed
+    cdef readonly long n_in_place    # steps whose rows were sampled where they were computed
+    cdef readonly long long logits_copied_bytes   # logits llama.cpp copied to its host buffer
+    cdef long _reused_at_start       # llama.cpp's count of reused graphs when this scheduler began
     cdef readonly long n_steps, n_decode, n_decode_tokens, kv_tokens_peak
     cdef readonly double decode_us, sample_us, select_us, prefill_us
 
     cdef _free(self, Sequence seq)
+    cdef _refresh_active(self)

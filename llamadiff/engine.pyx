@@ -15,6 +15,7 @@ and full-diffusion sequences need a context without it.
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memcpy
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.ref cimport PyObject
 
 cimport llamadiff.llama as C
 from llamadiff._core cimport Context, Model
@@ -41,7 +42,7 @@ class StepInfo:
 
 cdef inline bint _same_sampling(const SamplingParams * a, const SamplingParams * b) noexcept nogil:
     return (a.temperature == b.temperature and a.top_k == b.top_k and a.top_p == b.top_p
-            and a.seed == b.seed and a.skip_token == b.skip_token)
+            and a.seed == b.seed and a.skip_token == b.skip_token and a.plain_prob == b.plain_prob)
 
 
 cdef int _bad_choice(RemaskPolicy policy, int index, int n_masked) except -1 with gil:
@@ -87,6 +88,7 @@ cdef class Sequence:
         self.sp.top_p = top_p
         self.sp.seed = seed
         self.sp.skip_token = self.mask_id
+        self.sp.plain_prob = 0
         return 0
 
     cdef int _size_scratch(self, int n_rows) except -1:
@@ -183,11 +185,13 @@ cdef class Sequence:
     cdef int after_decode(self) except -1 nogil:
         return 0
 
-    cdef int sample(self, const float * logits, RowSampler sampler) except -1 nogil:
+    cdef int sample(self, const float * logits, int device, RowSampler sampler) except -1 nogil:
+        """Sample this step's rows itself (sequences whose rows are not plain). ``logits`` are
+        the decode's rows, in host memory (``device`` -1) or on CUDA device ``device``."""
         with gil:
             raise NotImplementedError("Sequence.sample: only for sequences whose rows are not plain")
 
-    cdef int score(self, const float * logits) except -1 nogil:
+    cdef int score(self) except -1 nogil:
         """The sampled rows into the step view's arrays."""
         cdef int i, r
         if self.skip_commit:
@@ -269,6 +273,21 @@ cdef class Scheduler:
         self.ctx = ctx
         self.sampler = sampler
         self._sequences = []
+        self._active = ()
+        self._stale = True
+        # sampler="device": the logits stay where the output layer computed them (not for RPC
+        # models: their rows come back through the RPC client anyway)
+        self.in_place = sampler.in_place and not ctx.model.uses_rpc
+        self._reused_at_start = C.llama_perf_context(ctx.ptr).n_reused
+
+    @property
+    def graphs_reused(self):
+        """Decodes of this scheduler that reused the previous decode's graph (llama.cpp's
+        count): a step of the same shape as the one before. On a CUDA device those are the
+        calls that replay a captured CUDA graph without checking it again."""
+        if self.ctx.closed:
+            return 0
+        return C.llama_perf_context(self.ctx.ptr).n_reused - self._reused_at_start
 
     @property
     def sequences(self):
@@ -343,6 +362,7 @@ cdef class Scheduler:
             self.counters.resize(rows)
         self._sequences.append(seq)
         self._sequences.sort(key=lambda o: (<Sequence> o).slot)    # the batch goes in slot order
+        self._stale = True
 
     cdef _free(self, Sequence seq):
         if self.ctx.has_memory and not self.ctx.closed:
@@ -356,6 +376,7 @@ cdef class Scheduler:
         """Take ``seq`` out and free its KV cells (no-op when it is not here)."""
         if seq in self._sequences:
             self._sequences.remove(seq)
+            self._stale = True
             if not self.ctx.closed:
                 self._free(seq)
 
@@ -363,26 +384,50 @@ cdef class Scheduler:
         for seq in list(self._sequences):
             self.remove(seq)
 
+    cdef _refresh_active(self):
+        """The unfinished sequences, in slot order: a tuple for callers and an array of the
+        same objects for the step's loops (made again only when the set changes)."""
+        cdef Sequence seq
+        self._active = tuple(s for s in self._sequences if not (<Sequence> s).done)
+        self._active_ptrs.clear()
+        for seq in self._active:
+            self._active_ptrs.push_back(<PyObject *> seq)
+        self._stale = False
+
     def step(self):
-        """One denoising step of every unfinished sequence, in one llama_decode."""
+        """One denoising step of every unfinished sequence, in one llama_decode.
+
+        Returns ``(stepped, finished)``: the sequences that took part (a tuple, the same object
+        while the set does not change) and those whose active region finished at this step.
+        The loops below run over a C array of the sequences: per sequence, a step makes C
+        calls only (no Python objects are made or looked up)."""
         cdef Sequence seq, first, other
-        cdef int n = 0, rows = 0, i, j, total, k
+        cdef int n = 0, rows = 0, total, k
+        cdef size_t i, j, m
         cdef int32_t rc
         cdef int64_t t0, t1
         cdef long kv = 0, n_decode, tokens
         cdef double decode_us
         cdef int64_t V
         cdef const float * logits
-        active = [s for s in self._sequences if not (<Sequence> s).done]
-        if not active:
-            return [], []
-        for seq in active:
+        cdef int device = -1
+        cdef bint in_place = self.in_place
+        cdef bint any_finished = False
+        if self._stale:
+            self._refresh_active()
+        m = self._active_ptrs.size()
+        if m == 0:
+            return (), []
+        cdef PyObject ** active = self._active_ptrs.data()
+        for i in range(m):
+            seq = <Sequence> active[i]
             n_decode, tokens, decode_us = seq.n_decode, seq.n_decode_tokens, seq.decode_us
             seq.prepare()       # may decode on its own (the recompute mode's prefix)
             self.n_decode += seq.n_decode - n_decode
             self.n_decode_tokens += seq.n_decode_tokens - tokens
             self.decode_us += seq.decode_us - decode_us
-        for seq in active:
+        for i in range(m):
+            seq = <Sequence> active[i]
             seq.row_start = rows
             k = n
             with nogil:
@@ -390,76 +435,98 @@ cdef class Scheduler:
             seq.n_step_tokens = n - k
             rows += seq.n_rows
             kv += seq.kv_tokens
+            if seq.host_logits:
+                in_place = False
         if n > self.ctx.n_ubatch:
             raise ValueError(f"this step decodes {n} tokens: the context needs n_ubatch >= {n} "
                              f"(it has {self.ctx.n_ubatch})")
-        self.kv_tokens_peak = max(self.kv_tokens_peak, kv)
+        if kv > self.kv_tokens_peak:
+            self.kv_tokens_peak = kv
         t0 = C.llama_time_us()
         with nogil:
+            self.ctx.set_logits_on_device(in_place)
             rc = self.ctx.decode_batch(n)
         t1 = C.llama_time_us()
         self.n_decode += 1
         self.n_decode_tokens += n
         self.decode_us += t1 - t0
         self.n_steps += 1
-        for seq in active:
-            seq.account_decode(seq.n_step_tokens, t1 - t0)
+        for i in range(m):
+            (<Sequence> active[i]).account_decode((<Sequence> active[i]).n_step_tokens, t1 - t0)
         self.ctx.raise_for_decode(rc, n)
 
         # sample: runs of plain sequences with equal settings in one call, the rest alone
         t0 = C.llama_time_us()
-        logits = C.llama_get_logits(self.ctx.ptr)
-        for seq in active:
+        # host memory (device -1), or the output layer's CUDA memory for a sampler that reads it
+        logits = self.ctx.step_logits(self.sampler.reads_device, &device)
+        if self.ctx.logits_stayed:
+            self.n_in_place += 1
+        else:
+            self.logits_copied_bytes += <long long> self.ctx.n_outputs * self.ctx.n_vocab * sizeof(float)
+        for i in range(m):
+            seq = <Sequence> active[i]
             with nogil:
                 seq.after_decode()
         i = 0
-        while i < len(active):
-            first = active[i]
+        while i < m:
+            first = <Sequence> active[i]
             if not first.plain:
                 with nogil:
-                    first.sample(logits, self.sampler)
+                    first.sample(logits, device, self.sampler)
                 i += 1
                 continue
             total = first.n_rows
             j = i + 1
-            while j < len(active):
-                other = active[j]
+            while j < m:
+                other = <Sequence> active[j]
                 if not (other.plain and _same_sampling(&other.sp, &first.sp)):
                     break
                 total += other.n_rows
                 j += 1
-            for k in range(i, j):
-                other = active[k]
+            for k in range(<int> i, <int> j):
+                other = <Sequence> active[k]
                 memcpy(self.counters.data() + other.row_start,
                        other.row_counters.data() if other.rows_full else other.counters.data(),
                        other.n_rows * sizeof(uint64_t))
             V = first.n_vocab
             with nogil:
-                self.sampler.sample(logits + first.row_start * V if logits != NULL else NULL, V, total,
-                                    &first.sp, self.counters.data() + first.row_start,
-                                    self.rows.data() + first.row_start)
-            for k in range(i, j):
-                other = active[k]
+                if device >= 0:
+                    self.sampler.sample_device(logits + first.row_start * V, device, V, total, &first.sp,
+                                               self.counters.data() + first.row_start,
+                                               self.rows.data() + first.row_start)
+                else:
+                    self.sampler.sample(logits + first.row_start * V if logits != NULL else NULL, V, total,
+                                        &first.sp, self.counters.data() + first.row_start,
+                                        self.rows.data() + first.row_start)
+            for k in range(<int> i, <int> j):
+                other = <Sequence> active[k]
                 memcpy(other.rows.data(), self.rows.data() + other.row_start, other.n_rows * sizeof(RowResult))
             i = j
-        for seq in active:
+        for i in range(m):
+            seq = <Sequence> active[i]
             with nogil:
-                seq.score(logits)
+                seq.score()
         t1 = C.llama_time_us()
         self.sample_us += t1 - t0
-        for seq in active:
+        for i in range(m):
+            seq = <Sequence> active[i]
             seq.sample_us += (t1 - t0) * seq.n_rows / max(rows, 1)     # its share of the rows
         # the policies pick, the steps commit (as each sequence alone would)
         t0 = C.llama_time_us()
-        for seq in active:
+        for i in range(m):
+            seq = <Sequence> active[i]
             t1 = C.llama_time_us()
             with nogil:
                 seq.commit()
             seq.select_us += C.llama_time_us() - t1
         self.select_us += C.llama_time_us() - t0
-        finished = []
-        for seq in active:
+        for i in range(m):
+            seq = <Sequence> active[i]
             if seq.end_step():
-                finished.append(seq)
+                any_finished = True
+                if seq.region >= seq.n_regions:
+                    self._stale = True      # done: the next step leaves it out
+        stepped = self._active
+        finished = [s for s in stepped if (<Sequence> s).region_done] if any_finished else []
         PyErr_CheckSignals()        # Ctrl-C between steps raises KeyboardInterrupt here
-        return active, finished
+        return stepped, finished

@@ -297,7 +297,8 @@ class _CallLock:
 
 
 class _StopMatcher:
-    """Finds the first stop (token id or string) in generated tokens."""
+    """The stops of a call (token ids and strings), checked once; each sequence searches its
+    text with a ``_StopScan`` of its own."""
 
     def __init__(self, model: Model, stop):
         self.ids = set(model.eog_token_ids if stop is None else ())
@@ -317,19 +318,34 @@ class _StopMatcher:
                     self.ids.add(ids[0])      # a single (special) token: match by id
                 else:
                     self.strings.append(item)
+        self.longest = max((len(x) for x in self.strings), default=0)
 
-    def first_stop(self, model: Model, tokens: list) -> Optional[int]:
-        """Index of the first token to drop (the stop itself), or None."""
-        cut = next((i for i, t in enumerate(tokens) if t in self.ids), None)
-        if self.strings:
-            limit = len(tokens) if cut is None else cut
-            text = b""
-            for i in range(limit):
-                text += model.token_bytes(tokens[i], special=True)
-                decoded = text.decode("utf-8", "replace")
-                if any(s in decoded for s in self.strings):
-                    return i if cut is None else min(cut, i)
-        return cut
+
+class _StopScan:
+    """One sequence's search for its first stop, fed its generated tokens a finished block at
+    a time. Each token is looked at once, and stop strings are searched for only in the text
+    the newest token completes plus the characters before it that a stop could start in: the
+    cost stays linear in the generated text."""
+
+    def __init__(self, model: Model, stops: _StopMatcher):
+        self.model = model
+        self.stops = stops
+        self.tail = ""                # the last characters of the text, for stops that span tokens
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def first_stop(self, new: list) -> Optional[int]:
+        """Index in ``new`` (the tokens that follow those of earlier calls) of the first token
+        to drop (the stop itself), or None."""
+        ids, strings, keep = self.stops.ids, self.stops.strings, self.stops.longest - 1
+        for i, token in enumerate(new):
+            if token in ids:
+                return i
+            if strings:
+                window = self.tail + self._decoder.decode(self.model.token_bytes(token, special=True))
+                if any(x in window for x in strings):
+                    return i
+                self.tail = window[-keep:] if keep > 0 else ""
+        return None
 
 
 class _Output:
@@ -342,15 +358,16 @@ class _Output:
         self.max_new_tokens = max_new_tokens
         self.tokens: list = []
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._scan = _StopScan(model, stops)
 
     def add(self, new: list, last: bool) -> tuple:
         """Take a finished block's tokens; returns (tokens kept, stop reason or None).
         ``last``: the sequence has no more blocks."""
         new = new[:self.max_new_tokens - len(self.tokens)]
         reason = None
-        cut = self.stops.first_stop(self.model, self.tokens + new)
+        cut = self._scan.first_stop(new)
         if cut is not None:
-            new = new[:max(0, cut - len(self.tokens))]
+            new = new[:cut]
             reason = "stop"
         elif last or len(self.tokens) + len(new) >= self.max_new_tokens:
             reason = "length"
@@ -388,9 +405,11 @@ class Generator:
         receive, a decode's graph computation; a stalled server then raises ConnectionError.
         Must exceed the slowest decode a server does. Ctrl-C interrupts such waits at once.
         Used when ``model`` is a path (a loaded ``Model`` keeps its own ``rpc_timeout``).
-    sampler: where the logits rows are sampled: "auto" (GPU when built with CUDA and a device
-        is usable, else CPU), "cpu", "cuda", "backend" (greedy, inside llama.cpp's graph) or a
-        RowSampler; see ``llamadiff.samplers``.
+    sampler: where the logits rows are sampled: "auto" (where the logits are: on the GPU when
+        built with CUDA and a device is usable, else on the CPU), "device" (where llama.cpp
+        computed them, with no copy), "cpu" (the reference: llama.cpp's host copy on the CPU),
+        "cuda" (that host copy uploaded to the GPU), "backend" (greedy, inside llama.cpp's
+        graph) or a RowSampler; see ``llamadiff.samplers``.
     chat_template: how chat messages become a prompt: None (the model's own
         ``tokenizer.chat_template``), Jinja text, or a llama.cpp built-in format's name such as
         ``"chatml"`` (see ``llamadiff.chat``).
@@ -808,6 +827,8 @@ class Generator:
             for index in range(len(prompts)):
                 if results[index] is None:
                     results[index] = GenerationResult("", [], halted or "interrupted", {}, ids.get(index, []))
+            if single and sched is not None and results[0].stats:
+                results[0].stats.update(_transfer_stats(sched))
             if not single:
                 wall_ms = (time.perf_counter() - t_start) * 1e3
                 n_gen = sum(len(r.tokens) for r in results)
@@ -824,7 +845,8 @@ class Generator:
                           "kv_tokens_peak": sched.kv_tokens_peak if sched else 0,
                           "kv_tokens_per_sequence_max": max(self._family.positions(cfgs[i], len(t))
                                                             for i, t in ids.items()),
-                          "errors": sum(r.stop_reason == "error" for r in results)}
+                          "errors": sum(r.stop_reason == "error" for r in results),
+                          **(_transfer_stats(sched) if sched else {})}
                 for r in results:
                     r.stats["batch"] = totals
         yield results
@@ -889,6 +911,14 @@ class Generator:
             parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
             stats["profile"] = parts
         return stats
+
+
+def _transfer_stats(sched) -> dict:
+    """Where a call's logits were sampled -- steps that read them where they were computed
+    (``sampler="device"``), the bytes of logits llama.cpp copied to the host otherwise -- and
+    its decodes that reused the previous decode's graph (one step shape: a CUDA graph replay)."""
+    return {"steps_in_place": sched.n_in_place, "logits_to_host_bytes": sched.logits_copied_bytes,
+            "graphs_reused": sched.graphs_reused}
 
 
 class _Running:

@@ -29,6 +29,18 @@ cdef extern from "ggml.h" nogil:
     ctypedef void (*ggml_log_callback)(ggml_log_level level, const char * text, void * user_data) noexcept
     ctypedef cbool (*ggml_abort_callback)(void * data) noexcept
 
+    struct ggml_backend_buffer:
+        pass
+    # a tensor: the fields llamadiff reads (the logits that stay on the device, patch 0008)
+    struct ggml_tensor:
+        ggml_type type
+        ggml_backend_buffer * buffer
+        int64_t ne[4]
+        size_t nb[4]
+        void * data
+    cbool ggml_is_contiguous(const ggml_tensor * tensor)
+    size_t ggml_nbytes(const ggml_tensor * tensor)
+
 
 cdef extern from "gguf.h" nogil:
     # the GGUF header, read by llamadiff.hparams to validate hyper-parameter values
@@ -95,6 +107,15 @@ cdef extern from "ggml-backend.h" nogil:
     ggml_backend_dev_t ggml_backend_dev_get(size_t index)
     const char * ggml_backend_dev_description(ggml_backend_dev_t device)
     int ggml_backend_dev_kind_of "ggml_backend_dev_type"(ggml_backend_dev_t device)
+    # where a tensor's memory is (llamadiff._core.Context.step_logits)
+    ctypedef ggml_backend_buffer * ggml_backend_buffer_t
+    ctypedef struct ggml_backend_buffer_type:
+        pass
+    ctypedef ggml_backend_buffer_type * ggml_backend_buffer_type_t
+    cbool ggml_backend_buffer_is_host(ggml_backend_buffer_t buffer)
+    ggml_backend_buffer_type_t ggml_backend_buffer_get_type(ggml_backend_buffer_t buffer)
+    ggml_backend_dev_t ggml_backend_buft_get_device(ggml_backend_buffer_type_t buft)
+    void ggml_backend_tensor_get(const ggml_tensor * tensor, void * data, size_t offset, size_t size)
 
 
 cdef extern from "llama.h" nogil:
@@ -318,6 +339,8 @@ cdef extern from "llama.h" nogil:
     bint llama_get_causal_attn(const llama_context * ctx)
     # added by vendor/patches/0003: block-causal KV mask in non-causal contexts (0: off)
     void llama_set_block_causal_attn(llama_context * ctx, int32_t n_block)
+    void llama_set_logits_on_device(llama_context * ctx, cbool on)           # patch 0008
+    ggml_tensor * llama_get_logits_tensor(llama_context * ctx)              # patch 0008
     void llama_set_abort_callback(llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data)
     void llama_synchronize(llama_context * ctx)
 

@@ -61,8 +61,8 @@ def full_cases(arch: str) -> list:
     return out
 
 
-def run_all() -> dict:
-    """Case id -> generated tokens (or the error's type and message)."""
+def run_all(sampler: str = "auto") -> dict:
+    """Case id -> generated tokens (or the error's type and message), sampled by ``sampler``."""
     from llamadiff import Generator, default_model, testing
 
     results: dict = {}
@@ -77,7 +77,7 @@ def run_all() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in GOLDEN_ARCHS:
             path = testing.write_model(Path(tmp) / f"{arch}.gguf", arch, seed=0)
-            with Generator(path, n_ctx=256, **EXACT) as gen:
+            with Generator(path, n_ctx=256, sampler=sampler, **EXACT) as gen:
                 if gen.model.family == "block":
                     for case in block_cases():
                         key = f"{arch} {json.dumps(case, sort_keys=True)}"
@@ -95,7 +95,7 @@ def run_all() -> dict:
         for family, prompts, n in (("block", ["47+38=", "sort 93715=", "rev python=", "copy k9x2=",
                                               "a1b7c4:b="], 16),
                                    ("full", ["47+38=", "sort 93715=", "rev python="], 17)):
-            with Generator(default_model(family), n_ctx=512, **EXACT) as gen:
+            with Generator(default_model(family), n_ctx=512, sampler=sampler, **EXACT) as gen:
                 for prompt in prompts:
                     record(f"default-{family} {prompt}", lambda: gen.generate(prompt, max_new_tokens=n))
                 if family == "full":

@@ -113,3 +113,25 @@ def test_full_family_parity_lists_run_one_after_another(llada_model):
         assert res[0].stats["batch"]["n_parallel"] == 1
         assert [r.tokens for r in res] == [g.generate(p, max_new_tokens=16, block_length=8, steps=16,
                                                       rng="llama.cpp", stop=[]).tokens for p in ("one", "two")]
+
+
+@pytest.mark.parametrize("n_parallel", [1, 3, 16])
+def test_one_step_shape_keeps_the_graph_between_steps(qwen3_model, n_parallel):
+    """fixed_step_shape=True: every step of a batch decodes the same shape, so llama.cpp reuses
+    the previous step's graph (on a CUDA device: a replay of the captured CUDA graph). Only the
+    first step after the prefills, and the KV view growing past a 256-cell step, build anew;
+    the minimal steps change shape nearly every step. Same tokens either way."""
+    prompts = [[5 + i, 6, 7, 8, 9, 10, 11, 12] for i in range(n_parallel)]
+    runs = {}
+    with Generator(qwen3_model, n_ctx=256, n_threads=1, type_k="f32", type_v="f32", flash_attn=False) as g:
+        for fixed in (True, False):
+            out = g.generate(prompts, max_new_tokens=24, block_length=4, stop=[], n_parallel=n_parallel,
+                             fixed_step_shape=fixed)
+            runs[fixed] = ([r.tokens for r in out], out[0].stats["batch"])
+    (fixed_tokens, fixed), (plain_tokens, plain) = runs[True], runs[False]
+    assert fixed_tokens == plain_tokens
+    prefills = fixed["decode_calls"] - fixed["steps"]
+    # consecutive prefills of one shape reuse their graph too: count the steps' own reuse
+    step_reuse = fixed["graphs_reused"] - max(prefills - 1, 0)
+    assert step_reuse >= fixed["steps"] - 2 - (fixed["kv_tokens_peak"] // 256)
+    assert plain["graphs_reused"] < fixed["graphs_reused"]

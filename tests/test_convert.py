@@ -156,6 +156,24 @@ def test_every_family_generates_as_its_body(family):
     assert len(chat.tokens) == 4
 
 
+def test_every_family_converts_fused(family, tmp_path):
+    """``convert --fuse`` writes one q/k/v and one gate/up matrix per layer and generates what the
+    unfused conversion generates (the metadata kept)."""
+    name, hf, out, _ = family
+    fused = tmp_path / f"{name}-fused.gguf"
+    assert cli_main(["convert", str(hf), "-o", str(fused), "--outtype", "f32", "--fuse"]) == 0
+    names = set(read_model(fused).weights)
+    assert "blk.0.attn_qkv.weight" in names and not any(".attn_q." in n for n in names)
+    assert any(".ffn_gate_up" in n for n in names)
+    prompt = [104, 101, 108, 108, 111, 32, 119]
+    runs = []
+    for path in (out, fused):
+        with Generator(path, n_ctx=256, n_threads=2, type_k="f32", type_v="f32", flash_attn=False) as gen:
+            runs.append((gen.default_block_length, gen.model.mask_token_id,
+                         gen.generate(prompt, max_new_tokens=12, stop=[]).tokens))
+    assert runs[1] == runs[0]
+
+
 def test_checkpoint_without_its_mask_token(tmp_path):
     hf = testing.write_hf_checkpoint(tmp_path / "hf", "fast-dllm-v2", seed=1)
     config = json.loads((hf / "tokenizer_config.json").read_text())

@@ -12,6 +12,7 @@ from llamadiff.cuda.sampler cimport (ld_cuda_device_count, ld_cuda_device_name,
                                      ld_cuda_sampler_create, ld_cuda_sampler_destroy,
                                      ld_cuda_sampler_device_buffer, ld_cuda_sampler_last_timing,
                                      ld_cuda_sampler_sample, ld_cuda_sampler_sample_device,
+                                     ld_cuda_sampler_sample_guided_device,
                                      ld_cuda_timing, ld_cuda_upload)
 
 from llamadiff.errors import CudaError, CudaUnavailableError
@@ -45,18 +46,31 @@ cdef inline int _check(int rc, str what) except -1 nogil:
     return 0
 
 
+cdef int _check_device(int where, int mine) except -1 nogil:
+    if where != mine:
+        with gil:
+            raise CudaError(f"the logits are on CUDA device {where}, this sampler runs on device {mine}: "
+                            f"make the Generator's sampler on the device of the output layer")
+    return 0
+
+
 cdef class CudaRowSampler(RowSampler):
     """Samples rows on a CUDA device (same results as the CPU RowSampler; see sampler.h).
 
+    Host rows (``sampler="cuda"``) are uploaded first; with ``in_place=True``
+    (``sampler="device"``) the scheduler leaves the logits in llama.cpp's device buffer and
+    the rows are sampled there, so only the counters go up and the results come back.
     Raises ``llamadiff.CudaError`` when there is no usable device or a CUDA call fails.
     """
     cdef ld_cuda_sampler * ptr
     cdef readonly int device
     cdef ld_cuda_params params
 
-    def __init__(self, int device=0):
+    def __init__(self, int device=0, *, bint in_place=False):
         RowSampler.__init__(self)
         self.device = device
+        self.in_place = in_place
+        self.reads_device = True
         cdef int n = ld_cuda_device_count()
         if n == 0:
             raise CudaUnavailableError("no CUDA device is available (no GPU, or no NVIDIA driver)")
@@ -71,21 +85,46 @@ cdef class CudaRowSampler(RowSampler):
 
     @property
     def name(self):
-        return "cuda"
+        return "device" if self.in_place else "cuda"
 
     cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1:
         return 0
 
-    cdef int sample(self, const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
-                    const uint64_t * counters, RowResult * out) except -1 nogil:
+    cdef void _params(self, const SamplingParams * sp) noexcept nogil:
         self.params.temperature = sp.temperature
         self.params.top_k = sp.top_k
         self.params.top_p = sp.top_p
         self.params.seed = sp.seed
         self.params.skip_token = sp.skip_token
-        # RowResult and ld_cuda_result have the same layout (int32, 3 x float)
+        self.params.plain_prob = sp.plain_prob
+
+    cdef int sample(self, const float * logits, int64_t n_vocab, int n_rows, const SamplingParams * sp,
+                    const uint64_t * counters, RowResult * out) except -1 nogil:
+        self._params(sp)
+        # RowResult and ld_cuda_result have the same layout (int32, 4 x float)
         _check(ld_cuda_sampler_sample(self.ptr, logits, n_vocab, n_rows, &self.params, counters,
                                       <ld_cuda_result *> out), "sampling")
+        return 0
+
+    cdef int sample_device(self, const float * logits, int device, int64_t n_vocab, int n_rows,
+                           const SamplingParams * sp, const uint64_t * counters,
+                           RowResult * out) except -1 nogil:
+        _check_device(device, self.device)
+        self._params(sp)
+        _check(ld_cuda_sampler_sample_device(self.ptr, logits, n_vocab, n_rows, &self.params, counters,
+                                             <ld_cuda_result *> out), "sampling on the device")
+        return 0
+
+    cdef int sample_guided(self, const float * logits, int device, int64_t n_vocab, int n_rows,
+                           float scale, const SamplingParams * sp, const uint64_t * counters,
+                           RowResult * out) except -1 nogil:
+        if device < 0:
+            return RowSampler.sample_guided(self, logits, device, n_vocab, n_rows, scale, sp, counters, out)
+        _check_device(device, self.device)
+        self._params(sp)
+        _check(ld_cuda_sampler_sample_guided_device(self.ptr, logits, n_vocab, n_rows, scale, &self.params,
+                                                    counters, <ld_cuda_result *> out),
+               "guided sampling on the device")
         return 0
 
     def last_timing(self):
@@ -112,8 +151,9 @@ cdef class CudaRowSampler(RowSampler):
         p.top_p = top_p
         p.seed = 0
         p.skip_token = skip_token
+        p.plain_prob = 0
         cdef uint64_t[::1] ctr = np.arange(n_rows, dtype=np.uint64)
-        out = np.empty(n_rows * 4, dtype=np.float32)
+        out = np.empty(n_rows * (sizeof(ld_cuda_result) // 4), dtype=np.float32)
         cdef float[::1] ov = out
         times = []
         for _ in range(repeats + 3):

@@ -342,13 +342,33 @@ sample_rows_kernel(const float *__restrict__ logits, int64_t n, ld_cuda_params p
         const float w2 = (kept >= 2 && t.n_valid >= 2) ? ld_expf(s * (t.v2 - m)) : 0.0f;
         margin = float((1.0 - double(w2)) / z);
     }
+    float plain = 0.0f;
+    if (p.plain_prob) {
+        // p(x0) under the plain softmax: the CPU's _plain_prob (max, then sums at s = 1)
+        const double z1 = masked_sums(row, n, skip, 1.0f, m, 0, false, sh, nullptr).z;
+        plain = float(double(ld_expf(row[pick] - m)) / z1);
+    }
     if (threadIdx.x == 0) {
         ld_cuda_result res;
         res.token = int32_t(pick);
         res.prob = float(double(ld_expf(s * (row[pick] - m))) / z);
         res.entropy = float(log(z) - e / z);
         res.margin = margin;
+        res.plain_prob = plain;
         out[r] = res;
+    }
+}
+
+/* Guided rows: dst[r] = un[r] + scale * (cond[r] - un[r]), cond = src rows 0..R-1, un = R..2R-1.
+ * Rounded step by step (no contraction into an FMA), as the host loop writes it. */
+__global__ void guide_rows_kernel(const float *__restrict__ src, float *__restrict__ dst, int64_t n,
+                                  int n_rows, float scale) {
+    const int r = blockIdx.y;
+    const float *cond = src + int64_t(r) * n;
+    const float *un = src + int64_t(n_rows + r) * n;
+    float *out = dst + int64_t(r) * n;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        out[i] = __fadd_rn(un[i], __fmul_rn(scale, __fsub_rn(cond[i], un[i])));
     }
 }
 
@@ -557,6 +577,28 @@ int ld_cuda_sampler_sample_device(ld_cuda_sampler *s, const float *d_logits, int
     std::memcpy(s->h_counters, counters, n_rows * sizeof(uint64_t));
     LD_TRY(cudaMemcpyAsync(s->d_counters, s->h_counters, n_rows * sizeof(uint64_t), cudaMemcpyHostToDevice, s->stream));
     rc = run(s, d_logits, n_vocab, n_rows, params, out);
+    s->timing.upload_us = 0.0;
+    s->timing.kernel_us = now_us() - t0;
+    s->timing.direct = 1;
+    return rc;
+}
+
+int ld_cuda_sampler_sample_guided_device(ld_cuda_sampler *s, const float *d_logits, int64_t n_vocab,
+                                         int n_rows, float scale, const ld_cuda_params *params,
+                                         const uint64_t *counters, ld_cuda_result *out) {
+    int rc = check_args(s, n_vocab, n_rows, params);
+    if (rc || n_rows == 0) return rc;
+    if (!std::isfinite(scale)) return int(cudaErrorInvalidValue);
+    LD_TRY(cudaSetDevice(s->device));
+    const size_t n = size_t(n_vocab) * size_t(n_rows);
+    if ((rc = reserve(s, n, n_rows))) return rc;
+    const double t0 = now_us();
+    std::memcpy(s->h_counters, counters, n_rows * sizeof(uint64_t));
+    LD_TRY(cudaMemcpyAsync(s->d_counters, s->h_counters, n_rows * sizeof(uint64_t), cudaMemcpyHostToDevice, s->stream));
+    const dim3 grid(unsigned((n_vocab + 1023) / 1024 < 64 ? (n_vocab + 1023) / 1024 : 64), unsigned(n_rows));
+    guide_rows_kernel<<<grid, 1024, 0, s->stream>>>(d_logits, s->d_logits, n_vocab, n_rows, scale);
+    LD_TRY(cudaGetLastError());
+    rc = run(s, s->d_logits, n_vocab, n_rows, params, out);
     s->timing.upload_us = 0.0;
     s->timing.kernel_us = now_us() - t0;
     s->timing.direct = 1;

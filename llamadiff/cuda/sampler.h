@@ -31,6 +31,7 @@ typedef struct ld_cuda_params {
     float top_p;           /* 1: off */
     uint64_t seed;
     int32_t skip_token;    /* never predicted (the mask token); -1: none */
+    int32_t plain_prob;    /* 1: also fill ld_cuda_result.plain_prob */
 } ld_cuda_params;
 
 typedef struct ld_cuda_result {
@@ -38,6 +39,8 @@ typedef struct ld_cuda_result {
     float prob;            /* p(x0) under the sampling distribution */
     float entropy;         /* entropy of the sampling distribution (nats) */
     float margin;          /* p(top1) - p(top2) under the sampling distribution */
+    float plain_prob;      /* p(x0) under the plain softmax (temperature 1, no top-k / top-p),
+                              when ld_cuda_params.plain_prob asks for it */
 } ld_cuda_result;
 
 /* Microseconds spent in the phases of the last ld_cuda_sampler_sample call (host clock). */
@@ -70,10 +73,19 @@ int ld_cuda_sampler_sample(ld_cuda_sampler *s, const float *logits, int64_t n_vo
                            const ld_cuda_params *params, const uint64_t *counters,
                            ld_cuda_result *out);
 
-/* The same on logits that already live on the device (benchmarks; a future fused route). */
+/* The same on logits that already live on the sampler's device: llama.cpp's own logits
+ * tensor when they stay on the GPU (sampler="device"; the caller has waited for the decode),
+ * or a buffer of ld_cuda_sampler_device_buffer. Only the counters go up and the results
+ * come back. */
 int ld_cuda_sampler_sample_device(ld_cuda_sampler *s, const float *d_logits, int64_t n_vocab,
                                   int n_rows, const ld_cuda_params *params,
                                   const uint64_t *counters, ld_cuda_result *out);
+
+/* Classifier-free guidance on device rows: rows 0..n_rows-1 of d_logits are conditional, the
+ * next n_rows unconditional; samples un + scale * (cond - un), formed on the device. */
+int ld_cuda_sampler_sample_guided_device(ld_cuda_sampler *s, const float *d_logits, int64_t n_vocab,
+                                         int n_rows, float scale, const ld_cuda_params *params,
+                                         const uint64_t *counters, ld_cuda_result *out);
 
 /* Device buffer of at least n floats owned by the sampler (benchmarks: upload once, then
  * time ld_cuda_sampler_sample_device on it). */

@@ -11,11 +11,13 @@ cdef extern from "sampler.h" nogil:
         float top_p
         uint64_t seed
         int32_t skip_token
+        int32_t plain_prob
     ctypedef struct ld_cuda_result:
         int32_t token
         float prob
         float entropy
         float margin
+        float plain_prob
     ctypedef struct ld_cuda_timing:
         double upload_us
         double kernel_us
@@ -35,6 +37,9 @@ cdef extern from "sampler.h" nogil:
     int ld_cuda_sampler_sample_device(ld_cuda_sampler * s, const float * d_logits, int64_t n_vocab,
                                       int n_rows, const ld_cuda_params * params,
                                       const uint64_t * counters, ld_cuda_result * out)
+    int ld_cuda_sampler_sample_guided_device(ld_cuda_sampler * s, const float * d_logits, int64_t n_vocab,
+                                             int n_rows, float scale, const ld_cuda_params * params,
+                                             const uint64_t * counters, ld_cuda_result * out)
     int ld_cuda_sampler_device_buffer(ld_cuda_sampler * s, size_t n, float ** d_out)
     int ld_cuda_upload(ld_cuda_sampler * s, float * d_dst, const float * src, size_t n)
     void ld_cuda_sampler_last_timing(const ld_cuda_sampler * s, ld_cuda_timing * out)
