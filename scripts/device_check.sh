@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One call on a fresh GPU machine (no internet): install a CUDA build of llamadiff made
-# beforehand (or build one there), run the GPU tests, time the sampler routes, end-to-end
-# generation, the no-cache mode, upstream llama-diffusion-cli and batch scaling; print a table.
+# beforehand (or build one there), run the GPU tests, then the speed matrix of
+# benchmarks/gpu_matrix.py: F16 / Q8_0 / Q4_K_M x fused / unfused x sampling where the logits
+# are (sampler="device") / on a host copy ("cuda"), the F16 vector-kernel route on and off,
+# CUDA graphs on and off, batches of 1-128 with each step split into decode, sampling and host
+# time, and the search for the several-sequence graph-replay fault; print the tables.
 #
 #   here, after a CUDA build (docs/BUILDING.md):   scripts/device_check.sh pack
 #       -> .device/: the llamadiff wheel for the GPU machine's Python (3.12 unless
@@ -9,8 +12,10 @@
 #          against the same ggml, and the trimmed llama.cpp source (for the fallback build)
 #   here, without a GPU, to rehearse every step:    scripts/device_check.sh rehearse
 #   on the GPU machine, carrying .device:          scripts/device_check.sh
+#   the earlier timings instead (sampler alone, decode per route, blocks 4 / 8 / 16, the
+#   no-cache mode, upstream llama-diffusion-cli, batch scaling): scripts/device_check.sh classic
 #   where a block step's time goes, instead:       scripts/device_check.sh profile
-#   (rehearsed with:                               scripts/device_check.sh rehearse profile)
+#   (rehearsed with:                               scripts/device_check.sh rehearse [classic|profile])
 #
 # Budget: one call of under 8 minutes. Installing the packed wheel takes seconds; without it
 # the script compiles ggml-cuda there (several minutes on 16 cores for one architecture).
@@ -80,7 +85,7 @@ if [ "${1:-}" = "pack" ]; then
     exit 0
 fi
 
-REHEARSE=0; PROFILE=0
+REHEARSE=0; PROFILE=0; CLASSIC=0
 if [ "${1:-}" = "rehearse" ]; then
     # every step on this machine's CPU: the packed wheel (for this Python) installed as on the
     # GPU machine, the tests (the GPU ones skip), timings with --device cpu on a small model
@@ -89,6 +94,9 @@ fi
 if [ "${1:-}" = "profile" ] || [ "${2:-}" = "profile" ]; then
     # instead of the tests and timings: where a block step's time goes (benchmarks/gpu_profile.py)
     PROFILE=1
+fi
+if [ "${1:-}" = "classic" ] || [ "${2:-}" = "classic" ]; then
+    CLASSIC=1
 fi
 
 BUDGET=${DEVICE_CHECK_BUDGET_S:-470}
@@ -112,6 +120,7 @@ CLI=""
 [ -x .device/llama-diffusion-cli ] && [ $PROFILE = 0 ] && [ "$QUICK" = 0 ] && CLI=$ROOT/.device/llama-diffusion-cli
 MODEL_PID=""
 write_models() {
+    [ $CLASSIC = 1 ] || [ $PROFILE = 1 ] || return 0      # the matrix writes its own (gpu_matrix.py write)
     # the random models (SDAR-1.7B-shaped F16, and a LLaDA of that shape for the upstream
     # CLI), written in the background while the rest installs, builds or tests
     ( cd /tmp && $PY "$ROOT/benchmarks/device_check.py" --device $DEVICE --model "$MODEL" \
@@ -191,6 +200,41 @@ if [ $PROFILE = 1 ]; then
             (cd /tmp && $PY $P ncu-report "$OUT/ncu$rows.csv")
         done
     fi
+    echo "== total $(( $(date +%s) - START )) s"
+    exit 0
+fi
+
+if [ $CLASSIC = 0 ]; then
+    # the speed matrix (benchmarks/gpu_matrix.py); its models are written while the tests run
+    GM="$ROOT/benchmarks/gpu_matrix.py"; GMD=/tmp/gpu-matrix; J="$OUT/gpu_matrix.jsonl"
+    SAMPLERS=device,cuda; PAR=1,8,16,32,64,128; MGEN=256; SEQS=2,3,16
+    [ $REHEARSE = 1 ] && { SAMPLERS=device,cpu; PAR=1,4,8; MGEN=32; SEQS=2,3; }
+    ( cd /tmp && $PY "$GM" write --dir $GMD --device $DEVICE --json "$J" > "$OUT/matrix-write.log" 2>&1 ) &
+    WRITE_PID=$!
+    echo "== tests ($(left) s left)"
+    (cd /tmp && timeout $(( $(left) - 300 )) $PY -m pytest -q "$ROOT/tests/test_cuda.py" -p no:cacheprovider \
+        --rootdir "$ROOT" > "$OUT/pytest.log" 2>&1)
+    echo "pytest exit $?: $(tail -1 "$OUT/pytest.log")"
+    grep -E "^(FAILED|ERROR|XFAIL)" "$OUT/pytest.log" | head -12
+    wait $WRITE_PID; tail -2 "$OUT/matrix-write.log"
+    run() {     # run NAME SECONDS ENV... -- ARGS: one phase of the matrix, skipped when time is short
+        local name=$1 need=$2; shift 2
+        local vars=(); while [ "$1" != "--" ]; do vars+=("$1"); shift; done; shift
+        if [ "$(left)" -gt "$need" ]; then
+            echo "== $name ($(left) s left)"
+            (cd /tmp && env "${vars[@]}" timeout $(( $(left) - 10 )) $PY "$GM" "$@" --dir $GMD --device $DEVICE \
+                --json "$J" | grep -v '^{' | tee -a "$OUT/matrix.md")
+        else
+            echo "== $name skipped: $(left) s left" | tee -a "$OUT/matrix.md"
+        fi
+    }
+    run "one sequence, stock kernels" 60 -- single --samplers $SAMPLERS --gen $MGEN
+    run "one sequence, F16 products of 2-8 columns on the vector kernel" 45 LLAMADIFF_CUDA_MMVF_COLS=8 -- \
+        single --types f16 --samplers device --gen $MGEN
+    run "one sequence, CUDA graphs off" 40 GGML_CUDA_DISABLE_GRAPHS=1 -- single --types f16 --samplers device --gen $MGEN
+    run "batches, F16 fused" 60 -- batch --samplers $SAMPLERS --parallel $PAR
+    run "batches, F16 unfused" 45 -- batch --samplers device --parallel $PAR --model sdar-1.7b-f16.gguf
+    run "several-sequence graph replay" 30 -- replay --sequences $SEQS
     echo "== total $(( $(date +%s) - START )) s"
     exit 0
 fi
