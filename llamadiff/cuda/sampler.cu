@@ -549,6 +549,13 @@ static int check_args(ld_cuda_sampler *s, int64_t n_vocab, int n_rows, const ld_
     return 0;
 }
 
+/* The rows' RNG counters to the device (through the pinned buffer: the copy is async). */
+static int upload_counters(ld_cuda_sampler *s, const uint64_t *counters, int n_rows) {
+    std::memcpy(s->h_counters, counters, n_rows * sizeof(uint64_t));
+    LD_TRY(cudaMemcpyAsync(s->d_counters, s->h_counters, n_rows * sizeof(uint64_t), cudaMemcpyHostToDevice, s->stream));
+    return 0;
+}
+
 int ld_cuda_sampler_sample(ld_cuda_sampler *s, const float *logits, int64_t n_vocab, int n_rows,
                            const ld_cuda_params *params, const uint64_t *counters, ld_cuda_result *out) {
     int rc = check_args(s, n_vocab, n_rows, params);
@@ -557,8 +564,7 @@ int ld_cuda_sampler_sample(ld_cuda_sampler *s, const float *logits, int64_t n_vo
     const size_t n = size_t(n_vocab) * size_t(n_rows);
     if ((rc = reserve(s, n, n_rows))) return rc;
     const double t0 = now_us();
-    std::memcpy(s->h_counters, counters, n_rows * sizeof(uint64_t));
-    LD_TRY(cudaMemcpyAsync(s->d_counters, s->h_counters, n_rows * sizeof(uint64_t), cudaMemcpyHostToDevice, s->stream));
+    if ((rc = upload_counters(s, counters, n_rows))) return rc;
     if ((rc = upload(s, s->d_logits, logits, n))) return rc;
     const double t1 = now_us();
     rc = run(s, s->d_logits, n_vocab, n_rows, params, out);
@@ -574,8 +580,7 @@ int ld_cuda_sampler_sample_device(ld_cuda_sampler *s, const float *d_logits, int
     LD_TRY(cudaSetDevice(s->device));
     if ((rc = reserve(s, 0, n_rows))) return rc;
     const double t0 = now_us();
-    std::memcpy(s->h_counters, counters, n_rows * sizeof(uint64_t));
-    LD_TRY(cudaMemcpyAsync(s->d_counters, s->h_counters, n_rows * sizeof(uint64_t), cudaMemcpyHostToDevice, s->stream));
+    if ((rc = upload_counters(s, counters, n_rows))) return rc;
     rc = run(s, d_logits, n_vocab, n_rows, params, out);
     s->timing.upload_us = 0.0;
     s->timing.kernel_us = now_us() - t0;
@@ -593,8 +598,7 @@ int ld_cuda_sampler_sample_guided_device(ld_cuda_sampler *s, const float *d_logi
     const size_t n = size_t(n_vocab) * size_t(n_rows);
     if ((rc = reserve(s, n, n_rows))) return rc;
     const double t0 = now_us();
-    std::memcpy(s->h_counters, counters, n_rows * sizeof(uint64_t));
-    LD_TRY(cudaMemcpyAsync(s->d_counters, s->h_counters, n_rows * sizeof(uint64_t), cudaMemcpyHostToDevice, s->stream));
+    if ((rc = upload_counters(s, counters, n_rows))) return rc;
     const dim3 grid(unsigned((n_vocab + 1023) / 1024 < 64 ? (n_vocab + 1023) / 1024 : 64), unsigned(n_rows));
     guide_rows_kernel<<<grid, 1024, 0, s->stream>>>(d_logits, s->d_logits, n_vocab, n_rows, scale);
     LD_TRY(cudaGetLastError());
