@@ -12,7 +12,7 @@ import os as _os
 
 from llamadiff.errors import (LlamaDiffError, ModelLoadError, UnsupportedModelError,
                               ContextError, DecodeError, DecodeAborted, CudaError,
-                              CudaUnavailableError, ChatTemplateError)
+                              CudaUnavailableError, ChatTemplateError, GeneratorClosedError)
 from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, system_info,
                              supports_gpu_offload, devices, quantize, MASK_TOKEN_TEXTS)
 from llamadiff.policy import (RemaskPolicy, Sequential, LowConfidenceStatic, LowConfidenceDynamic,
@@ -33,7 +33,7 @@ __all__ = [
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
     "supports_gpu_offload", "devices", "quantize", "get_include", "get_library_dir", "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted", "CudaError",
-    "CudaUnavailableError", "ChatTemplateError",
+    "CudaUnavailableError", "ChatTemplateError", "GeneratorClosedError",
 ]
 
 

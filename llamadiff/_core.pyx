@@ -370,6 +370,37 @@ def read_gguf_header(path):
     return meta, shapes
 
 
+def read_gguf_strings(path, keys):
+    """The string arrays ``keys`` of a GGUF file's header (e.g. ``tokenizer.ggml.tokens``):
+    ``{key: [str, ...]}`` for those present (bytes that are not UTF-8 are replaced)."""
+    cdef bytes bpath = os.fsencode(os.fspath(path))
+    cdef const char * cpath = bpath
+    cdef C.gguf_init_params params
+    params.no_alloc = True
+    params.ctx = NULL
+    cdef C.gguf_context * g
+    cdef int64_t k
+    cdef size_t i, n
+    cdef bytes bkey
+    with nogil:
+        g = C.gguf_init_from_file(cpath, params)
+    if g == NULL:
+        raise ModelLoadError(f"{os.fsdecode(bpath)!r}: not a readable GGUF header")
+    out = {}
+    try:
+        for key in keys:
+            bkey = key.encode()
+            k = C.gguf_find_key(g, bkey)
+            if k < 0 or C.gguf_get_kv_type(g, k) != C.GGUF_TYPE_ARRAY or \
+                    C.gguf_get_arr_type(g, k) != C.GGUF_TYPE_STRING:
+                continue
+            n = C.gguf_get_arr_n(g, k)
+            out[key] = [C.gguf_get_arr_str(g, k, i).decode("utf-8", "replace") for i in range(n)]
+    finally:
+        C.gguf_free(g)
+    return out
+
+
 # --------------------------------------------------------------------------- lifetime
 
 
@@ -546,15 +577,16 @@ cdef class Model(_Resource):
             raise RuntimeError("Model is already initialised")
         self.path = _validate_path(path)
         self.rpc_timeout = _rpc_validate_timeout(rpc_timeout, "rpc_timeout")
-        if not vocab_only:
-            # hyper-parameter values llama.cpp cannot run with: refused before any weight is read
-            # (an unreadable header is left to llama.cpp's loader, whose error says more)
-            try:
-                header = read_gguf_header(self.path)
-            except ModelLoadError:
-                header = None
-            if header is not None:
-                from llamadiff import hparams
+        # values llama.cpp cannot run with, or would run with silently wrong: refused before any
+        # weight is read (an unreadable header is left to llama.cpp's loader, whose error says more)
+        try:
+            header = read_gguf_header(self.path)
+        except ModelLoadError:
+            header = None
+        if header is not None:
+            from llamadiff import hparams, vocab_check
+            vocab_check.check(self.path, header[0])
+            if not vocab_only:
                 hparams.check(self.path, *header)
         cdef C.llama_model_params params = C.llama_model_default_params()
         cdef vector[C.ggml_backend_dev_t] devices
@@ -993,7 +1025,8 @@ cdef class Model(_Resource):
             free(buf)
             free(text)
 
-    def apply_chat_template(self, messages, *, bint add_generation_prompt=True, template=None, **variables):
+    def apply_chat_template(self, messages, *, bint add_generation_prompt=True, template=None, max_chars=None,
+                            **variables):
         """Format ``[{"role": ..., "content": ...}, ...]`` as the model's prompt text.
 
         ``template``: None (the model's ``tokenizer.chat_template``), Jinja text, or the name
@@ -1001,7 +1034,8 @@ cdef class Model(_Resource):
         ``"chatml"``). Jinja text is rendered by ``llamadiff.chat`` in Jinja2's sandbox with
         the model's ``bos_token`` / ``eos_token`` text; ``variables`` (e.g. ``tools``,
         ``enable_thinking``) reach the template as they are. A built-in name is formatted by
-        llama.cpp.
+        llama.cpp. A Jinja render is bounded in time (``llamadiff.chat.RENDER_SECONDS``) and in
+        the characters it may print (``max_chars``, default ``llamadiff.chat.MAX_RENDER_CHARS``).
         """
         self._check_open()
         if template is None:
@@ -1021,6 +1055,7 @@ cdef class Model(_Resource):
         return _chat.render(template, messages, add_generation_prompt=add_generation_prompt,
                             bos_token="" if bos is None else self.token_to_piece(bos, special=True),
                             eos_token="" if eos is None else self.token_to_piece(eos, special=True),
+                            max_chars=_chat.MAX_RENDER_CHARS if max_chars is None else max_chars,
                             **variables)
 
     def _apply_builtin_template(self, str name, list msgs, bint add_generation_prompt):
@@ -1421,9 +1456,18 @@ cdef class Context(_Resource):
         raise DecodeError(f"llama_decode failed with status {rc}{detail}")
 
     cdef float * logits_row(self, int32_t i) noexcept nogil:
-        """Logits of the i-th output row of the last decode (no bounds check; host memory)."""
+        """Logits of the i-th output row of the last decode (no bounds check; host memory), or
+        NULL when they cannot be read (``step_logits`` would raise: call it for the reason)."""
         cdef int device = -1
-        return <float *> self.step_logits(False, &device) + <Py_ssize_t> i * self.n_vocab
+        cdef const float * rows
+        with gil:
+            try:
+                rows = self.step_logits(False, &device)
+            except Exception:
+                return NULL
+        if rows == NULL:
+            return NULL
+        return <float *> rows + <Py_ssize_t> i * self.n_vocab
 
     # -- logits where they were computed (vendor/patches/0008) ------------------------------
 

@@ -59,6 +59,8 @@ cdef class RowSampler:
     cdef readonly bint in_place
     # can sample rows that lie in CUDA device memory (sample_device)
     cdef readonly bint reads_device
+    # fills RowResult.plain_prob when SamplingParams.plain_prob asks (LLaDA's Gumbel mode needs it)
+    cdef readonly bint gives_plain_prob
     cdef vector[float] guided_rows   # host scratch of sample_guided
 
     cdef int reserve(self, int n_rows, int64_t n_vocab, const SamplingParams * sp) except -1

@@ -13,7 +13,7 @@ The mask token is excluded from every distribution (it is never a prediction).
 """
 
 from cython.parallel cimport prange
-from libc.math cimport log, logf, isnan
+from libc.math cimport fmaf, log, logf, isnan
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libcpp.algorithm cimport nth_element, sort
 
@@ -281,7 +281,9 @@ cdef class RowSampler:
             cond = logits + <size_t> i * n_vocab
             unc = logits + <size_t> (n_rows + i) * n_vocab
             for j in range(n_vocab):
-                row[j] = unc[j] + scale * (cond[j] - unc[j])
+                # one fused multiply-add, written out: the same rounding on every compiler and
+                # in the GPU's kernel (sampler.cu), whether or not the compiler contracts
+                row[j] = fmaf(scale, cond[j] - unc[j], unc[j])
         return self.sample(self.guided_rows.data(), n_vocab, n_rows, sp, counters, out)
 
     def sample_logits(self, logits, *, float temperature=0.0, int top_k=0, float top_p=1.0,
@@ -305,6 +307,7 @@ cdef class CpuRowSampler(RowSampler):
             raise ValueError("n_threads must be >= 1")
         self.n_threads = n_threads
         self.in_place = in_place
+        self.gives_plain_prob = True
 
     @property
     def name(self):

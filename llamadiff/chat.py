@@ -19,9 +19,18 @@ their body. Blocks are trimmed (``trim_blocks``, ``lstrip_blocks``).
 The sandbox gives a template no access to Python internals or the file system, caps
 ``range()`` (100,000) and the strings and lists ``*`` may build; a template that fails -- bad
 syntax, a call the sandbox refuses, its own ``raise_exception`` -- raises
-``ChatTemplateError`` naming why. What it cannot bound is time: nested loops over capped
-ranges can still run for minutes, as in every Jinja-based renderer, so load templates you
-would run as code only from models you trust, or give ``chat_template=`` yourself.
+``ChatTemplateError`` naming why. A render is also bounded in time and size, as code from a
+model file must be:
+- **time:** ``RENDER_SECONDS`` (2 s; a real template takes about a millisecond). A trace
+  function on the rendering thread checks the clock as the template's code runs, so loops
+  that print nothing stop too;
+- **size:** what the template prints stops at ``max_chars`` (``render``'s argument; a
+  Generator passes 64 characters per token of its context, a prompt longer than that could
+  not run), and the calls that would build a huge string in one go -- ``center`` /
+  ``ljust`` / ``rjust`` / ``zfill`` / ``indent`` / ``wordwrap`` / ``truncate`` widths,
+  ``%`` and ``format`` field widths, ``lipsum`` -- are refused above ``MAX_REPEAT``
+  characters before they allocate. A ``MemoryError`` inside a render becomes a
+  ``ChatTemplateError`` too.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ import difflib
 import functools
 import json
 import os
+import re
+import sys
+import time
 from typing import Any, Mapping, Optional, Sequence
 
 from llamadiff.errors import ChatTemplateError
@@ -83,24 +95,59 @@ def check_messages(messages) -> list:
     return out
 
 
+RENDER_SECONDS = 2.0        # the longest a render may take
+MAX_RENDER_CHARS = 1 << 24  # what a render may print when the caller sets no bound (16 Mi characters)
+MAX_REPEAT = 1 << 20        # the longest string or list one operation of a template may build
+
+
+class _RenderTimeout(BaseException):
+    """Raised into a render that ran past its time (a BaseException: no template-level
+    ``except Exception`` in Jinja's runtime can swallow it)."""
+
+
 def render(template: str, messages, *, add_generation_prompt: bool = True, bos_token: str = "",
-           eos_token: str = "", tools: Optional[list] = None, **variables: Any) -> str:
-    """The text ``template`` (Jinja) prints for ``messages``."""
+           eos_token: str = "", tools: Optional[list] = None, max_chars: int = MAX_RENDER_CHARS,
+           seconds: float = RENDER_SECONDS, **variables: Any) -> str:
+    """The text ``template`` (Jinja) prints for ``messages``, bounded in time (``seconds``) and
+    length (``max_chars``): past either, a ChatTemplateError says which."""
     if not isinstance(template, str):
         raise TypeError(f"a chat template is Jinja text, not {type(template).__name__}")
     messages = check_messages(messages)
     compiled = _compile(template)
+    pieces, size = [], 0
+    deadline = time.monotonic() + seconds
+    events = 0
+
+    def trace(frame, event, arg):           # on every line of the template's (and Jinja's) code
+        nonlocal events
+        events += 1
+        if not events & 255 and time.monotonic() > deadline:
+            raise _RenderTimeout
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
     try:
-        return compiled.render(messages=messages, add_generation_prompt=bool(add_generation_prompt),
-                               bos_token=bos_token, eos_token=eos_token, tools=tools, **variables)
+        for piece in compiled.generate(messages=messages, add_generation_prompt=bool(add_generation_prompt),
+                                       bos_token=bos_token, eos_token=eos_token, tools=tools, **variables):
+            size += len(piece)
+            if size > max_chars:
+                raise ChatTemplateError(f"the chat template printed more than {max_chars:,} characters for "
+                                        "these messages (more than the context could hold)")
+            pieces.append(piece)
+    except _RenderTimeout:
+        raise ChatTemplateError(f"the chat template ran for more than {seconds:g} s on these messages "
+                                "(a real template takes milliseconds): refused") from None
     except ChatTemplateError:
         raise
+    except MemoryError:
+        raise ChatTemplateError("the chat template ran out of memory on these messages") from None
     except Exception as e:          # the template's own fault: a bad call, a sandbox refusal
         raise ChatTemplateError(f"the chat template failed on these messages: "
                                 f"{type(e).__name__}: {e}") from None
-
-
-MAX_REPEAT = 1 << 20        # the longest string or list a template may build with *
+    finally:
+        sys.settrace(previous)
+    return "".join(pieces)
 
 
 def _number(x) -> bool:
@@ -113,6 +160,38 @@ def _raise_exception(message):
 
 def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
+
+
+def _too_wide(what: str, n) -> None:
+    if _number(n) and abs(n) > MAX_REPEAT:
+        raise ChatTemplateError(f"the chat template asks {what} for {n} characters or items "
+                                f"(more than {MAX_REPEAT:,}): refused")
+
+
+# field widths and precisions of %-formatting and str.format specs
+_PERCENT_FIELD = re.compile(r"%[#0\- +]*(\d*)(?:\.(\d+))?")
+_FORMAT_FIELD = re.compile(r"\{[^{}]*?:[^{}]*?(\d+)(?:\.(\d+))?[^{}]*\}")
+# methods of str that build a string as wide as a number argument
+_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+# filters whose arguments size what they build
+_SIZED_FILTERS = ("center", "indent", "wordwrap", "truncate", "batch", "slice")
+
+
+def _check_format(fmt, pattern, what: str) -> None:
+    if isinstance(fmt, str):
+        for m in pattern.finditer(fmt):
+            for group in m.groups():
+                if group:
+                    _too_wide(what, int(group))
+
+
+def _checked_filter(name: str, fn):
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        for a in list(args[1:]) + list(kwargs.values()):
+            _too_wide(f"the {name} filter", a)
+        return fn(*args, **kwargs)
+    return checked
 
 
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
@@ -144,9 +223,10 @@ def _environment():
             return caller()
 
     class Sandbox(ImmutableSandboxedEnvironment):
-        """Jinja2's immutable sandbox, with ``*`` and ``**`` checked first: ``'x' * 10**10``
-        would otherwise allocate gigabytes before anything could stop it."""
-        intercepted_binops = frozenset(["*", "**"])
+        """Jinja2's immutable sandbox, with what builds a huge string in one go checked first:
+        ``'x' * 10**10``, ``'%01000000000d' % 1`` or ``'x'.center(10**9)`` would otherwise
+        allocate gigabytes before anything could stop them."""
+        intercepted_binops = frozenset(["*", "**", "%"])
 
         def call_binop(self, context, operator, left, right):
             if operator == "**" and _number(left) and _number(right) and abs(right) > 64 and abs(left) > 1:
@@ -156,11 +236,42 @@ def _environment():
                     if isinstance(seq, (str, list, tuple)) and _number(n) and len(seq) * n > MAX_REPEAT:
                         raise ChatTemplateError(f"the chat template repeats a value to more than {MAX_REPEAT} "
                                                 "items or characters")
+            if operator == "%" and isinstance(left, str):
+                _check_format(left, _PERCENT_FIELD, "a % field")
+                for n in (right if isinstance(right, tuple) else (right,)):
+                    if "*" in left:
+                        _too_wide("a % field", n)
             return super().call_binop(context, operator, left, right)
+
+        def call(self, __context, __obj, *args, **kwargs):
+            target = getattr(__obj, "__wrapped__", __obj)      # the sandbox wraps str.format
+            name = getattr(target, "__name__", None)
+            if isinstance(getattr(target, "__self__", None), str):
+                if name in _WIDTH_METHODS:
+                    for a in list(args) + list(kwargs.values()):
+                        _too_wide(f"str.{name}", a)
+                elif name in ("format", "format_map"):
+                    _check_format(target.__self__, _FORMAT_FIELD, "a format field")
+                    if ":{" in target.__self__:           # a width given as an argument
+                        for a in list(args) + list(kwargs.values()):
+                            _too_wide("a format field", a)
+            return super().call(__context, __obj, *args, **kwargs)
 
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation],
                   undefined=jinja2.Undefined)
     env.filters["tojson"] = _tojson
+    for name in _SIZED_FILTERS:
+        env.filters[name] = _checked_filter(name, env.filters[name])
+    plain_format = env.filters["format"]
+    env.filters["format"] = functools.wraps(plain_format)(
+        lambda value, *a, **k: (_check_format(value, _PERCENT_FIELD, "a % field"), plain_format(value, *a, **k))[1])
+    plain_lipsum = env.globals["lipsum"]
+
+    def lipsum(n=5, html=True, min=20, max=100):
+        _too_wide("lipsum", n * max * 10)          # paragraphs x words x characters, about
+        return plain_lipsum(n=n, html=html, min=min, max=max)
+
+    env.globals["lipsum"] = lipsum
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env

@@ -54,6 +54,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     from llamadiff.generator import option_fields
 
     groups = {"generation": p.add_argument_group("generation"),
+              "block": p.add_argument_group("block diffusion (SDAR, ...)"),
               "full": p.add_argument_group("full diffusion (LLaDA, Dream)")}
     for f in option_fields():
         meta = f.metadata
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--max-queue", type=int, default=64,
                      help="requests that may wait for a slot; more are answered 503 (default 64)")
     web.add_argument("--model-name", default=None, help="the model's id in the API (default: the file name)")
+    web.add_argument("--drain-seconds", type=float, default=5.0,
+                     help="at SIGINT / SIGTERM, how long queued and running requests may take to finish "
+                          "before they are cancelled, each with the documented error (default 5)")
     web.add_argument("--max-block-length", type=int, default=None,
                      help="largest block_length a request may ask for (default: 64, or the model's trained one)")
 
@@ -377,7 +381,7 @@ def cmd_serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, n_parallel=args.n_parallel,
           max_queue=args.max_queue, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
           model_name=args.model_name, max_block_length=args.max_block_length,
-          chat_template=_chat_template(args.chat_template))
+          chat_template=_chat_template(args.chat_template), drain_seconds=args.drain_seconds)
     return 0
 
 

@@ -110,6 +110,7 @@ cdef class Scheduler:
     cdef tuple _active               # the unfinished ones (what step() runs), and the same as
     cdef vector[PyObject *] _active_ptrs   # an array for its loops (the tuple holds the references)
     cdef bint _stale                 # the set changed: make both again before the next step
+    cdef bint _stepping              # inside step(): a nested call is an error
     cdef vector[RowResult] rows
     cdef vector[uint64_t] counters
     cdef int rows_reserved
@@ -122,3 +123,4 @@ cdef class Scheduler:
 
     cdef _free(self, Sequence seq)
     cdef _refresh_active(self)
+    cdef tuple _step(self, PyObject ** active, size_t m, bint in_place)

@@ -318,6 +318,9 @@ cdef class Scheduler:
             raise ValueError("this sequence was made for another model than the scheduler's context")
         if s < 0:
             raise ValueError(f"every slot is busy (the context has n_seq_max={self.ctx.n_seq_max})")
+        if seq.sp.plain_prob and not self.sampler.gives_plain_prob:
+            raise ValueError(f"the {self.sampler.name!r} sampler does not give p(x0) under the plain softmax "
+                             "(RowResult.plain_prob), which add_gumbel_noise with a temperature needs")
         if s >= self.ctx.n_seq_max or s in self._used():
             raise ValueError(f"slot {s} is not free")
         cdef int companion = -1
@@ -401,9 +404,29 @@ cdef class Scheduler:
         while the set does not change) and those whose active region finished at this step.
         The loops below run over a C array of the sequences: per sequence, a step makes C
         calls only (no Python objects are made or looked up)."""
+        cdef size_t m
+        cdef bint in_place = self.in_place
+        if self._stepping:
+            raise RuntimeError("Scheduler.step() called from inside a step (a policy or callback of this "
+                               "scheduler's own step)")
+        if self._stale:
+            self._refresh_active()
+        m = self._active_ptrs.size()
+        if m == 0:
+            return (), []
+        cdef PyObject ** active = self._active_ptrs.data()
+        self._stepping = True
+        try:
+            return self._step(active, m, in_place)
+        finally:
+            self._stepping = False
+            # leave the caller's context as it was: its own decodes copy the logits as usual
+            self.ctx.set_logits_on_device(False)
+
+    cdef tuple _step(self, PyObject ** active, size_t m, bint in_place):
         cdef Sequence seq, first, other
         cdef int n = 0, rows = 0, total, k
-        cdef size_t i, j, m
+        cdef size_t i, j
         cdef int32_t rc
         cdef int64_t t0, t1
         cdef long kv = 0, n_decode, tokens
@@ -411,14 +434,7 @@ cdef class Scheduler:
         cdef int64_t V
         cdef const float * logits
         cdef int device = -1
-        cdef bint in_place = self.in_place
         cdef bint any_finished = False
-        if self._stale:
-            self._refresh_active()
-        m = self._active_ptrs.size()
-        if m == 0:
-            return (), []
-        cdef PyObject ** active = self._active_ptrs.data()
         for i in range(m):
             seq = <Sequence> active[i]
             n_decode, tokens, decode_us = seq.n_decode, seq.n_decode_tokens, seq.decode_us

@@ -42,3 +42,8 @@ class CudaError(LlamaDiffError, RuntimeError):
 class CudaUnavailableError(CudaError):
     """CUDA was asked for, but this installation or machine cannot provide it (built without
     CUDA, no driver, no device)."""
+
+
+class GeneratorClosedError(LlamaDiffError, RuntimeError):
+    """The Generator was closed: a call made afterwards, or one that was running (or a
+    ``stream()`` being iterated) in another thread when ``close()`` was called."""

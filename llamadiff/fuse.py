@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Union
@@ -38,12 +39,12 @@ FUSED_FFN = ("qwen3", "qwen2", "llama", "mistral3", "bailingmoe2")      # dense 
 MERGED_EXPERTS = ("qwen3moe", "bailingmoe2")
 FUSIBLE = tuple(sorted(set(FUSED_ATTENTION) | set(FUSED_FFN) | set(MERGED_EXPERTS)))
 
-# fused name <- its parts, in row order ("{}" is "blk.N")
+# fused tensor <- its parts, in row order, per layer; biases: fused with the weights (all the
+# parts have one, or none does), or the group is left as it is when it has biases ("no")
 GROUPS = (
-    ("{}.attn_qkv.weight", ("{}.attn_q.weight", "{}.attn_k.weight", "{}.attn_v.weight"), FUSED_ATTENTION),
-    ("{}.attn_qkv.bias", ("{}.attn_q.bias", "{}.attn_k.bias", "{}.attn_v.bias"), FUSED_ATTENTION),
-    ("{}.ffn_gate_up.weight", ("{}.ffn_gate.weight", "{}.ffn_up.weight"), FUSED_FFN),
-    ("{}.ffn_gate_up_exps.weight", ("{}.ffn_gate_exps.weight", "{}.ffn_up_exps.weight"), MERGED_EXPERTS),
+    ("attn_qkv", ("attn_q", "attn_k", "attn_v"), FUSED_ATTENTION, "fused"),
+    ("ffn_gate_up", ("ffn_gate", "ffn_up"), FUSED_FFN, "no"),           # patch 0009: no fused bias
+    ("ffn_gate_up_exps", ("ffn_gate_exps", "ffn_up_exps"), MERGED_EXPERTS, "no"),
 )
 _LAYER = re.compile(r"^(blk\.\d+)\.")
 
@@ -66,21 +67,35 @@ def _plan(reader) -> tuple:
         raise FuseError(f"fusing q/k/v and gate/up is not supported for the {arch!r} architecture "
                         f"(supported: {', '.join(FUSIBLE)})")
     tensors = {t.name: t for t in reader.tensors}
-    fused_from: dict = {}          # part name -> fused name
+    layers = sorted({m.group(1) for m in map(_LAYER.match, tensors) if m})
+    fused_from: dict = {}          # part name -> (fused name, part names)
     skipped = []
-    for fused, parts, archs in GROUPS:
+    for fused, parts, archs, biases in GROUPS:
         if arch not in archs:
             continue
-        for layer in sorted({m.group(1) for m in map(_LAYER.match, tensors) if m}):
-            names = [p.format(layer) for p in parts]
-            if not all(n in tensors for n in names):
+        for layer in layers:
+            weights = [f"{layer}.{p}.weight" for p in parts]
+            if not all(n in tensors for n in weights):
                 continue
-            types = {tensors[n].tensor_type for n in names}
+            where = f"{layer}.{fused}"
+            types = {tensors[n].tensor_type for n in weights}
             if len(types) > 1:
-                skipped.append(f"{fused.format(layer)} ({', '.join(tensors[n].tensor_type.name for n in names)})")
+                skipped.append(f"{where} ({', '.join(tensors[n].tensor_type.name for n in weights)})")
                 continue
-            for n in names:
-                fused_from[n] = (fused.format(layer), names)
+            bias = [f"{layer}.{p}.bias" for p in parts]
+            has_bias = [n in tensors for n in bias]
+            # companions a fused matrix has no slot for (e.g. per-tensor scales): leave the group
+            extra = [n for n in tensors if any(n.startswith(f"{layer}.{p}.") for p in parts)
+                     and n not in weights and n not in bias]
+            if extra or (any(has_bias) and (biases == "no" or not all(has_bias))):
+                why = f"its {', '.join(extra)}" if extra else "its biases"
+                skipped.append(f"{where} (kept apart for {why})")
+                continue
+            for n in weights:
+                fused_from[n] = (f"{where}.weight", weights)
+            if all(has_bias):
+                for n in bias:
+                    fused_from[n] = (f"{where}.bias", bias)
     plan, seen = [], set()
     for t in reader.tensors:
         if t.name in fused_from:
@@ -104,22 +119,54 @@ def fuse_gguf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> dic
     """Write ``dst``: ``src`` with its q/k/v and gate/up projections fused (see the module
     doc). Returns what was done: {"architecture", "fused" (tensors written fused), "kept"
     (groups left unfused, with their types)}. ``dst`` may be ``src`` (replaced at the end)."""
+    reader = _read(src)
+    arch, plan, skipped = _plan(reader)
+    _write(reader, Path(dst), arch, plan, {})
+    if skipped:
+        log.warning("left unfused (their parts differ in type; fuse before quantising): %s",
+                    ", ".join(skipped))
+    return {"architecture": arch, "fused": sum(len(parts) > 1 for _, parts in plan), "kept": skipped}
+
+
+def copy_gguf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], metadata: dict) -> Path:
+    """Write ``dst``: ``src`` with the key/values of ``metadata`` set (``key: (value, GGUFValueType,
+    array item type or None)``) or removed (``key: None``); tensors as they are. The same writer
+    as ``fuse_gguf`` (``llamadiff.testing.rewrite_model`` uses it for test files)."""
+    reader = _read(src)
+    arch = str(reader.fields["general.architecture"].contents())
+    _write(reader, Path(dst), arch, [(t.name, [t]) for t in reader.tensors], metadata)
+    return Path(dst)
+
+
+def _reader_path(reader) -> str:
+    """The file a GGUFReader read (gguf-py keeps its memory map's path)."""
+    return getattr(reader, "path", None) or reader.data.filename
+
+
+def _read(src):
     import gguf
 
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"no such GGUF file: {src}")
     try:
-        reader = gguf.GGUFReader(src)
+        return gguf.GGUFReader(src)
     except Exception as exc:          # gguf-py raises ValueError / struct errors on bad files
         raise FuseError(f"{src} is not a readable GGUF file: {exc}") from None
-    arch, plan, skipped = _plan(reader)
-    n_fused = sum(len(parts) > 1 for _, parts in plan)
-    tmp = Path(tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)[1])
+
+
+def _write(reader, dst: Path, arch: str, plan: list, metadata: dict) -> None:
+    """The file of ``reader`` with ``plan``'s tensors (name, parts) and ``metadata``'s changes,
+    written to a temporary file beside ``dst`` and moved there at the end."""
+    import gguf
+
+    fd, name = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         writer = gguf.GGUFWriter(tmp, arch)
         for key, field in reader.fields.items():
-            if key.startswith("GGUF.") or key == "general.architecture":
+            if key.startswith("GGUF.") or key == "general.architecture" or key in metadata:
                 continue
             vtype = field.types[0]
             sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY and len(field.types) > 1 else None
@@ -127,6 +174,9 @@ def fuse_gguf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> dic
             if key == "general.alignment":
                 writer.data_alignment = int(value)
             writer.add_key_value(key, value, vtype, sub_type=sub)
+        for key, spec in metadata.items():
+            if spec is not None:
+                writer.add_key_value(key, spec[0], spec[1], sub_type=spec[2])
         for name, parts in plan:
             # numpy shapes (slowest dimension first); quantised (and BF16) data reads as bytes,
             # whose shape gguf-py turns back into elements when raw_dtype is given
@@ -143,11 +193,9 @@ def fuse_gguf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> dic
         for name, parts in plan:
             writer.write_tensor_data(np.ascontiguousarray(_data(parts)))
         writer.close()
+        # the new file gets the mode of the one it was made from (mkstemp's is 0600)
+        os.chmod(tmp, stat.S_IMODE(os.stat(_reader_path(reader)).st_mode))
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if skipped:
-        log.warning("left unfused (their parts differ in type; fuse before quantising): %s",
-                    ", ".join(skipped))
-    return {"architecture": arch, "fused": n_fused, "kept": skipped}

@@ -32,7 +32,7 @@ from llamadiff._core import Context, Model, default_threads
 from llamadiff.engine import Scheduler, StepInfo
 from llamadiff.policy import RemaskPolicy, STRATEGIES
 from llamadiff.chat import check_template
-from llamadiff.errors import UnsupportedModelError
+from llamadiff.errors import DecodeAborted, GeneratorClosedError, UnsupportedModelError
 from llamadiff.samplers import make_row_sampler
 
 __all__ = ["Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo"]
@@ -47,6 +47,8 @@ FAMILIES = {"block": BlockFamily(), "full": FullFamily()}
 # an error naming the option, not an OverflowError); no float option means anything past
 # 1e4 (a temperature of 1e4 already samples uniformly).
 MAX_INT_OPTION = 2 ** 31 - 1
+# the most characters a chat template may print per token of the context: more could not fit
+CHAT_CHARS_PER_TOKEN = 64
 MAX_FLOAT_OPTION = 1e4
 
 # names users of llama-cpp-python / OpenAI reach for, accepted as they are (README, "Coming
@@ -125,7 +127,7 @@ def _check_option(f: dataclasses.Field, value) -> None:
             raise ValueError(f"{name} must be in {brackets[0]}{low:g}, {high:g}{brackets[-1]}, got {value}")
     elif meta["minimum"] is not None:
         _int_argument(name, value, meta["minimum"], meta["maximum"])
-    elif meta["cli"] == "flag" and not isinstance(value, bool):
+    elif isinstance(f.default, bool) and not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, not {value!r}")
     policy_ok = name == "strategy" and isinstance(value, RemaskPolicy)
     if meta["choices"] is not None and not policy_ok and (not isinstance(value, str) or value not in meta["choices"]):
@@ -170,11 +172,11 @@ class GenerationConfig:
         "(default: one per new token)", flags=("-s", "--steps", "--diffusion-steps"), minimum=1)
     strategy: Union[str, RemaskPolicy] = _option(
         "low_confidence_dynamic", "remasking policy of block diffusion (a RemaskPolicy object drives "
-        "either family)", choices=tuple(STRATEGIES))
+        "either family)", choices=tuple(STRATEGIES), group="block")
     threshold: Optional[float] = _option(
         None, "confidence threshold: low_confidence_dynamic (default 0.85) or --parallel threshold "
         "(default 0.9)", bounds=(0.0, 1.0, "(]"))
-    eb_gamma: float = _option(0.35, "entropy bound (entropy_bounded)", bounds=(0.0, None, "("))
+    eb_gamma: float = _option(0.35, "entropy bound (entropy_bounded)", bounds=(0.0, None, "("), group="block")
     temperature: float = _option(0.0, "0 = greedy", flags=("--temperature", "--temp"), bounds=(0.0, None, "["))
     top_k: int = _option(0, "keep the k most likely tokens (0: off)", minimum=0)
     top_p: float = _option(1.0, "nucleus sampling mass (1: off)", bounds=(0.0, 1.0, "(]"))
@@ -200,7 +202,7 @@ class GenerationConfig:
         None, "block diffusion with the KV cache: every step decodes the same batch shape (the "
         "finished block again, a row for every position of the block), so a GPU back end replays "
         "one CUDA graph; the same tokens (None: on for one sequence per context with the model's layers "
-        "on a CUDA GPU)", cli=None)
+        "on a CUDA GPU)", cli=None, group="block")
     parallel: Optional[str] = _option(None, "Fast-dLLM parallel decoding", choices=PARALLEL_MODES, group="full")
     factor: float = _option(1.0, "factor of --parallel factor", bounds=(0.0, None, "("), group="full")
     rng: str = _option("counter", "llama.cpp: reproduce llama-diffusion-cli draw for draw",
@@ -233,8 +235,9 @@ class GenerationConfig:
         if self.callback is not None and not callable(self.callback):
             raise TypeError("callback must be callable")
         if self.stop is not None:
-            if isinstance(self.stop, (str, int)):
-                raise TypeError("stop must be a list of strings / token ids")
+            if not isinstance(self.stop, (list, tuple)):
+                raise TypeError(f"stop must be a list of strings / token ids, not {type(self.stop).__name__}"
+                                + (f" (stop=[{self.stop!r}] for one)" if isinstance(self.stop, (str, int)) else ""))
             for item in self.stop:
                 if isinstance(item, bool) or not isinstance(item, (str, int)) or item == "":
                     raise TypeError(f"stop entries must be non-empty strings or token ids, got {item!r}")
@@ -294,6 +297,50 @@ class _CallLock:
     def __exit__(self, *exc):
         self._owner = None
         self._lock.release()
+
+    def owned_here(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock within ``timeout`` seconds (close(): any thread, no owner check)."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._owner = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+
+class _Stream:
+    """What ``Generator.stream()`` returns: an iterator of StreamChunks. ``close()`` stops it and
+    frees the Generator. When the Generator itself is closed (from any thread), the stream ends:
+    its next chunk raises GeneratorClosedError instead."""
+
+    __slots__ = ("_chunks", "_closed_by_generator", "__weakref__")
+
+    def __init__(self, chunks):
+        self._chunks = chunks
+        self._closed_by_generator = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> "StreamChunk":
+        if self._closed_by_generator:
+            raise GeneratorClosedError(_CLOSED_WHILE_RUNNING)
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    def _close_for_generator(self) -> None:
+        try:
+            self._chunks.close()
+        except ValueError:          # running in another thread: it sees the close at its next step
+            return
+        self._closed_by_generator = True
 
 
 class _StopMatcher:
@@ -478,6 +525,7 @@ class Generator:
         self._ctx: Optional[Context] = None
         self._batch_ctx: Optional[Context] = None
         self._lock = _CallLock()
+        self._closing = threading.Event()    # close() was called: running calls stop at their next step
         self._streams: "weakref.WeakSet" = weakref.WeakSet()   # open stream() iterators
         try:
             self._check_model()
@@ -553,17 +601,40 @@ class Generator:
 
     def close(self) -> None:
         """Free the contexts, and the model when this Generator loaded it from a path (a
-        Model passed in stays open). Open ``stream()`` iterators of this Generator are closed
-        first. Safe to call twice."""
-        for iterator in list(self._streams):
-            iterator.close()               # releases the Generator if it holds it
-        with self._lock:
+        Model passed in stays open). Safe to call twice, and from any thread: open
+        ``stream()`` iterators are closed first, and a call or stream running in another
+        thread ends at its next step (within the decode in flight) with
+        ``GeneratorClosedError``; close() waits for that, then frees."""
+        if self._lock.owned_here():
+            # this thread holds the Generator: a stream it left suspended (closed here), or a
+            # callback inside a generation (which cannot close what it runs in)
+            self._close_streams()
+            if self._lock.owned_here():
+                raise RuntimeError("close() from inside a generation of this Generator (a callback): "
+                                   "return False from the callback to stop it, then close the Generator")
+        self._closing.set()
+        for ctx in (self._ctx, self._batch_ctx):
+            if ctx is not None and not ctx.closed:
+                ctx.request_abort()            # a decode in flight stops early (CPU back end)
+        # a call running in another thread stops at its next step and lets go; a stream that
+        # thread left suspended would never step again: after a moment it is closed from here
+        while not self._lock.acquire(timeout=0.2):
+            self._close_streams()
+        try:
             for ctx in (self._ctx, self._batch_ctx):
                 if ctx is not None:
                     ctx.close()
             self._ctx = self._batch_ctx = None
             if self._owns_model:
                 self.model.close()
+        finally:
+            self._lock.release()
+
+    def _close_streams(self) -> None:
+        """Close the open stream() iterators that are not running right now: each then raises
+        GeneratorClosedError when it is next asked for a chunk."""
+        for stream in list(self._streams):
+            stream._close_for_generator()
 
     def __enter__(self):
         return self
@@ -602,7 +673,10 @@ class Generator:
         A Jinja template writes its own BOS (``{{ bos_token }}``), as in transformers; a
         llama.cpp built-in format cannot, so its text gets the vocab's BOS as llama.cpp's tools
         give it."""
-        text = self.model.apply_chat_template(messages, template=self.chat_template, **self.chat_template_kwargs)
+        # a prompt of more characters than this could not fit the context (see llamadiff.chat)
+        text = self.model.apply_chat_template(messages, template=self.chat_template,
+                                              max_chars=CHAT_CHARS_PER_TOKEN * self.n_ctx,
+                                              **self.chat_template_kwargs)
         builtin = self.chat_template is not None and check_template(self.chat_template)
         return self.model.tokenize(text, add_special=builtin, parse_special=True)
 
@@ -615,9 +689,33 @@ class Generator:
             raise TypeError("config must be a GenerationConfig")
         if overrides:
             cfg = cfg.replace(**overrides)
+        self._check_family_options(cfg)
         if cfg.max_new_tokens is None:
             cfg = cfg.replace(max_new_tokens=self.default_max_new_tokens(n_prompt))
         return self._family.resolve(self, cfg)
+
+    def _check_open(self) -> None:
+        if self._closing.is_set():
+            raise GeneratorClosedError("this Generator is closed; make a new one (it can share the Model)")
+
+    def _check_family_options(self, cfg: GenerationConfig) -> None:
+        """An option of the other family (set away from its default) would be ignored: refused,
+        with the family named. A RemaskPolicy object drives either family."""
+        family = self._family.name
+        for f in dataclasses.fields(cfg):
+            group = f.metadata.get("group")
+            value = getattr(cfg, f.name)
+            if group not in ("block", "full") or group == family or value == f.default:
+                continue
+            if f.name == "strategy" and isinstance(value, RemaskPolicy):
+                continue
+            this = "block diffusion" if family == "block" else "full diffusion"
+            other = ("full diffusion (LLaDA, Dream, RND1)" if group == "full"
+                     else "block diffusion (SDAR and the other causal bodies)")
+            hint = " (full diffusion picks positions with algorithm=..., or takes a RemaskPolicy object)" \
+                if f.name == "strategy" else ""
+            raise ValueError(f"{f.name} is an option of {other}; this model ({self.model.architecture}) runs "
+                             f"{this}, which would ignore it{hint}")
 
     def default_max_new_tokens(self, n_prompt: Optional[int] = None) -> int:
         """The model's generation length: its GGUF's ``diffusion.gen_length``, or what
@@ -664,7 +762,7 @@ class Generator:
         failed (``"error"``) or that a cancel or Ctrl-C stopped before or while it ran (that
         closing chunk has no tokens and ``block_index`` -1).
         """
-        iterator = self._stream(prompt, config, chat, n_parallel, options)
+        iterator = _Stream(self._stream(prompt, config, chat, n_parallel, options))
         self._streams.add(iterator)        # close() closes it (it may hold the Generator)
         return iterator
 
@@ -732,6 +830,7 @@ class Generator:
         decode for all running sequences; a finished block (region) is emitted, checked for
         stops, and a sequence that stops leaves at once, freeing its slot. Yields StreamChunks
         (when ``stream``), then the list of results."""
+        self._check_open()
         if not prompts:
             raise ValueError("the list of prompts is empty")
         if n_parallel is not None and (isinstance(n_parallel, bool) or not isinstance(n_parallel, int)
@@ -759,6 +858,7 @@ class Generator:
         policy = self._family.policy(cfg)   # one policy object serves every sequence of the call
         tag = (lambda index: None) if single else (lambda index: index)
         with self._lock:
+            self._check_open()
             t_start = time.perf_counter()
             sched, context_ms, slots = None, 0.0, 1
             queue = list(ids)
@@ -783,7 +883,14 @@ class Generator:
                                                 sched.sampler.name)
                     if not running:
                         continue
-                    stepped, finished = sched.step()
+                    if self._closing.is_set():
+                        raise GeneratorClosedError(_CLOSED_WHILE_RUNNING)
+                    try:
+                        stepped, finished = sched.step()
+                    except DecodeAborted:
+                        if self._closing.is_set():      # close() cut the decode short
+                            raise GeneratorClosedError(_CLOSED_WHILE_RUNNING) from None
+                        raise
                     if cfg.callback is not None:
                         for seq in stepped:
                             positions, tokens = seq.last_step()
@@ -911,6 +1018,9 @@ class Generator:
             parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
             stats["profile"] = parts
         return stats
+
+
+_CLOSED_WHILE_RUNNING = "the Generator was closed (close() from another thread) while this call ran"
 
 
 def _transfer_stats(sched) -> dict:

@@ -77,6 +77,8 @@ cdef extern from "gguf.h" nogil:
     const char * gguf_get_val_str(const gguf_context * ctx, int64_t key_id)
     size_t gguf_get_arr_n(const gguf_context * ctx, int64_t key_id)
     const void * gguf_get_arr_data(const gguf_context * ctx, int64_t key_id)
+    const char * gguf_get_arr_str(const gguf_context * ctx, int64_t key_id, size_t i)
+    int64_t gguf_find_key(const gguf_context * ctx, const char * key)
     int64_t gguf_get_n_tensors(const gguf_context * ctx)
     const char * gguf_get_tensor_name(const gguf_context * ctx, int64_t tensor_id)
     const int64_t * gguf_get_tensor_ne(const gguf_context * ctx, int64_t tensor_id)

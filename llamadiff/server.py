@@ -217,8 +217,11 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
             print(f"llamadiff: stopped ({running} running and {queued} queued requests cancelled; "
                   f"{engine.stats['completed']} completed)", file=sys.stderr, flush=True)
 
+    # with a key, the API's description is behind it too: /openapi.json asks for the key, and the
+    # /docs and /redoc pages (which fetch it without one) are off; /health stays open
+    docs = {} if api_key is None else dict(docs_url=None, redoc_url=None, openapi_url=None)
     app = FastAPI(title="llamadiff", description="OpenAI-compatible API for diffusion language models",
-                  lifespan=lifespan)
+                  lifespan=lifespan, **docs)
 
     @app.exception_handler(_HTTPError)
     async def _http_error(request: Request, exc: _HTTPError):
@@ -363,6 +366,11 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
                 "completed": engine.stats["completed"], "cancelled": engine.stats["cancelled"],
                 "rejected": engine.stats["rejected"]}
 
+    if api_key is not None:
+        @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+        async def openapi():
+            return JSONResponse(app.openapi())
+
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
@@ -397,16 +405,48 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     return app
 
 
+DRAIN_SECONDS = 5.0
+
+
+def _draining_server(config, engine: Engine, drain_seconds: float):
+    """uvicorn's Server, with our shutdown first: at SIGINT / SIGTERM the engine takes no new
+    requests, gives those queued and running ``drain_seconds`` to finish, then cancels the rest,
+    so that every request ends with its documented answer (the JSON error, or an SSE error event
+    and ``[DONE]``) before uvicorn's own graceful-shutdown timeout would cut connections."""
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        draining = None
+
+        def handle_exit(self, sig, frame):
+            if self.draining is None:
+                def drain():
+                    engine.close(cancel=False, timeout=drain_seconds)
+                    engine.close(cancel=True, timeout=30)
+                self.draining = threading.Thread(target=drain, name="llamadiff-drain", daemon=True)
+                self.draining.start()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
           n_parallel: int = 16, max_queue: int = 64, n_ctx: int = 2048, n_threads: Optional[int] = None,
           n_gpu_layers: int = 0, model_name: Optional[str] = None, max_block_length: Optional[int] = None,
-          chat_template: Optional[str] = None, log_level: str = "info") -> None:
-    """Run the server until SIGINT / SIGTERM: new requests stop, those in flight get up to
-    5 s to finish, then the rest are cancelled and the model is freed (uvicorn then ends the
-    process with the signal it received, as its convention is)."""
+          chat_template: Optional[str] = None, log_level: str = "info",
+          drain_seconds: float = DRAIN_SECONDS) -> None:
+    """Run the server until SIGINT / SIGTERM: new requests are refused (503), those queued and
+    in flight get ``drain_seconds`` to finish, then the rest are cancelled -- each answered with
+    the documented JSON error, a stream with an SSE error event and ``[DONE]`` -- and the model
+    is freed (uvicorn then ends the process with the signal it received, as its convention is)."""
     import sys
 
     import uvicorn
+
+    if not (isinstance(drain_seconds, (int, float)) and 0 <= drain_seconds <= 3600):
+        raise ValueError(f"drain_seconds must be a number of seconds in [0, 3600], got {drain_seconds!r}")
 
     # the event loop and the engine thread take turns on the GIL; hand it over sooner than
     # Python's default 5 ms, or each request waits for the other side's turn to expire
@@ -416,6 +456,8 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
     try:
         app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True,
                          max_block_length=max_block_length)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                timeout_graceful_shutdown=drain_seconds + 10)
+        _draining_server(config, engine, drain_seconds).run()
     finally:
         engine.close(cancel=True, timeout=30)

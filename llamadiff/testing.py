@@ -57,6 +57,7 @@ from gguf import GGUFValueType, TokenType
 
 __all__ = [
     "ARCHS",
+    "rewrite_model",
     "QWEN_CHAT_TEMPLATE",
     "ModelShape",
     "Vocab",
@@ -626,6 +627,17 @@ def write_llada_moe(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
 def write_rnd1(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
     """:func:`write_model` with ``arch="rnd1"``."""
     return write_model(path, "rnd1", **kw)
+
+
+def rewrite_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                  metadata: Mapping[str, Any]) -> pathlib.Path:
+    """Copy the GGUF ``src`` (any model, the shipped ones too) to ``dst`` with key/values of
+    ``metadata`` replaced, added or (value None) removed, typed as :func:`write_model`'s
+    ``metadata``; the tensors as they are."""
+    from llamadiff.fuse import copy_gguf
+
+    typed = {key: None if value is None else _infer_value(key, value) for key, value in metadata.items()}
+    return copy_gguf(src, dst, typed)
 
 
 # --------------------------------------------------------------------------

@@ -50,7 +50,45 @@ def extra_keys(arch: str) -> dict:
 
 # Settings: every generation option and Generator argument, set to hostile values.
 HOSTILE = (0, -1, 1, 2 ** 31, 2 ** 63, 10 ** 30, 0.5, -0.5, math.nan, math.inf, -math.inf, 1e30, True,
-           "", "x", None, [], [1, 2])
+           "", "x", None, [], [1, 2], [None], {})
+
+# Tokenizer metadata (llamadiff.vocab_check): values the vocabulary cannot serve, which llama.cpp
+# would load and quietly misuse. Each must be refused at load.
+N_TOKENS = 276                   # the test writers' byte vocabulary
+
+
+def tokenizer_cases(arch: str) -> list:
+    n = N_TOKENS
+    out = []
+    for key in ("bos_token_id", "eos_token_id", "eot_token_id", "mask_token_id", "padding_token_id"):
+        out += [{"arch": arch, "key": f"tokenizer.ggml.{key}", "value": v, "type": int(T.UINT32), "refused": True}
+                for v in (n, n + 1, 2 ** 31)]
+    for model in ("bert", "t5"):
+        out.append({"arch": arch, "key": "tokenizer.ggml.model", "value": model, "type": int(T.STRING),
+                    "refused": True})
+    out += [
+        {"arch": arch, "key": "tokenizer.ggml.merges", "value": None, "type": int(T.ARRAY), "refused": True},
+        {"arch": arch, "key": "tokenizer.ggml.merges", "value": [f"zz{i}qq" for i in range(16)],
+         "type": int(T.ARRAY), "refused": True},
+        {"arch": arch, "key": "tokenizer.ggml.token_type", "value": [1] * (n - 1) + [99], "type": int(T.ARRAY),
+         "refused": True},
+        {"arch": arch, "key": "tokenizer.ggml.token_type", "value": [3] * n, "type": int(T.ARRAY), "refused": True},
+        {"arch": arch, "key": "tokenizer.ggml.token_type", "value": [5] * n, "type": int(T.ARRAY), "refused": True},
+        {"arch": arch, "key": "tokenizer.ggml.tokens", "value": [""] * n, "type": int(T.ARRAY), "refused": True},
+    ]
+    return out
+
+
+# Chat templates from the file (llamadiff.chat): loops and huge strings. Each must end as a
+# ChatTemplateError within the render's bounds.
+HOSTILE_TEMPLATES = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{{ lipsum(1000000) }}",
+    "{{ 'x'|center(500000000) }}",
+    "{{ '%01000000000d' % 5 }}",
+    "{{ '{:>1000000000}'.format(1) }}",
+    "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+)
 GENERATOR_ARGS = ("n_ctx", "n_batch", "n_threads", "n_gpu_layers", "flash_attn", "type_k", "type_v",
                   "sampler")
 
@@ -60,7 +98,7 @@ def setting_cases(archs=("qwen3", "llada")) -> list:
 
     from llamadiff import GenerationConfig
 
-    names = [f.name for f in dataclasses.fields(GenerationConfig) if f.name not in ("progress", "profile")]
+    names = [f.name for f in dataclasses.fields(GenerationConfig)]
     out = []
     for arch in archs:
         for name in names:
@@ -110,6 +148,10 @@ def cases(archs=ARCHS) -> list:
             for factor in (0.5, 4.0, math.nan):
                 out.append({"arch": arch, "key": f"{arch}.rope.scaling.type", "value": "yarn",
                             "type": int(T.STRING), "also": {f"{arch}.rope.scaling.factor": _encode(factor)}})
+            out += tokenizer_cases(arch)
+        for template in HOSTILE_TEMPLATES:
+            out.append({"arch": "qwen3", "key": "tokenizer.chat_template", "value": template,
+                        "type": int(T.STRING), "chat": True})
     return out
 
 
@@ -128,7 +170,7 @@ def _run_case(case: dict, tmp: Path) -> str:
 
     value = _decode(case["value"])
     vtype = T(case["type"])
-    meta = {case["key"]: (value, vtype)}
+    meta = {case["key"]: None if value is None else (value, vtype)}
     for key, extra in case.get("also", {}).items():
         meta[key] = (_decode(extra), T.FLOAT32)
     path = tmp / "case.gguf"
@@ -138,9 +180,16 @@ def _run_case(case: dict, tmp: Path) -> str:
         return f"unwritable: {type(exc).__name__}"
     try:
         with Generator(path, n_ctx=64, n_threads=2) as gen:
-            out = gen.generate("hello", max_new_tokens=4, stop=[])
+            prompt = [{"role": "user", "content": "hello"}] if case.get("chat") else "hello"
+            out = gen.generate(prompt, max_new_tokens=4, stop=[])
+            if case.get("refused") or case.get("chat"):
+                raise RuntimeError(f"not refused: {case['key']} = {str(value)[:60]!r} generated")
             return f"generated: {len(out.tokens)} tokens"
     except LlamaDiffError as exc:
+        if case.get("chat") and type(exc).__name__ != "ChatTemplateError":
+            raise RuntimeError(f"a hostile template ended as {type(exc).__name__}, not ChatTemplateError")
+        if case.get("refused") and type(exc).__name__ != "ModelLoadError":
+            raise RuntimeError(f"tokenizer metadata refused as {type(exc).__name__}, not at load")
         return f"{type(exc).__name__}"
 
 
@@ -166,6 +215,9 @@ def _run_setting(case: dict, tmp: Path) -> str:
     except (ValueError, TypeError) as exc:
         if not str(exc):
             raise RuntimeError(f"{type(exc).__name__} without a message")
+        name = case.get("option") or case.get("argument")
+        if name not in str(exc):
+            raise RuntimeError(f"{type(exc).__name__} that does not name {name}: {exc}")
         return f"refused {type(exc).__name__}"
 
 

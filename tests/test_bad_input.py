@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
-from llamadiff import Model, ModelLoadError, UnsupportedModelError, testing
+from llamadiff import Model, ModelLoadError, UnsupportedModelError, default_model, testing
 
 
 def test_nonexistent_path(tmp_path):
@@ -148,3 +148,70 @@ def test_fuzzed_files_never_kill_the_process(tmp_path, arch):
     last = proc.stderr.strip().splitlines()[-1:] if proc.stderr else []
     assert proc.returncode == 0, f"child died with {proc.returncode} after case {last}: {proc.stderr[-800:]}"
     assert "'error'" in proc.stdout
+
+
+# -------------------------------------------------------------- tokenizer metadata (vocab_check)
+
+@pytest.mark.parametrize("family", ["block", "full"])
+@pytest.mark.parametrize("value", [276, 277, 10 ** 6, 2 ** 31])
+def test_a_bos_outside_the_vocabulary_is_refused_on_each_shipped_model(tmp_path, family, value):
+    """llama.cpp would put token 11 (',') in its place: the full model then answers 135779 to
+    'sort 93715=', the block model with add_bos 11579."""
+    path = testing.rewrite_model(default_model(family), tmp_path / "m.gguf",
+                                 {"tokenizer.ggml.bos_token_id": value})
+    with pytest.raises(ModelLoadError, match=rf"tokenizer.ggml.bos_token_id = {value} is not a token of the "
+                                             r"vocabulary \(0..275\)"):
+        Model(path)
+    with pytest.raises(ModelLoadError, match="bos_token_id"):
+        Model(path, vocab_only=True)          # the tokenizer alone would use it too
+
+
+@pytest.mark.parametrize("key", ["eos_token_id", "eot_token_id", "padding_token_id", "mask_token_id",
+                                 "unknown_token_id", "fim_pre_token_id"])
+def test_every_special_token_id_must_be_in_the_vocabulary(tmp_path, key):
+    path = testing.rewrite_model(default_model("block"), tmp_path / "m.gguf", {f"tokenizer.ggml.{key}": 5000})
+    with pytest.raises(ModelLoadError, match=rf"tokenizer.ggml.{key} = 5000"):
+        Model(path)
+
+
+def _vocab_case(name):
+    """A hostile tokenizer value on the shipped block model (a byte-level BPE vocabulary)."""
+    from gguf import GGUFValueType as T
+    reader_tokens = testing.read_model(default_model("block")).vocab.tokens
+    n = len(reader_tokens)
+    return {
+        "bert": {"tokenizer.ggml.model": "bert"},
+        "t5": {"tokenizer.ggml.model": "t5"},
+        "no merges": {"tokenizer.ggml.merges": None},
+        "garbage merges": {"tokenizer.ggml.merges": ([f"zz{i}qq" for i in range(40)], T.ARRAY)},
+        "unrelated merges": {"tokenizer.ggml.merges": ([f"q{i} w{i}" for i in range(40)], T.ARRAY)},
+        "token type 99": {"tokenizer.ggml.token_type": ([1] * (n - 1) + [99], T.ARRAY)},
+        "all control": {"tokenizer.ggml.token_type": ([3] * n, T.ARRAY)},
+        "all unused": {"tokenizer.ggml.token_type": ([5] * n, T.ARRAY)},
+        "empty tokens": {"tokenizer.ggml.tokens": ([""] * n, T.ARRAY)},
+    }[name]
+
+
+@pytest.mark.parametrize("case,match", [
+    ("bert", "'bert' \\(WordPiece\\), but the file has .* BPE merges"),
+    ("t5", "'t5' \\(Unigram\\), but the file has .* BPE merges"),
+    ("no merges", "merges is missing or empty"),
+    ("garbage merges", "only 0 of the 40 entries of tokenizer.ggml.merges"),
+    ("unrelated merges", "only 0 of the 40 entries of tokenizer.ggml.merges"),
+    ("token type 99", "holds 99 \\(token 275\\), which is no token type"),
+    ("all control", "makes only 0 of 276 tokens normal"),
+    ("all unused", "makes only 0 of 276 tokens normal"),
+    ("empty tokens", "276 of the 276 tokens of tokenizer.ggml.tokens are empty strings"),
+])
+def test_a_tokenizer_its_vocabulary_cannot_serve_is_refused(tmp_path, case, match):
+    path = testing.rewrite_model(default_model("block"), tmp_path / "m.gguf", _vocab_case(case))
+    with pytest.raises(ModelLoadError, match=match):
+        Model(path)
+
+
+def test_the_shipped_and_test_vocabularies_pass_the_checks(tmp_path):
+    for family in ("block", "full"):
+        with Model(default_model(family)) as m:
+            assert m.n_vocab == 276
+    for arch in testing.ARCHS:
+        Model(testing.write_model(tmp_path / f"{arch}.gguf", arch)).close()

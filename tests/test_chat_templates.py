@@ -5,12 +5,14 @@ The expected texts are written out by hand from each format's definition, not pr
 the renderer under test."""
 
 import pathlib
+import time
 import subprocess
 import sys
 
 import pytest
 
 from llamadiff import ChatTemplateError, Generator, Model, UnsupportedModelError, default_model, tasks, testing
+from llamadiff import chat
 from llamadiff._core import chat_builtin_templates
 
 TEMPLATES = pathlib.Path(__file__).parent / "chat_templates"
@@ -259,3 +261,49 @@ def test_server_with_a_broken_template_answers_500_and_still_completes(tmp_path)
                                                               "max_tokens": 4})
             assert chat.status_code == 500 and chat.json()["error"]["code"] == "broken_chat_template"
             assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4}).status_code == 200
+
+
+HOSTILE_TEMPLATES = [
+    # time: loops that print nothing, or print little
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x", "ran for more than"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}", "ran for more than"),
+    ("{{ lipsum(1000000) }}", "lipsum"),
+    # size: one call that would build a huge string, or many small pieces
+    ("{{ 'x'|center(500000000) }}", "center filter"),
+    ("{{ 'x'.center(500000000) }}", "str.center"),
+    ("{{ 'x'.ljust(10**9) }}", "str.ljust"),
+    ("{{ 'x'|indent(500000000) }}", "indent filter"),
+    ("{{ '%01000000000d' % 5 }}", "a % field"),
+    ("{{ '%01000000000d'|format(5) }}", "a % field"),
+    ("{{ '{:>1000000000}'.format(5) }}", "a format field"),
+    ("{{ '{0:{1}}'.format(5, 1000000000) }}", "a format field"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "printed more than"),
+]
+
+
+@pytest.mark.parametrize("template,match", HOSTILE_TEMPLATES)
+def test_a_hostile_template_is_bounded_in_time_and_size(template, match):
+    t0 = time.perf_counter()
+    with pytest.raises(ChatTemplateError, match=match):
+        chat.render(template, [{"role": "user", "content": "hi"}], max_chars=1 << 20)
+    assert time.perf_counter() - t0 < 30           # bounded (2 s limit, and a margin for slow CI)
+
+
+def test_the_bounds_leave_real_templates_alone(qwen3_model):
+    msgs = [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "again"}]
+    text = qwen3_model.apply_chat_template(msgs, template=open(TEMPLATES / "qwen3.jinja").read())
+    assert "x" * 5000 in text and "again" in text
+    assert chat.render("{{ '%5d|%-4s|%.2f' % (3, 'a', 1.5) }}{{ 'a'|center(9) }}{{ '{:>6}'.format(1) }}",
+                       [{"role": "user", "content": "hi"}]) == "    3|a   |1.50    a         1"
+
+
+def test_a_generator_bounds_the_prompt_by_its_context(tmp_path):
+    # a template that prints 10,000 characters per message: fine at n_ctx 4096, refused at 64
+    path = testing.write_model(tmp_path / "m.gguf", "qwen3", metadata={
+        "tokenizer.chat_template": "{% for m in messages %}{{ 'y' * 10000 }}{% endfor %}"})
+    with Generator(path, n_ctx=64, n_threads=1) as small:
+        with pytest.raises(ChatTemplateError, match="printed more than 4,096 characters"):
+            small.generate([{"role": "user", "content": "hi"}], max_new_tokens=4)
+    with Generator(path, n_ctx=4096, n_threads=1) as big:
+        assert len(big.prompt_tokens([{"role": "user", "content": "hi"}], chat=True)) > 0

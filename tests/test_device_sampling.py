@@ -146,3 +146,39 @@ def test_the_server_engine_samples_in_place():
             requests = [engine.submit(p, max_new_tokens=12) for p in prompts]
             answers[sampler] = [r.result(120).tokens for r in requests]
     assert answers["device"] == answers["cpu"]
+
+
+def test_rows_of_one_ubatch_followed_by_others_are_copied(qwen3_model):
+    """A batch split into ubatches reuses the compute buffer: even when the first ubatch holds
+    every output row, the rows must be copied (a later ubatch would overwrite them)."""
+    tokens = [5 + (i * 7) % 100 for i in range(32)]
+    for flags in ([True] + [False] * 31, [True] * 16 + [False] * 16):
+        got = []
+        for on in (False, True):
+            with Context(qwen3_model, n_ctx=128, n_batch=64, n_ubatch=16, **EXACT) as ctx:
+                ctx.keep_logits_on_device = on
+                ctx.decode(tokens, logits=flags)
+                assert not ctx.logits_stayed
+                got.append(ctx.logits.copy())
+        np.testing.assert_array_equal(got[1], got[0])
+
+
+def test_a_scheduler_on_a_context_that_splits_its_steps(llada_model):
+    """Sequences of different lengths on a context with a KV stream per sequence: llama.cpp splits
+    the step into ubatches of equal shares, and the rows are read from its copy; the tokens are
+    those of sampler="cpu"."""
+    from llamadiff._full import FullSequence
+    from llamadiff.engine import Scheduler
+    runs = {}
+    for sampler in (CpuRowSampler(1), CpuRowSampler(1, in_place=True)):
+        with Context(llada_model, n_ctx=256, n_batch=128, n_ubatch=128, n_seq_max=2, kv_unified=False,
+                     causal=False, diffusion_kv=True, **EXACT) as ctx:
+            sched = Scheduler(ctx, sampler)
+            seqs = [FullSequence(llada_model, [5] * n, 16, steps=16, block_length=8) for n in (40, 4)]
+            for s in seqs:
+                sched.add(s)
+            while not all(s.done for s in seqs):
+                sched.step()
+            assert not ctx.keep_logits_on_device          # the scheduler leaves the context as it was
+            runs[sampler.name] = [s.tokens for s in seqs]
+    assert runs["device"] == runs["cpu"]

@@ -175,7 +175,7 @@ def test_fixed_step_shape_is_off_on_the_cpu_and_checked(qwen3_model, llada_model
         with pytest.raises(TypeError, match="fixed_step_shape must be None, True or False"):
             g.generate([5, 6, 7], max_new_tokens=8, fixed_step_shape=1)
     with Generator(llada_model, n_ctx=128) as g:
-        with pytest.raises(ValueError, match="fixed_step_shape is for block diffusion"):
+        with pytest.raises(ValueError, match="fixed_step_shape is an option of block diffusion"):
             g.generate([5, 6, 7], max_new_tokens=8, fixed_step_shape=True)
     with pytest.raises(ValueError, match="needs cache=True and shift_logits=False"):
         BlockSequence(qwen3_model, [5, 6], 4, 4, 4, LowConfidenceStatic(), cache=False, fixed_shape=True)

@@ -364,9 +364,9 @@ def test_bad_options(opts, exc, match, gens):
 
 def test_block_options_on_full_and_full_options_on_block(qwen3_model):
     with Generator(qwen3_model, n_ctx=128) as g:
-        with pytest.raises(ValueError, match="full-diffusion"):
+        with pytest.raises(ValueError, match="full.diffusion"):
             g.generate("hi", max_new_tokens=4, cache="dual")
-        with pytest.raises(ValueError, match="full-diffusion"):
+        with pytest.raises(ValueError, match="full.diffusion"):
             g.generate("hi", max_new_tokens=4, eps=0.01)
 
 

@@ -107,3 +107,62 @@ def test_the_fuse_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llamadiff", "fuse", str(tmp_path / "nope.gguf"), "-o", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("llamadiff: error:")
+
+
+def _with_mlp_biases(src, dst):
+    """A llama file that also holds the optional ffn_gate / ffn_up biases."""
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, "llama")
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY and len(field.types) > 1 else None
+        writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    rng = np.random.default_rng(0)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.array(t.data))
+        if t.name.endswith("ffn_gate.weight"):
+            n = t.data.shape[0]
+            for part in ("ffn_gate", "ffn_up"):
+                writer.add_tensor(t.name.replace("ffn_gate.weight", f"{part}.bias"),
+                                  (rng.standard_normal(n) * 0.5).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def test_groups_with_companions_stay_apart_and_the_file_loads(tmp_path):
+    # gate / up with biases: the fused matrix has no bias slot, so that group is left as it is
+    biased = _with_mlp_biases(testing.write_model(tmp_path / "llama.gguf", "llama", seed=4), tmp_path / "b.gguf")
+    fused = tmp_path / "fused.gguf"
+    done = fuse_gguf(biased, fused)
+    assert done["kept"] and all("kept apart for its biases" in k for k in done["kept"])
+    names = _names(fused)
+    assert "blk.0.attn_qkv.weight" in names and "blk.0.ffn_gate.bias" in names
+    np.testing.assert_allclose(_logits(fused, True), _logits(biased, True), rtol=1e-5, atol=1e-6)
+    # q/k/v with biases (qwen2) quantised so that some layers' parts differ in type: those
+    # layers keep weights and biases apart, the others fuse both
+    shape = testing.ModelShape(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
+    plain = tmp_path / "qwen2-q4km.gguf"
+    quantize(testing.write_model(tmp_path / "qwen2.gguf", "qwen2", shape=shape, seed=1), plain, "q4_k_m")
+    done = fuse_gguf(plain, tmp_path / "qwen2-fused.gguf")
+    names = _names(tmp_path / "qwen2-fused.gguf")
+    kept = [k.split(" ")[0].rsplit(".", 1)[0] for k in done["kept"] if "attn_qkv" in k]
+    assert kept
+    for layer in kept:
+        assert f"{layer}.attn_q.bias" in names and f"{layer}.attn_qkv.bias" not in names
+    np.testing.assert_allclose(_logits(tmp_path / "qwen2-fused.gguf", False), _logits(plain, False),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_the_fused_file_keeps_the_mode_and_leaks_no_descriptor(tmp_path):
+    import os
+    path = testing.write_model(tmp_path / "m.gguf", "qwen3", seed=2)
+    os.chmod(path, 0o644)
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        fuse_gguf(path, path)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert (os.stat(path).st_mode & 0o777) == 0o644

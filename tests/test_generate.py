@@ -367,3 +367,41 @@ def test_sampler_top_p():
     tokens = {int(sample_logits(base, temperature=1.0, top_p=float(p[0]) + 1e-3, seed=s)[0][0])
               for s in range(200)}
     assert tokens == {0, 1}
+
+
+@pytest.mark.parametrize("opts,kind,match", [
+    (dict(stop=0.5), TypeError, "stop must be a list of strings / token ids, not float"),
+    (dict(stop=np.float64(0.5)), TypeError, "stop must be a list.*not float64"),
+    (dict(stop=object()), TypeError, "stop must be a list.*not object"),
+    (dict(stop={}), TypeError, "stop must be a list.*not dict"),
+    (dict(stop="###"), TypeError, r"stop=\['###'\] for one"),
+    (dict(progress="abc"), TypeError, "progress must be True or False"),
+    (dict(progress=[None]), TypeError, "progress must be True or False"),
+    (dict(profile=2 ** 63), TypeError, "profile must be True or False"),
+    (dict(profile=1), TypeError, "profile must be True or False"),
+    (dict(add_gumbel_noise="yes"), TypeError, "add_gumbel_noise must be True or False"),
+])
+def test_loose_settings_are_refused_by_name(gen, opts, kind, match):
+    with pytest.raises(kind, match=match):
+        gen.generate(PROMPT, max_new_tokens=4, **opts)
+
+
+@pytest.mark.parametrize("opts", [dict(cfg_scale=1.0), dict(rng="llama.cpp"), dict(algorithm="entropy"),
+                                  dict(eps=1e-3), dict(alg_temp=0.5), dict(add_gumbel_noise=True),
+                                  dict(parallel="threshold"), dict(factor=2.0)])
+def test_full_diffusion_options_on_a_block_model_are_refused(gen, opts):
+    with pytest.raises(ValueError, match=rf"{next(iter(opts))} is an option of full diffusion.*this model "
+                                         r"\(qwen3\) runs block diffusion"):
+        gen.generate(PROMPT, max_new_tokens=4, **opts)
+
+
+@pytest.mark.parametrize("opts", [dict(strategy="sequential"), dict(eb_gamma=1.0), dict(fixed_step_shape=True)])
+def test_block_diffusion_options_on_a_full_model_are_refused(llada_model, opts):
+    with Generator(llada_model, n_ctx=128, n_threads=1) as g:
+        with pytest.raises(ValueError, match=rf"{next(iter(opts))} is an option of block diffusion.*this model "
+                                             r"\(llada\) runs full diffusion"):
+            g.generate("hi", max_new_tokens=4, **opts)
+        # a RemaskPolicy object drives either family; an option at its default is no choice
+        from llamadiff import LowConfidenceStatic
+        assert len(g.generate("hi", max_new_tokens=4, stop=[], strategy=LowConfidenceStatic(),
+                              eb_gamma=0.35).tokens) == 4

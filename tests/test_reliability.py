@@ -6,11 +6,12 @@ import math
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from llamadiff import (DecodeError, GenerationConfig, Generator, Model, ModelLoadError,
+from llamadiff import (DecodeError, GenerationConfig, Generator, GeneratorClosedError, Model, ModelLoadError,
                        UnsupportedModelError, testing)
 
 PROMPT = [104, 101, 108, 108, 111]
@@ -289,7 +290,10 @@ def test_close_closes_an_open_stream(qwen3_path):
     it = g.stream(PROMPT, max_new_tokens=16, stop=[])
     next(it)
     g.close()                                    # no RuntimeError, no deadlock
-    assert list(it) == []                        # the iterator is finished
+    with pytest.raises(GeneratorClosedError):    # the stream ended with the Generator
+        next(it)
+    with pytest.raises(GeneratorClosedError):
+        g.generate(PROMPT, max_new_tokens=4)
 
 
 def test_numpy_integers_are_integers(gen):
@@ -303,3 +307,53 @@ def test_numpy_integers_are_integers(gen):
 def test_rpc_timeout_needs_a_path(qwen3_model):
     with pytest.raises(ValueError, match="rpc_timeout applies while loading"):
         Generator(qwen3_model, rpc_timeout=30.0)
+
+
+def test_close_from_another_thread_ends_a_running_stream(tmp_path):
+    """close() from any thread: a stream iterated in another thread raises GeneratorClosedError
+    at its next step (the decode in flight is cut short), the Generator closes, and later calls
+    say it is closed."""
+    shape = testing.ModelShape(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
+    path = testing.write_model(tmp_path / "m.gguf", "qwen3", shape=shape)
+    for batch, suspended in ((False, False), (True, False), (False, True)):
+        g = Generator(path, n_ctx=4096, n_threads=1)
+        started, seen = threading.Event(), {}
+
+        def consume():
+            try:
+                prompt = [[5, 6, 7]] * 3 if batch else [5, 6, 7]
+                for _ in g.stream(prompt, max_new_tokens=1200, stop=[]):
+                    started.set()
+                    if suspended:           # the consumer dawdles between chunks: closed meanwhile
+                        time.sleep(2)
+                seen["end"] = "finished"
+            except Exception as exc:       # what the consumer sees
+                seen["end"] = exc
+
+        t = threading.Thread(target=consume)
+        t.start()
+        assert started.wait(60)
+        g.close()                           # from this thread, while the other one iterates
+        t.join(60)
+        assert not t.is_alive()
+        assert isinstance(seen["end"], GeneratorClosedError), seen["end"]
+        assert "closed" in str(seen["end"]) and isinstance(seen["end"], RuntimeError)
+        with pytest.raises(GeneratorClosedError, match="this Generator is closed"):
+            g.generate("hi", max_new_tokens=4)
+        g.close()                           # twice is fine
+
+
+def test_close_inside_a_callback_is_a_clear_error(qwen3_path):
+    with Generator(qwen3_path, n_ctx=128, n_threads=1) as g:
+        errors = []
+
+        def cb(info):
+            try:
+                g.close()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+            return False
+
+        g.generate(PROMPT, max_new_tokens=8, stop=[], callback=cb)
+        assert errors and "return False from the callback" in errors[0]
+        assert len(g.generate(PROMPT, max_new_tokens=4, stop=[]).tokens) == 4

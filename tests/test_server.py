@@ -228,3 +228,68 @@ def test_openai_fields_clients_send_by_default(server):
         res = server.post("/v1/completions", {"prompt": "x", **bad})
         assert res.status_code == 400 and fragment in res.text, res.text
     assert server.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize("model", ["block", "full"])
+def test_sigterm_with_requests_in_flight_answers_every_one(model, tmp_path):
+    """SIGTERM while 16 requests run or wait (8 slots, 8 queued; half of them streams): within the
+    drain time each one ends with the documented answer -- the JSON error (503, code
+    "cancelled") or, for a stream, an SSE error event and then [DONE], which the openai client
+    raises as an APIError -- never uvicorn's plain-text 500 or a cut connection, and the log
+    holds no traceback."""
+    from llamadiff import default_model
+    srv = Server("-m", default_model(model), "--n-parallel", "8", "--max-queue", "64", "--drain-seconds", "1")
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        # long enough to be running at the signal (a full-diffusion step decodes every slot whole)
+        long = dict(model="m", prompt="rev python=", max_tokens=1800 if model == "block" else 200,
+                    extra_body={"ignore_eos": True})
+        outcomes, started = [], threading.Event()
+
+        def ask(stream: bool):
+            try:
+                if stream:
+                    for _ in client.completions.create(stream=True, **long):
+                        started.set()
+                    outcomes.append(("stream", "finished"))
+                else:
+                    client.completions.create(**long)
+                    outcomes.append(("plain", "finished"))
+            except openai.APIStatusError as exc:
+                outcomes.append(("plain", exc.status_code, exc.body.get("code") if isinstance(exc.body, dict) else None))
+            except openai.APIError as exc:       # an error event inside the stream
+                outcomes.append(("stream", "error event", str(exc.message)))
+            except Exception as exc:             # a connection error: the promise broken
+                outcomes.append(("broken", type(exc).__name__, str(exc)))
+
+        threads = [threading.Thread(target=ask, args=(i % 2 == 0,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        assert started.wait(60)
+        deadline = time.time() + 30
+        while time.time() < deadline and srv.health()["running"] + srv.health()["queued"] < 16:
+            time.sleep(0.1)
+        t0 = time.time()
+        assert srv.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        assert time.time() - t0 < 20
+        assert len(outcomes) == 16
+        assert not [o for o in outcomes if o[0] == "broken"], outcomes
+        plain = [o for o in outcomes if o[0] == "plain"]
+        streams = [o for o in outcomes if o[0] == "stream"]
+        assert len(plain) == len(streams) == 8
+        assert all(o[1:] == (503, "cancelled") for o in plain), plain
+        assert all(o[1] == "error event" and "shutting down" in o[2] for o in streams), streams
+        assert "Traceback" not in srv.log and "CancelledError" not in srv.log, srv.log[-3000:]
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def test_the_api_description_is_behind_the_key(server):
+    assert httpx.get(server.url + "/openapi.json", timeout=10).status_code == 401
+    spec = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert spec.status_code == 200 and "/v1/completions" in spec.json()["paths"]
+    for page in ("/docs", "/redoc"):
+        assert httpx.get(server.url + page, timeout=10).status_code == 404
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200     # open, documented

@@ -46,23 +46,21 @@ cdef inline int _check(int rc, str what) except -1 nogil:
     return 0
 
 
-cdef int _check_device(int where, int mine) except -1 nogil:
-    if where != mine:
-        with gil:
-            raise CudaError(f"the logits are on CUDA device {where}, this sampler runs on device {mine}: "
-                            f"make the Generator's sampler on the device of the output layer")
-    return 0
+cdef enum:
+    MAX_DEVICES = 16      # GPUs one sampler serves (one sampler state each)
 
 
 cdef class CudaRowSampler(RowSampler):
     """Samples rows on a CUDA device (same results as the CPU RowSampler; see sampler.h).
 
-    Host rows (``sampler="cuda"``) are uploaded first; with ``in_place=True``
+    Host rows (``sampler="cuda"``) are uploaded to ``device``; with ``in_place=True``
     (``sampler="device"``) the scheduler leaves the logits in llama.cpp's device buffer and
-    the rows are sampled there, so only the counters go up and the results come back.
+    the rows are sampled there, on whichever GPU holds the output layer (with several GPUs
+    llama.cpp puts it on the last one), so only the counters go up and the results come back.
     Raises ``llamadiff.CudaError`` when there is no usable device or a CUDA call fails.
     """
-    cdef ld_cuda_sampler * ptr
+    cdef ld_cuda_sampler * ptr                    # on ``device``
+    cdef ld_cuda_sampler * others[MAX_DEVICES]    # on the other devices, made when first needed
     cdef readonly int device
     cdef ld_cuda_params params
 
@@ -71,6 +69,7 @@ cdef class CudaRowSampler(RowSampler):
         self.device = device
         self.in_place = in_place
         self.reads_device = True
+        self.gives_plain_prob = True
         cdef int n = ld_cuda_device_count()
         if n == 0:
             raise CudaUnavailableError("no CUDA device is available (no GPU, or no NVIDIA driver)")
@@ -79,9 +78,25 @@ cdef class CudaRowSampler(RowSampler):
         _check(ld_cuda_sampler_create(device, &self.ptr), f"initialisation on device {device}")
 
     def __dealloc__(self):
+        cdef int i
         if self.ptr != NULL:
             ld_cuda_sampler_destroy(self.ptr)
             self.ptr = NULL
+        for i in range(MAX_DEVICES):
+            if self.others[i] != NULL:
+                ld_cuda_sampler_destroy(self.others[i])
+                self.others[i] = NULL
+
+    cdef ld_cuda_sampler * _on(self, int device) except NULL nogil:
+        """The sampler state of ``device`` (the logits' GPU)."""
+        if device == self.device:
+            return self.ptr
+        if not 0 <= device < MAX_DEVICES:
+            with gil:
+                raise CudaError(f"the logits are on CUDA device {device}: more than {MAX_DEVICES} devices")
+        if self.others[device] == NULL:
+            _check(ld_cuda_sampler_create(device, &self.others[device]), f"initialisation on device {device}")
+        return self.others[device]
 
     @property
     def name(self):
@@ -109,9 +124,9 @@ cdef class CudaRowSampler(RowSampler):
     cdef int sample_device(self, const float * logits, int device, int64_t n_vocab, int n_rows,
                            const SamplingParams * sp, const uint64_t * counters,
                            RowResult * out) except -1 nogil:
-        _check_device(device, self.device)
+        cdef ld_cuda_sampler * on = self._on(device)
         self._params(sp)
-        _check(ld_cuda_sampler_sample_device(self.ptr, logits, n_vocab, n_rows, &self.params, counters,
+        _check(ld_cuda_sampler_sample_device(on, logits, n_vocab, n_rows, &self.params, counters,
                                              <ld_cuda_result *> out), "sampling on the device")
         return 0
 
@@ -120,9 +135,9 @@ cdef class CudaRowSampler(RowSampler):
                            RowResult * out) except -1 nogil:
         if device < 0:
             return RowSampler.sample_guided(self, logits, device, n_vocab, n_rows, scale, sp, counters, out)
-        _check_device(device, self.device)
+        cdef ld_cuda_sampler * on = self._on(device)
         self._params(sp)
-        _check(ld_cuda_sampler_sample_guided_device(self.ptr, logits, n_vocab, n_rows, scale, &self.params,
+        _check(ld_cuda_sampler_sample_guided_device(on, logits, n_vocab, n_rows, scale, &self.params,
                                                     counters, <ld_cuda_result *> out),
                "guided sampling on the device")
         return 0

@@ -359,16 +359,17 @@ sample_rows_kernel(const float *__restrict__ logits, int64_t n, ld_cuda_params p
     }
 }
 
-/* Guided rows: dst[r] = un[r] + scale * (cond[r] - un[r]), cond = src rows 0..R-1, un = R..2R-1.
- * Rounded step by step (no contraction into an FMA), as the host loop writes it. */
+/* Guided rows: dst[r] = fma(scale, cond[r] - un[r], un[r]), cond = src rows 0..R-1, un = R..2R-1:
+ * the host loop's operations and rounding (RowSampler.sample_guided). */
 __global__ void guide_rows_kernel(const float *__restrict__ src, float *__restrict__ dst, int64_t n,
                                   int n_rows, float scale) {
-    const int r = blockIdx.y;
-    const float *cond = src + int64_t(r) * n;
-    const float *un = src + int64_t(n_rows + r) * n;
-    float *out = dst + int64_t(r) * n;
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        out[i] = __fadd_rn(un[i], __fmul_rn(scale, __fsub_rn(cond[i], un[i])));
+    for (int r = blockIdx.y; r < n_rows; r += gridDim.y) {
+        const float *cond = src + int64_t(r) * n;
+        const float *un = src + int64_t(n_rows + r) * n;
+        float *out = dst + int64_t(r) * n;
+        for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+            out[i] = __fmaf_rn(scale, __fsub_rn(cond[i], un[i]), un[i]);
+        }
     }
 }
 
@@ -599,7 +600,8 @@ int ld_cuda_sampler_sample_guided_device(ld_cuda_sampler *s, const float *d_logi
     if ((rc = reserve(s, n, n_rows))) return rc;
     const double t0 = now_us();
     if ((rc = upload_counters(s, counters, n_rows))) return rc;
-    const dim3 grid(unsigned((n_vocab + 1023) / 1024 < 64 ? (n_vocab + 1023) / 1024 : 64), unsigned(n_rows));
+    const dim3 grid(unsigned((n_vocab + 1023) / 1024 < 64 ? (n_vocab + 1023) / 1024 : 64),
+                    unsigned(n_rows < 65535 ? n_rows : 65535));
     guide_rows_kernel<<<grid, 1024, 0, s->stream>>>(d_logits, s->d_logits, n_vocab, n_rows, scale);
     LD_TRY(cudaGetLastError());
     rc = run(s, s->d_logits, n_vocab, n_rows, params, out);
