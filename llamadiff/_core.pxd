@@ -53,6 +53,8 @@ cdef class Context(_Resource):
     cdef readonly bint logits_on_device   # decodes leave the logits where they were computed
     cdef readonly bint logits_stayed      # the last decode did (no copy to llama.cpp's host buffer)
     cdef vector[float] _logits_stage      # host copy of such logits for a reader that needs one
+    cdef bint _stage_valid                # _logits_stage holds the last decode's rows
+    cdef readonly bint kv_unified         # one KV stream shared by all sequences
 
     cdef int _check_open(self) except -1
     cdef int check_batch_size(self, int n_tokens) except -1

@@ -1262,6 +1262,7 @@ cdef class Context(_Resource):
         self.n_batch = C.llama_n_batch(ctx)
         self.n_ubatch = C.llama_n_ubatch(ctx)
         self.n_seq_max = C.llama_n_seq_max(ctx)
+        self.kv_unified = kv_unified
         self.batch = C.llama_batch_init(self.n_batch, 0, 1)
         self.batch_capacity = self.n_batch
         if not model.is_diffusion:
@@ -1417,6 +1418,7 @@ cdef class Context(_Resource):
         self.n_outputs = n_out if rc == 0 else 0
         self.logits_stayed = (self.logits_on_device and rc == 0 and n_out > 0
                               and C.llama_get_logits_tensor(self.ptr) != NULL)
+        self._stage_valid = False
         return rc
 
     cdef int raise_for_decode(self, int32_t rc, int n_tokens) except -1:
@@ -1518,9 +1520,12 @@ cdef class Context(_Resource):
             if k >= 0:
                 device[0] = k
                 return <const float *> t.data
-        # another kind of device (Vulkan, RPC, ...) or a reader of host memory: copy the rows
-        self._logits_stage.resize(<size_t> self.n_outputs * self.n_vocab)
-        C.ggml_backend_tensor_get(t, self._logits_stage.data(), 0, C.ggml_nbytes(t))
+        # another kind of device (Vulkan, RPC, ...) or a reader of host memory: copy the rows,
+        # once per decode
+        if not self._stage_valid:
+            self._logits_stage.resize(<size_t> self.n_outputs * self.n_vocab)
+            C.ggml_backend_tensor_get(t, self._logits_stage.data(), 0, C.ggml_nbytes(t))
+            self._stage_valid = True
         return self._logits_stage.data()
 
     def decode(self, tokens, positions=None, *, logits=True, int seq_id=0):

@@ -287,7 +287,8 @@ cdef class Scheduler:
         calls that replay a captured CUDA graph without checking it again."""
         if self.ctx.closed:
             return 0
-        return C.llama_perf_context(self.ctx.ptr).n_reused - self._reused_at_start
+        # 0 after a perf_reset() of the context
+        return max(0, C.llama_perf_context(self.ctx.ptr).n_reused - self._reused_at_start)
 
     @property
     def sequences(self):
@@ -332,6 +333,12 @@ cdef class Scheduler:
         if self._sequences:
             if not self.ctx.has_memory:
                 raise ValueError("a context without KV memory decodes one sequence at a time")
+            if not self.ctx.kv_unified:
+                # llama.cpp would split a step into ubatches of equal shares per sequence, and a
+                # non-causal token would not see the rest of its own sequence's step
+                raise ValueError("several sequences in one step need a context made with kv_unified=True "
+                                 "(one KV buffer for all): with a buffer per sequence llama.cpp splits a "
+                                 "step, and a position would not attend to all of its block")
             if not self.sampler.uses_host_logits:
                 raise ValueError(f"the {self.sampler.name!r} sampler serves one sequence at a time")
             other = self._sequences[0]

@@ -380,15 +380,18 @@ class _StopScan:
         self.tail = ""                # the last characters of the text, for stops that span tokens
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
-    def first_stop(self, new: list) -> Optional[int]:
+    def first_stop(self, new: list, final: bool = False) -> Optional[int]:
         """Index in ``new`` (the tokens that follow those of earlier calls) of the first token
-        to drop (the stop itself), or None."""
+        to drop (the stop itself), or None. ``final``: no tokens follow, so bytes of an
+        unfinished character at the end count as the replacement character."""
         ids, strings, keep = self.stops.ids, self.stops.strings, self.stops.longest - 1
         for i, token in enumerate(new):
             if token in ids:
                 return i
             if strings:
-                window = self.tail + self._decoder.decode(self.model.token_bytes(token, special=True))
+                piece = self._decoder.decode(self.model.token_bytes(token, special=True),
+                                             final=final and i == len(new) - 1)
+                window = self.tail + piece
                 if any(x in window for x in strings):
                     return i
                 self.tail = window[-keep:] if keep > 0 else ""
@@ -412,7 +415,7 @@ class _Output:
         ``last``: the sequence has no more blocks."""
         new = new[:self.max_new_tokens - len(self.tokens)]
         reason = None
-        cut = self._scan.first_stop(new)
+        cut = self._scan.first_stop(new, final=last or len(self.tokens) + len(new) >= self.max_new_tokens)
         if cut is not None:
             new = new[:cut]
             reason = "stop"
