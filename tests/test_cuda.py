@@ -372,3 +372,16 @@ def test_batched_step_graph_replay(qwen3_path, n):
                      + " | ".join(runs["replay"].stderr.strip().splitlines()[-3:]))
     tokens = lambda p: p.stdout.split("TOKENS", 1)[1].split("REUSED")[0]
     assert tokens(runs["replay"]) == tokens(runs["no graphs"])
+
+
+def test_the_gpu_sampler_extension_cythonizes(tmp_path):
+    """llamadiff/cuda/_sampler.pyx compiles only in CUDA builds; Cython's check of it (GIL
+    rules, types) runs here on every machine, so a CPU-only CI catches what would break them."""
+    cythonize = pytest.importorskip("Cython.Build").cythonize
+    root = Path(llamadiff.__file__).resolve().parent.parent
+    src = tmp_path / "llamadiff" / "cuda"
+    src.mkdir(parents=True)
+    shutil.copy(root / "llamadiff" / "cuda" / "_sampler.pyx", src / "_sampler.pyx")
+    cythonize([str(src / "_sampler.pyx")], include_path=[str(root)], quiet=True,
+              compiler_directives={"language_level": 3}, force=True)
+    assert (src / "_sampler.cpp").stat().st_size > 10000

@@ -94,8 +94,12 @@ cdef class CudaRowSampler(RowSampler):
         if not 0 <= device < MAX_DEVICES:
             with gil:
                 raise CudaError(f"the logits are on CUDA device {device}: more than {MAX_DEVICES} devices")
+        cdef int rc
         if self.others[device] == NULL:
-            _check(ld_cuda_sampler_create(device, &self.others[device]), f"initialisation on device {device}")
+            rc = ld_cuda_sampler_create(device, &self.others[device])
+            if rc != 0:
+                with gil:
+                    _check(rc, f"initialisation on device {device}")
         return self.others[device]
 
     @property
