@@ -143,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--max-queue", type=int, default=64,
                      help="requests that may wait for a slot; more are answered 503 (default 64)")
     web.add_argument("--model-name", default=None, help="the model's id in the API (default: the file name)")
+    web.add_argument("--max-tokens", type=int, default=1024, dest="max_tokens_cap",
+                     help="the most tokens one request may ask for (default 1024; more is a 400)")
+    web.add_argument("--max-steps", type=int, default=1024,
+                     help="the most denoising steps one request may ask for (default 1024; more is a 400)")
+    web.add_argument("--max-request-bytes", type=int, default=None,
+                     help="the largest request body; larger ones get a 413 before they are read (default: "
+                          "64 KiB + 64 bytes per token of --n-ctx)")
+    web.add_argument("--read-timeout", type=float, default=10.0,
+                     help="seconds a request's headers, and then its body, may take to arrive; slower ones "
+                          "get a 408 and are closed (default 10)")
     web.add_argument("--drain-seconds", type=float, default=5.0,
                      help="at SIGINT / SIGTERM, how long queued and running requests may take to finish "
                           "before they are cancelled, each with the documented error (default 5)")
@@ -381,7 +391,9 @@ def cmd_serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, n_parallel=args.n_parallel,
           max_queue=args.max_queue, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
           model_name=args.model_name, max_block_length=args.max_block_length,
-          chat_template=_chat_template(args.chat_template), drain_seconds=args.drain_seconds)
+          chat_template=_chat_template(args.chat_template), drain_seconds=args.drain_seconds,
+          max_tokens=args.max_tokens_cap, max_steps=args.max_steps, max_request_bytes=args.max_request_bytes,
+          read_timeout=args.read_timeout)
     return 0
 
 

@@ -20,6 +20,7 @@ import logging
 import math
 import operator
 import os
+import struct
 import threading
 import time
 import weakref
@@ -50,6 +51,10 @@ MAX_INT_OPTION = 2 ** 31 - 1
 # the most characters a chat template may print per token of the context: more could not fit
 CHAT_CHARS_PER_TOKEN = 64
 MAX_FLOAT_OPTION = 1e4
+FLT_MIN = 1.1754943508222875e-38     # the smallest normal single-precision number
+# stops: how many, and how long a string; searching costs (stops x their length) per token
+MAX_STOPS = 64
+MAX_STOP_CHARS = 256
 
 # names users of llama-cpp-python / OpenAI reach for, accepted as they are (README, "Coming
 # from llama-cpp-python")
@@ -118,13 +123,19 @@ def _check_option(f: dataclasses.Field, value) -> None:
         if abs(value) > MAX_FLOAT_OPTION:
             # beyond this a softmax is uniform noise (temperature) or every score saturates
             raise ValueError(f"{name}={value} is out of range (|{name}| <= {MAX_FLOAT_OPTION:g})")
+        # the C core holds float options in single precision: checked as it will see them
+        single = struct.unpack("f", struct.pack("f", value))[0]
+        if single != 0.0 and abs(single) < FLT_MIN:
+            raise ValueError(f"{name}={value} is below the smallest normal single-precision number "
+                             f"({FLT_MIN:.3g}), which llamadiff's C core computes with: too small to mean anything")
         low, high, brackets = meta["bounds"]
-        ok = (low is None or (value > low if brackets[0] == "(" else value >= low)) and \
-             (high is None or (value < high if brackets[-1] == ")" else value <= high))
+        ok = (low is None or (single > low if brackets[0] == "(" else single >= low)) and \
+             (high is None or (single < high if brackets[-1] == ")" else single <= high))
         if not ok:
+            shown = f"{value}" + (f" ({single:g} in single precision, as the C core computes)" if single != value else "")
             if high is None:
-                raise ValueError(f"{name} must be {'>' if brackets[0] == '(' else '>='} {low:g}, got {value}")
-            raise ValueError(f"{name} must be in {brackets[0]}{low:g}, {high:g}{brackets[-1]}, got {value}")
+                raise ValueError(f"{name} must be {'>' if brackets[0] == '(' else '>='} {low:g}, got {shown}")
+            raise ValueError(f"{name} must be in {brackets[0]}{low:g}, {high:g}{brackets[-1]}, got {shown}")
     elif meta["minimum"] is not None:
         _int_argument(name, value, meta["minimum"], meta["maximum"])
     elif isinstance(f.default, bool) and not isinstance(value, bool):
@@ -238,9 +249,14 @@ class GenerationConfig:
             if not isinstance(self.stop, (list, tuple)):
                 raise TypeError(f"stop must be a list of strings / token ids, not {type(self.stop).__name__}"
                                 + (f" (stop=[{self.stop!r}] for one)" if isinstance(self.stop, (str, int)) else ""))
+            if len(self.stop) > MAX_STOPS:
+                raise ValueError(f"stop holds {len(self.stop)} entries; at most {MAX_STOPS} (each one is looked "
+                                 "for in every token's text)")
             for item in self.stop:
                 if isinstance(item, bool) or not isinstance(item, (str, int)) or item == "":
                     raise TypeError(f"stop entries must be non-empty strings or token ids, got {item!r}")
+                if isinstance(item, str) and len(item) > MAX_STOP_CHARS:
+                    raise ValueError(f"a stop string of {len(item)} characters; at most {MAX_STOP_CHARS}")
 
 
 def option_fields() -> list:

@@ -37,7 +37,7 @@ except ImportError as exc:       # the optional extra is missing
 
 from llamadiff.chat import check_template
 from llamadiff.errors import ChatTemplateError, LlamaDiffError
-from llamadiff.generator import GenerationResult
+from llamadiff.generator import MAX_STOP_CHARS, MAX_STOPS, GenerationResult
 from llamadiff.serving import Engine, EngineClosedError, QueueFullError
 
 __all__ = ["create_app", "serve"]
@@ -182,12 +182,163 @@ def _usage(result: GenerationResult) -> dict:
     return {"prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen}
 
 
+# What one request may ask of the server (docs/RELIABILITY.md, "Hostile clients"); each is a
+# serve() argument and a command-line flag, and GET /v1/models states them.
+MAX_TOKENS = 1024            # generated tokens per request
+MAX_STEPS = 1024             # denoising steps per request (full diffusion: all of them)
+READ_TIMEOUT = 10.0          # seconds for a request's headers, and again for its body
+BODY_BYTES_PER_TOKEN = 64    # max_request_bytes = 64 KiB + this x n_ctx (a prompt that fits, JSON-escaped)
+
+
+def default_max_request_bytes(n_ctx: int) -> int:
+    """The default request-size limit: room for a prompt as long as the context, escaped."""
+    return 65536 + BODY_BYTES_PER_TOKEN * int(n_ctx)
+
+
+def _json_error(status: int, message: str, code: str) -> tuple:
+    import json
+    body = json.dumps(_error_body(message, "invalid_request_error", code=code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    return status, headers, body
+
+
+class _RequestLimits:
+    """ASGI middleware: a request body larger than ``max_bytes`` is refused with 413 before it
+    is read (its Content-Length) or as soon as it grows past it (chunked); a body that does not
+    arrive within ``timeout`` seconds ends with 408. Both close the connection."""
+
+    def __init__(self, app, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared > self.max_bytes:
+                return await self._answer(send, *_json_error(
+                    413, f"the request body is {declared:,} bytes; this server takes at most "
+                         f"{self.max_bytes:,} (--max-request-bytes)", "request_too_large"))
+        started, received, complete = False, 0, False
+        deadline = asyncio.get_running_loop().time() + self.timeout
+
+        class _Refused(BaseException):
+            # a BaseException: FastAPI turns any Exception raised while it reads a body into
+            # its own 400 ("error parsing the body"); this one must reach the middleware
+            def __init__(self, answer):
+                self.answer = answer
+
+        async def limited_receive():
+            nonlocal received, complete
+            if complete:                # the body is in: later reads wait for a disconnect
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.001))
+            except asyncio.TimeoutError:
+                raise _Refused(_json_error(408, f"the request body did not arrive within {self.timeout:g} s",
+                                           "request_timeout")) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise _Refused(_json_error(413, f"the request body is more than {self.max_bytes:,} bytes "
+                                                    "(--max-request-bytes)", "request_too_large"))
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _Refused as refused:
+            if not started:
+                await self._answer(send, *refused.answer)
+
+    @staticmethod
+    async def _answer(send, status, headers, body):
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _bounded_protocol(base, timeout: float):
+    """uvicorn's HTTP protocol class with a bound on the wait for a request's headers: a
+    connection that opens, or starts a request, and does not finish its headers within
+    ``timeout`` seconds gets a 408 and is closed (slow clients cannot hold the server's
+    connections forever; uvicorn bounds only an idle keep-alive connection)."""
+
+    class Bounded(base):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data):
+            super().data_received(data)
+            if self._between_requests():
+                self._arm()                      # a new request's headers are on their way
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _between_requests(self):
+            cycle = getattr(self, "cycle", None)
+            return cycle is None or cycle.response_complete
+
+        def _arm(self):
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout, self._expired)
+
+        def _disarm(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self):
+            self._header_timer = None
+            if not self._between_requests() or self.transport.is_closing():
+                return
+            status, headers, body = _json_error(408, f"the request headers did not arrive within {timeout:g} s",
+                                                "request_timeout")
+            head = b"HTTP/1.1 408 Request Timeout\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+            self.transport.write(head + b"\r\n" + body)
+            self.transport.close()
+
+    return Bounded
+
+
+def _check_key(api_key: Optional[str]) -> None:
+    if api_key is None:
+        return
+    if not isinstance(api_key, str) or not api_key or api_key != api_key.strip() or \
+            any(c.isspace() or not c.isprintable() for c in api_key):
+        raise ValueError("the API key must be printable text without spaces: HTTP drops the spaces around a "
+                         "header's value (RFC 9110, 5.5), so a key could not depend on them")
+
+
 def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Optional[str] = None,
-               close_engine: bool = False, max_block_length: Optional[int] = None) -> FastAPI:
+               close_engine: bool = False, max_block_length: Optional[int] = None,
+               max_tokens: int = MAX_TOKENS, max_steps: int = MAX_STEPS,
+               max_request_bytes: Optional[int] = None, read_timeout: float = READ_TIMEOUT) -> FastAPI:
     """The FastAPI application serving ``engine``. ``close_engine``: the app's shutdown closes
     the engine (requests still running are cancelled); else the caller closes it.
     ``max_block_length``: the largest block length a request may ask for (a step decodes
-    2 x block length tokens per request; default: 64, or the model's trained one if larger)."""
+    2 x block length tokens per request; default: 64, or the model's trained one if larger).
+    ``max_tokens`` / ``max_steps``: the most tokens and denoising steps one request may ask for;
+    ``max_request_bytes``: the largest request body (default ``default_max_request_bytes`` of
+    the engine's n_ctx); ``read_timeout``: seconds a request's body may take to arrive."""
     import contextlib
     import hmac
     import os
@@ -196,6 +347,18 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     eog = sorted(engine.model.eog_token_ids)
     if max_block_length is None:
         max_block_length = max(64, engine.generator.default_block_length)
+    _check_key(api_key)
+    if max_request_bytes is None:
+        max_request_bytes = default_max_request_bytes(engine.generator.n_ctx)
+    for label, value in (("max_tokens", max_tokens), ("max_steps", max_steps),
+                         ("max_request_bytes", max_request_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+    if not (isinstance(read_timeout, (int, float)) and 0 < read_timeout <= 3600):
+        raise ValueError(f"read_timeout must be a number of seconds in (0, 3600], got {read_timeout!r}")
+    limits = {"max_tokens": max_tokens, "max_steps": max_steps, "max_block_length": max_block_length,
+              "max_request_bytes": max_request_bytes, "read_timeout_s": read_timeout,
+              "max_stops": MAX_STOPS, "max_stop_chars": MAX_STOP_CHARS}
 
     name = model_name or os.path.basename(engine.model.path)
     created = int(time.time())
@@ -222,6 +385,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     docs = {} if api_key is None else dict(docs_url=None, redoc_url=None, openapi_url=None)
     app = FastAPI(title="llamadiff", description="OpenAI-compatible API for diffusion language models",
                   lifespan=lifespan, **docs)
+    app.add_middleware(_RequestLimits, max_bytes=max_request_bytes, timeout=read_timeout)
 
     @app.exception_handler(_HTTPError)
     async def _http_error(request: Request, exc: _HTTPError):
@@ -248,19 +412,27 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
             message = f"{where}: {message}"
         return JSONResponse(_error_body(message, "invalid_request_error", where or None), status_code=400)
 
+    expected = None if api_key is None else api_key.encode()
+
     def authorize(request: Request) -> None:
-        if api_key is None:
+        if expected is None:
             return
-        header = request.headers.get("authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {api_key}".encode()):
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # the scheme case-insensitively (RFC 9110, 11.1), the key byte for byte, in constant time
+        given = token.encode("utf-8", "surrogateescape")
+        if not (hmac.compare_digest(given, expected) and scheme.lower() == "bearer"):
             raise _HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                              "authentication_error", code="invalid_api_key")
 
     async def submit(prompt, chat: bool, opts: dict, listener):
-        block = opts.get("block_length")
-        if block is not None and block > max_block_length:
-            raise _HTTPError(400, f"block_length={block} is above this server's limit ({max_block_length})",
-                             param="block_length")
+        for option, cap, flag in (("block_length", max_block_length, "--max-block-length"),
+                                  ("max_new_tokens", max_tokens, "--max-tokens"),
+                                  ("steps", max_steps, "--max-steps")):
+            value = opts.get(option)
+            if isinstance(value, int) and not isinstance(value, bool) and value > cap:
+                shown = "max_tokens" if option == "max_new_tokens" else option
+                raise _HTTPError(400, f"{shown}={value} is above this server's limit of {cap} ({flag})",
+                                 param=shown, code="above_limit")
         try:
             # tokenising (and templating) a long prompt runs off the event loop
             return await asyncio.to_thread(engine.submit, prompt, chat=chat, listener=listener, **opts)
@@ -374,7 +546,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "llamadiff"}]}
+                                            "owned_by": "llamadiff", "limits": limits}]}
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, http: Request):
@@ -436,7 +608,8 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
           n_parallel: int = 16, max_queue: int = 64, n_ctx: int = 2048, n_threads: Optional[int] = None,
           n_gpu_layers: int = 0, model_name: Optional[str] = None, max_block_length: Optional[int] = None,
           chat_template: Optional[str] = None, log_level: str = "info",
-          drain_seconds: float = DRAIN_SECONDS) -> None:
+          drain_seconds: float = DRAIN_SECONDS, max_tokens: int = MAX_TOKENS, max_steps: int = MAX_STEPS,
+          max_request_bytes: Optional[int] = None, read_timeout: float = READ_TIMEOUT) -> None:
     """Run the server until SIGINT / SIGTERM: new requests are refused (503), those queued and
     in flight get ``drain_seconds`` to finish, then the rest are cancelled -- each answered with
     the documented JSON error, a stream with an SSE error event and ``[DONE]`` -- and the model
@@ -447,6 +620,7 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
 
     if not (isinstance(drain_seconds, (int, float)) and 0 <= drain_seconds <= 3600):
         raise ValueError(f"drain_seconds must be a number of seconds in [0, 3600], got {drain_seconds!r}")
+    _check_key(api_key)                 # before the model loads
 
     # the event loop and the engine thread take turns on the GIL; hand it over sooner than
     # Python's default 5 ms, or each request waits for the other side's turn to expire
@@ -455,9 +629,12 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
                     n_gpu_layers=n_gpu_layers, chat_template=chat_template)
     try:
         app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True,
-                         max_block_length=max_block_length)
+                         max_block_length=max_block_length, max_tokens=max_tokens, max_steps=max_steps,
+                         max_request_bytes=max_request_bytes, read_timeout=read_timeout)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=drain_seconds + 10)
+        config.load()                   # resolves the HTTP protocol class, bounded below
+        config.http_protocol_class = _bounded_protocol(config.http_protocol_class, read_timeout)
         _draining_server(config, engine, drain_seconds).run()
     finally:
         engine.close(cancel=True, timeout=30)

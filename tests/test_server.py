@@ -1,8 +1,10 @@
 """The OpenAI-compatible server (``llamadiff serve``): a real server process on 127.0.0.1, the
 ``openai`` client and plain HTTP; every wait is bounded."""
 
+import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,7 +68,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server():
-    srv = Server("--api-key", KEY, "--n-parallel", "8", "--max-queue", "64")
+    srv = Server("--api-key", KEY, "--n-parallel", "8", "--max-queue", "64", "--max-tokens", "2048")
     yield srv
     srv.stop()
 
@@ -181,7 +183,7 @@ def test_a_client_that_disconnects_frees_its_slot(server):
 
 
 def test_full_queue_answers_503_and_sigterm_stops_cleanly():
-    srv = Server("--n-parallel", "1", "--max-queue", "1")
+    srv = Server("--n-parallel", "1", "--max-queue", "1", "--max-tokens", "2048")
     try:
         long = {"prompt": "rev python=", "max_tokens": 1500, "ignore_eos": True}
         results = []
@@ -238,7 +240,8 @@ def test_sigterm_with_requests_in_flight_answers_every_one(model, tmp_path):
     raises as an APIError -- never uvicorn's plain-text 500 or a cut connection, and the log
     holds no traceback."""
     from llamadiff import default_model
-    srv = Server("-m", default_model(model), "--n-parallel", "8", "--max-queue", "64", "--drain-seconds", "1")
+    srv = Server("-m", default_model(model), "--n-parallel", "8", "--max-queue", "64", "--drain-seconds", "1",
+                 "--max-tokens", "2048")
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
         # long enough to be running at the signal (a full-diffusion step decodes every slot whole)
@@ -293,3 +296,176 @@ def test_the_api_description_is_behind_the_key(server):
     for page in ("/docs", "/redoc"):
         assert httpx.get(server.url + page, timeout=10).status_code == 404
     assert httpx.get(server.url + "/health", timeout=10).status_code == 200     # open, documented
+
+
+# ---------------------------------------------------------------- hostile clients (docs/RELIABILITY.md)
+
+@pytest.fixture(scope="module")
+def strict():
+    """A server with short limits: 2 s to send headers and body, a small request size."""
+    srv = Server("--n-parallel", "4", "--read-timeout", "2", "--max-request-bytes", "200000", "--n-ctx", "512")
+    yield srv
+    srv.stop()
+
+
+def _timed_completion(srv, prompt="47+38=", **extra):
+    t0 = time.perf_counter()
+    res = httpx.post(srv.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 10, **extra}, timeout=60)
+    return res, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("field,value", [("top_p", 5e-324), ("threshold", 1e-300), ("temperature", 1e-40),
+                                         ("eb_gamma", 1e-45), ("top_p", 1.0000000001)])
+def test_float_values_are_checked_as_the_c_core_sees_them(strict, field, value):
+    res, _ = _timed_completion(strict, **{field: value})
+    if field == "top_p" and value > 1:            # 1.0 in single precision: a valid top_p
+        assert res.status_code == 200
+        return
+    assert res.status_code == 400, res.text
+    message = res.json()["error"]["message"]
+    assert field in message and re.search("single.precision", message), message
+
+
+def test_stop_lists_are_bounded(strict):
+    res = httpx.post(strict.url + "/v1/completions", timeout=30,
+                     json={"prompt": "x", "stop": ["zz%d" % i for i in range(5000)], "max_tokens": 4})
+    assert res.status_code == 400 and "at most 64" in res.json()["error"]["message"]
+    res = httpx.post(strict.url + "/v1/completions", timeout=30,
+                     json={"prompt": "x", "stop": ["z" * 300], "max_tokens": 4})
+    assert res.status_code == 400 and "at most 256" in res.json()["error"]["message"]
+    # the largest list allowed, on a long generation: the search stays linear in the text
+    res = httpx.post(strict.url + "/v1/completions", timeout=60, json={
+        "prompt": "rev python=", "max_tokens": 400, "ignore_eos": True,
+        "stop": ["never-%03d-" % i + "q" * 240 for i in range(64)]})
+    assert res.status_code == 200 and res.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_huge_request_is_refused_before_it_is_read_and_delays_nobody(strict):
+    results = {}
+
+    def huge():
+        t0 = time.perf_counter()
+        try:
+            res = httpx.post(strict.url + "/v1/completions", content=json.dumps({"prompt": "x" * 50_000_000}),
+                             headers={"content-type": "application/json"}, timeout=60)
+            results["huge"] = (res.status_code, res.json()["error"]["code"])
+        except httpx.HTTPError as exc:          # the server may close before all 50 MB are sent
+            results["huge"] = ("closed", type(exc).__name__)
+        results["huge_s"] = time.perf_counter() - t0
+
+    t = threading.Thread(target=huge)
+    t.start()
+    res, seconds = _timed_completion(strict)
+    t.join(60)
+    assert res.status_code == 200 and res.json()["choices"][0]["text"] == "85"
+    assert results["huge"][0] in (413, "closed")
+    if results["huge"][0] == 413:
+        assert results["huge"][1] == "request_too_large"
+    # bounded, not fast: another client's short completion did not wait for the 50 MB body
+    assert seconds < 20 and results["huge_s"] < 30
+    # chunked: no Content-Length, the size is counted as the body arrives
+    def chunks():
+        for _ in range(100):
+            yield b"x" * 10000
+    res = httpx.post(strict.url + "/v1/completions", content=chunks(), headers={"content-type": "application/json"},
+                     timeout=60)
+    assert res.status_code == 413
+
+
+def test_slow_and_short_bodies_end_with_408_while_others_are_served(strict):
+    def raw(payload: bytes, wait: float = 10.0):
+        s = socket.create_connection(("127.0.0.1", strict.port), timeout=wait)
+        if payload:
+            s.sendall(payload)
+        data, closed = b"", False
+        try:
+            while True:                     # the answer, then the server's close (EOF)
+                chunk = s.recv(65536)
+                if not chunk:
+                    closed = True
+                    break
+                data += chunk
+        except socket.timeout:
+            pass
+        s.close()
+        return data.split(b"\r\n")[0], closed
+
+    # a Content-Length larger than the body, headers that never end, a connection that says nothing
+    assert raw(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 1000\r\n\r\n{\"prompt\":") == (b"HTTP/1.1 408 Request Timeout", True)
+    assert raw(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n") == (b"HTTP/1.1 408 Request Timeout", True)
+    assert raw(b"") == (b"HTTP/1.1 408 Request Timeout", True)
+    # 200 slow connections at once: valid requests are still answered, and all 200 end
+    slow = []
+    for i in range(200):
+        s = socket.create_connection(("127.0.0.1", strict.port), timeout=30)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{" if i % 2
+                  else b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+        slow.append(s)
+    for _ in range(3):
+        res, seconds = _timed_completion(strict)
+        assert res.status_code == 200 and seconds < 20
+    ended = 0
+    for s in slow:
+        try:
+            ended += s.recv(65536).startswith(b"HTTP/1.1 408")
+        finally:
+            s.close()
+    assert ended == 200
+
+
+def test_per_request_caps_are_stated_and_enforced(strict):
+    limits = httpx.get(strict.url + "/v1/models", timeout=10).json()["data"][0]["limits"]
+    assert limits["max_tokens"] == 1024 and limits["max_steps"] == 1024 and limits["max_request_bytes"] == 200000
+    for body, param in (({"max_tokens": 2030}, "max_tokens"), ({"max_tokens": 8, "steps": 5000}, "steps"),
+                        ({"max_tokens": 8, "block_length": 4096}, "block_length")):
+        res = httpx.post(strict.url + "/v1/completions", json={"prompt": "x", **body}, timeout=10)
+        assert res.status_code == 400, res.text
+        err = res.json()["error"]
+        assert err["param"] == param and "limit" in err["message"]
+
+
+def test_the_key_is_compared_exactly():
+    srv = Server("--api-key", KEY, "--n-parallel", "1")
+    try:
+        def status(auth):
+            return httpx.get(srv.url + "/v1/models", headers={"Authorization": auth} if auth else {},
+                             timeout=10).status_code
+        assert status(f"Bearer {KEY}") == 200
+        assert status(f"bearer {KEY}") == 200                  # the scheme is case-insensitive
+        for wrong in (f"Bearer {KEY[:-1]}", f"Bearer {KEY}x", f"Bearer  {KEY}", f"Basic {KEY}", KEY,
+                      f"Bearer {KEY.upper()}", "Bearer", ""):
+            assert status(wrong) == 401, wrong
+    finally:
+        srv.stop()
+    # a key HTTP could not carry exactly (spaces around it are not part of a header's value)
+    for bad in (KEY + " ", " " + KEY, "a key"):
+        proc = subprocess.run([sys.executable, "-m", "llamadiff", "serve", "--api-key", bad], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1 and "API key must be printable text without spaces" in proc.stderr
+
+
+HOSTILE_FIELD_VALUES = (0, -1, 1, 2 ** 31, 2 ** 63, 10 ** 30, 0.5, -0.5, 1e-300, 5e-324, 1e-40, 1e30, True,
+                        "", "x", None, [], [1, 2], ["x"] * 100, {"a": 1}, "\u0000")
+
+
+def test_every_request_field_with_hostile_values_gets_200_or_4xx(strict):
+    """The settings fuzz of the server: every request field at extreme and denormal floats,
+    wrong types and large lists ends in 200 or a 4xx with an OpenAI error body -- never a 500,
+    never a hang."""
+    from llamadiff.server import CompletionRequest
+    fields = sorted(f for f in CompletionRequest.model_fields if f not in ("prompt", "stream", "stream_options"))
+    statuses = collections.Counter()
+    with httpx.Client(timeout=60) as c:
+        for field in fields:
+            for value in HOSTILE_FIELD_VALUES:
+                body = {"prompt": "47+38=", "max_tokens": 4, field: value}
+                if field in ("max_tokens", "max_completion_tokens"):
+                    body = {"prompt": "47+38=", field: value}
+                res = c.post(strict.url + "/v1/completions", json=body)
+                statuses[res.status_code] += 1
+                assert res.status_code == 200 or 400 <= res.status_code < 500, (field, value, res.text)
+                if res.status_code != 200:
+                    assert "error" in res.json(), (field, value, res.text)
+    assert statuses[200] > 20 and sum(v for k, v in statuses.items() if k != 200) > 200
+    assert strict.health()["status"] == "ok"
