@@ -46,12 +46,12 @@ SUITES = {
     # ~25M params, vocab 32k: under 5 minutes on 2 cores
     "quick": dict(shape=dict(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=768,
                              tie_embeddings=True, n_vocab_pad=32000 - 276),
-                  prompt=32, gen=64, blocks=[4, 8], gen_lengths=[32, 64], runs=3,
+                  prompt=32, gen=64, blocks=[4, 8, 16], gen_lengths=[16, 32, 64], runs=3,
                   quants=["q8_0"], llada_block=32, cli_archs=["llada", "dream"], cli_runs=3),
     # ~103M params, Qwen-size vocab (151,936): the numbers in docs/BENCHMARKS.md
     "full": dict(shape=dict(n_embd=512, n_layer=8, n_head=8, n_head_kv=4, head_dim=64, n_ff=1536,
                             tie_embeddings=True, n_vocab_pad=151936 - 276),
-                 prompt=32, gen=256, blocks=[4, 8], gen_lengths=[64, 128, 256], runs=5,
+                 prompt=32, gen=256, blocks=[4, 8, 16], gen_lengths=[64, 128, 256], runs=5,
                  quants=["q8_0", "q4_k_m"], llada_block=32, cli_archs=["llada"], cli_runs=2),
 }
 
@@ -316,7 +316,9 @@ def main(argv=None) -> int:
     if args.out:
         write_section(Path(args.out), args.suite, lines)
         plot_path = Path(args.plot) if args.plot else Path(args.out).with_name(f"benchmarks-{args.suite}.png")
-        if plot(plot_path, rows, lengths, torch_ok):
+        title = (f"llamadiff, suite {args.suite}: random qwen3 ({cfg['shape']['n_layer']} layers, "
+                 f"{cfg['shape']['n_embd']} wide), {args.device}, {args.threads} threads")
+        if plot(plot_path, rows, lengths, torch_ok, title):
             log(f"plot: {plot_path}")
     return 0
 
@@ -378,7 +380,7 @@ def write_section(path: Path, suite: str, lines: list) -> None:
     bench.write_section(path, f"harness:{suite}", lines)
 
 
-def plot(path: Path, rows, lengths, torch_ok) -> bool:
+def plot(path: Path, rows, lengths, torch_ok, title: str = "") -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -397,6 +399,10 @@ def plot(path: Path, rows, lengths, torch_ok) -> bool:
     a.set_ylabel("generated tok/s")
     a.set_xscale("log", base=2)
     a.legend()
+    a.set_title("speed against block length")
+    b.set_title("speed against generated length (block 4)")
+    if title:
+        fig.suptitle(title)
     b.plot([g for g, _ in lengths], [s["tok_s"] for _, s in lengths], marker="o", label="llamadiff (cache), block 4")
     b.plot([g for g, _ in lengths], [s["nocache"]["tok_s"] for _, s in lengths], marker="o",
            label="llamadiff, no cache, block 4")

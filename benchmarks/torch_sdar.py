@@ -14,6 +14,7 @@ Needs ``torch``, ``transformers`` and ``safetensors``.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def _crop(cache: DynamicCache, keep: int) -> None:
         cache.crop(-drop)
 
 
+# the KV cache argument of a transformers forward: ``cache`` where the installed transformers
+# takes it (it deprecates past_key_values), ``past_key_values`` in the releases before
+_CACHE_ARG = "cache" if "cache" in inspect.signature(Qwen3ForCausalLM.forward).parameters else "past_key_values"
+
+
+def _cache_kw(cache) -> dict:
+    return {_CACHE_ARG: cache, "use_cache": True}
+
+
 @torch.inference_mode()
 def generate(model, prompt, max_new_tokens: int, block_length: int, steps: int, mask_id: int, *,
              strategy: str = "low_confidence_static", threshold: float = 0.85, eb_gamma: float = 0.35,
@@ -71,7 +81,7 @@ def generate(model, prompt, max_new_tokens: int, block_length: int, steps: int, 
     if first > 0:
         n = first * B
         model(input_ids=x[None, :n], attention_mask=block_causal_mask(n, B, device),
-              past_key_values=cache, use_cache=True)
+              **_cache_kw(cache))
         forwards += 1
     schedule = [B // steps + (1 if k < B % steps else 0) for k in range(steps)]
     for k in range(first, n_blocks):
@@ -83,11 +93,11 @@ def generate(model, prompt, max_new_tokens: int, block_length: int, steps: int, 
             if masked.numel() == 0:
                 # store the clean block's KV (SDAR's store_kv pass)
                 model(input_ids=x[None, s:s + B], position_ids=pos, attention_mask=visible,
-                      past_key_values=cache, use_cache=True)
+                      **_cache_kw(cache))
                 forwards += 1
                 break
             logits = model(input_ids=x[None, s:s + B], position_ids=pos, attention_mask=visible,
-                           past_key_values=cache, use_cache=True).logits[0].float()
+                           **_cache_kw(cache)).logits[0].float()
             forwards += 1
             _crop(cache, s)
             logits = logits[masked]

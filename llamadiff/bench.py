@@ -27,6 +27,7 @@ from pathlib import Path
 
 import llamadiff
 from llamadiff import Context, Generator, Model, testing
+from llamadiff._core import default_threads
 
 SHAPE = testing.ModelShape(n_embd=512, n_layer=8, n_head=8, n_head_kv=4, head_dim=64, n_ff=1536,
                            n_ctx_train=4096, tie_embeddings=True, n_vocab_pad=151936 - 276)
@@ -89,16 +90,23 @@ def floor_run(ctx: Context, stats: dict, block: int) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="llamadiff bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--blocks", default="4,8,16")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (about 2 minutes on 2 idle cores)")
+    ap.add_argument("--blocks", default="4,8,16", help="block lengths, comma-separated")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (default: the library's default_threads(): the physical cores, one CPU "
+                         "left free -- all cores spin-wait each other on a loaded machine)")
     ap.add_argument("--out", default=None, help="append the results to this markdown file")
     args = ap.parse_args(argv)
     reps = 2 if args.quick else 3
+    t_start = time.perf_counter()
+
+    def progress(what: str) -> None:
+        print(f"  [{time.perf_counter() - t_start:5.0f} s] {what}", file=sys.stderr, flush=True)
 
     tmp = Path(tempfile.mkdtemp())
     path = testing.write_model(tmp / "qwen3-bench.gguf", "qwen3", shape=SHAPE, dtype="f16", seed=0)
     model = Model(path)
-    threads = os.cpu_count() or 1
+    threads = args.threads if args.threads is not None else default_threads()
     print(f"model: {model.n_params / 1e6:.0f}M params, {model.size / 2**20:.0f} MiB {model.file_type}, "
           f"vocab {model.n_vocab}; threads {threads}")
     prompt = list(range(300, 300 + PROMPT_LEN))
@@ -114,11 +122,13 @@ def main(argv=None):
             cached.append(a.stats["wall_ms"])
             overhead.append(1 - a.stats["decode_ms"] / a.stats["wall_ms"])
             floors.append(floor_run(gen._ctx, a.stats, block))
+            progress(f"block {block}, run {r + 1}/{reps}: cache {a.stats['tokens_per_second']:.1f} tok/s")
             if r == 0 or not args.quick:
                 b = gen.generate(prompt, cache=False, **opts)
                 same.append(sum(x == y for x, y in zip(a.tokens, b.tokens)) / len(a.tokens))
                 uncached.append(b.stats["wall_ms"])
                 ratios.append(b.stats["wall_ms"] / a.stats["wall_ms"])
+                progress(f"block {block}, run {r + 1}/{reps}: no cache {b.stats['tokens_per_second']:.1f} tok/s")
         med = statistics.median
         row = dict(block=block, cached_tps=GEN / (med(cached) / 1e3), uncached_tps=GEN / (med(uncached) / 1e3),
                    speedup=med(ratios), speedup_range=(min(ratios), max(ratios)),

@@ -23,9 +23,41 @@ from typing import Optional
 from llamadiff.errors import LlamaDiffError
 from llamadiff.convert import OUTTYPES
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with llamadiff's error convention: one line naming the command, exit status 1,
+    and for an unknown flag the closest one it meant."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = [o for action in self._actions for o in action.option_strings]
+            parts = []
+            for arg in unknown.group(1).split():
+                name = arg.split("=", 1)[0]
+                close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6) if name.startswith("-") else []
+                parts.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+            message = "unknown argument(s): " + ", ".join(parts)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(1)
+
+
+SHIPPED = ("block", "full")      # -m block / -m full: the tiny models shipped in the package
+
+
+def _model_path(value: Optional[str]):
+    """-m: a GGUF path, or "block" / "full" for a shipped model (None: the block one)."""
+    from llamadiff import default_model
+    if value is None or value in SHIPPED:
+        return default_model(value or "block")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096, n_ctx_help: str = "") -> None:
     p.add_argument("-m", "--model", default=None,
-                   help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
+                   help="path of a GGUF model, or 'block' / 'full' for the tiny models shipped with llamadiff "
+                        "(default: block; they know five small tasks, see 'llamadiff info')")
     p.add_argument("-c", "--n-ctx", type=int, default=n_ctx,
                    help=n_ctx_help or f"context size in tokens (default {n_ctx})")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: the physical cores, one CPU left free: llamadiff._core.default_threads())")
@@ -45,6 +77,14 @@ def _chat_template(value: Optional[str]) -> Optional[str]:
             raise LlamaDiffError(f"--chat-template {value}: the file is not UTF-8 text") from None
     return value
 
+
+# the shipped models know five tasks, at these sizes (llamadiff.tasks); anything else is noise
+def _shipped_hint() -> str:
+    from llamadiff.tasks import KNOWN
+    return (f"llamadiff: note: the shipped models know five small tasks only: {KNOWN}; other prompts give "
+            "noise. Pass -m model.gguf for a real model.")
+
+CHAT_HELP = "Ctrl-D or /exit to leave, Ctrl-C to interrupt an answer, /reset to clear the conversation, /help."
 
 NO_CHAT_TEMPLATE = ("this model has no chat template (GGUF key tokenizer.chat_template): give a plain "
                     "prompt, or a template with --chat-template (a Jinja file, or a name such as chatml)")
@@ -86,13 +126,16 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llamadiff", description="Diffusion language models on llama.cpp.")
+    parser = _Parser(prog="llamadiff", description="Diffusion language models on llama.cpp.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices          # name -> its parser (main() reports unknown flags through it)
 
     gen = sub.add_parser("generate", help="generate text from a prompt")
     _add_model_args(gen)
-    gen.add_argument("-p", "--prompt", required=True, help="prompt text")
+    gen.add_argument("prompt_text", nargs="?", default=None, metavar="PROMPT",
+                     help="prompt text (or -p PROMPT)")
+    gen.add_argument("-p", "--prompt", default=None, help="prompt text")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     out = gen.add_mutually_exclusive_group()
     out.add_argument("--stream", action="store_true", help="print each block as it is finalised")
@@ -107,14 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a GGUF model")
     info.add_argument("model", nargs="?", default=None,
-                      help="path of a GGUF model (default: the tiny block-diffusion model shipped with llamadiff)")
-    info.add_argument("--json", action="store_true")
+                      help="path of a GGUF model, or 'block' / 'full' for a shipped model (default: block)")
+    info.add_argument("--json", action="store_true",
+                      help="one JSON object, numbers as numbers (for scripts)")
 
     conv = sub.add_parser("convert", help="convert a block-diffusion Hugging Face checkpoint (SDAR, SDAR-MoE, "
                                          "TraDo, Fast-dLLM v2, LLaDA2.0) to GGUF")
     conv.add_argument("hf_dir", help="checkpoint directory (config.json, safetensors, tokenizer files)")
     conv.add_argument("-o", "--outfile", required=True, help="output .gguf path")
-    conv.add_argument("--outtype", default="f16", choices=OUTTYPES)
+    conv.add_argument("--outtype", default="f16", choices=OUTTYPES,
+                      help="weight type of the GGUF (default f16; f32 keeps every bit, q8_0 halves the size)")
     conv.add_argument("--block-length", type=int, default=None,
                       help="trained block length to record (default: config.json, else the family's)")
     conv.add_argument("--fuse", action="store_true",
@@ -129,14 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("rpc-server", help="serve this machine's CPU to Generators elsewhere (ggml RPC)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; the protocol "
                                                           "is unauthenticated: trusted networks only)")
-    srv.add_argument("--port", type=int, default=50052)
-    srv.add_argument("--threads", type=int, default=None)
+    srv.add_argument("--port", type=int, default=50052, help="TCP port (default 50052)")
+    srv.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's)")
 
     web = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the [server] extra)")
     _add_model_args(web, 2048, "most tokens of one request, prompt + generation (default 2048); the KV "
                                "cache holds n-parallel x n-ctx positions")
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     web.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' (use one whenever the address is not local)")
     web.add_argument("--n-parallel", type=int, default=16, help="requests decoded together (default 16)")
@@ -159,9 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--max-block-length", type=int, default=None,
                      help="largest block_length a request may ask for (default: 64, or the model's trained one)")
 
-    bench = sub.add_parser("bench", help="run the block-generation benchmark")
-    bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--blocks", default="4,8,16")
+    bench = sub.add_parser("bench", help="time block diffusion with and without the KV cache on a random "
+                                        "103M-parameter model (--quick: about 2 minutes on 2 idle cores)")
+    bench.add_argument("--quick", action="store_true",
+                       help="one no-cache run per block length, two cached (about 2 minutes on 2 idle cores; "
+                            "the full run about 25)")
+    bench.add_argument("--blocks", default="4,8,16",
+                       help="block lengths to time, comma-separated (default 4,8,16)")
+    bench.add_argument("-t", "--threads", type=int, default=None,
+                       help="CPU threads (default: the library's, the physical cores with one CPU left free)")
     bench.add_argument("--out", default=None, help="append results to this markdown file")
     return parser
 
@@ -177,8 +228,12 @@ def _generation_options(args) -> dict:
 def _generator(args):
     from llamadiff.generator import Generator
 
-    return Generator(args.model, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                     chat_template=_chat_template(args.chat_template))
+    return Generator(_model_path(args.model), n_ctx=args.n_ctx, n_threads=args.threads,
+                     n_gpu_layers=args.n_gpu_layers, chat_template=_chat_template(args.chat_template))
+
+
+def _shipped(args) -> bool:
+    return args.model is None or args.model in SHIPPED
 
 
 class _Visual:
@@ -196,15 +251,12 @@ class _Visual:
         self.eog = set(model.eog_token_ids)
 
     def __call__(self, info) -> None:
+        # up to the end of the active block: what is decided so far, masks where nothing is yet
+        self.end = info.block_end
         if info.step == 0:
-            # the block as it starts: everything this step commits is still masked
-            self.end = max(getattr(self, "end", 0),
-                           max([*self.tokens, *info.positions], default=self.n_prompt) + 1 + info.n_masked_left)
-            self._draw(f"[block {info.block_index} start]")
+            self._draw(f"[block {info.block_index} start]")    # before this step's commits
         for pos, tok in zip(info.positions, info.tokens):
             self.tokens[pos] = tok
-        # up to the active block: what is decided so far plus the masks still open in it
-        self.end = max(getattr(self, "end", 0), max(self.tokens, default=self.n_prompt) + 1 + info.n_masked_left)
         self._draw(f"[block {info.block_index} step {info.step}]")
 
     def _draw(self, label: str) -> None:
@@ -232,6 +284,11 @@ class _Visual:
 
 
 def cmd_generate(args) -> int:
+    if args.prompt is not None and args.prompt_text is not None:
+        raise LlamaDiffError("give the prompt once: as PROMPT or as -p PROMPT")
+    args.prompt = args.prompt if args.prompt is not None else args.prompt_text
+    if args.prompt is None:
+        raise LlamaDiffError("no prompt: llamadiff generate \"sort 93715=\" (or -p PROMPT)")
     gen = _generator(args)
     if args.chat and gen.chat_template is None:
         raise LlamaDiffError(NO_CHAT_TEMPLATE)
@@ -256,11 +313,8 @@ def cmd_generate(args) -> int:
             visual.finish()
         if not args.json:
             print(result.text)
-        if args.model is None and (not result.text.strip() or result.stop_reason == "length"):
-            # an empty or run-on answer from the shipped model: it only knows its five tasks
-            print("llamadiff: note: the shipped model only knows five small tasks (47+38=, sort 93715=, "
-                  "rev python=, copy k9x2=, a1b7c4:b=); other prompts give noise. Pass -m model.gguf "
-                  "for a real model.", file=sys.stderr)
+        if _shipped(args) and (not result.text.strip() or result.stop_reason == "length"):
+            print(_shipped_hint(), file=sys.stderr)    # an empty or run-on answer from a shipped model
     if args.json:
         print(json.dumps({"text": result.text, "tokens": result.tokens, "stop_reason": result.stop_reason,
                           "prompt_tokens": result.prompt_tokens, "stats": result.stats}))
@@ -273,7 +327,7 @@ def cmd_chat(args) -> int:
         raise LlamaDiffError(NO_CHAT_TEMPLATE)
     opts = _generation_options(args)
     history = [{"role": "system", "content": args.system}] if args.system else []
-    print("llamadiff chat: Ctrl-D or /exit to leave, Ctrl-C to interrupt an answer, /reset to clear.")
+    print("llamadiff chat: " + CHAT_HELP)
     while True:
         try:
             line = input("> ")
@@ -288,6 +342,12 @@ def cmd_chat(args) -> int:
         if line.strip() == "/reset":
             history = history[:1] if args.system else []
             continue
+        if line.strip() in ("/help", "/?"):
+            print(CHAT_HELP)
+            continue
+        if line.strip().startswith("/") and " " not in line.strip():
+            print(f"unknown command {line.strip()}; {CHAT_HELP}")
+            continue
         if not line.strip():
             continue
         history.append({"role": "user", "content": line})
@@ -299,6 +359,8 @@ def cmd_chat(args) -> int:
             if chunk.stop_reason == "interrupted":
                 sys.stdout.write(" [interrupted]")
         sys.stdout.write("\n")
+        if _shipped(args) and not reply.strip():
+            print(_shipped_hint(), file=sys.stderr)
         history.append({"role": "assistant", "content": reply})
 
 
@@ -306,18 +368,19 @@ def cmd_info(args) -> int:
     from llamadiff import default_model
     from llamadiff._core import Model
 
-    if args.model is None:
-        args.model = default_model("block")
+    shipped = args.model is None or args.model in SHIPPED
+    args.model = _model_path(args.model)
     model = Model(args.model)        # memory-mapped: cheap even for large files
     mask = model.mask_token_id
     meta = model.metadata
+    problem = None if model.is_diffusion else model.block_diffusion_problem
+    params = model.n_params
+    size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
     info = {
         "path": os.path.abspath(args.model),
         "architecture": model.architecture,
         "family": model.family,
-        # why a causal model with a mask token cannot run block diffusion (None: it can)
-        "block_diffusion_problem": None if model.is_diffusion else model.block_diffusion_problem,
-        "description": model.description,
+        "description": f"{model.architecture}, {size} parameters, {model.file_type}",
         "file_type": model.file_type,
         "n_vocab": model.n_vocab,
         "n_ctx_train": model.n_ctx_train,
@@ -329,29 +392,46 @@ def cmd_info(args) -> int:
         "weights_bytes": model.size,
         "mask_token": None if mask is None else {"id": mask, "text": model.token_to_piece(mask)},
         "eog_tokens": {t: model.token_to_piece(t) for t in model.eog_token_ids},
-        "block_length": meta.get("diffusion.block_length"),
-        "shift_logits": meta.get("diffusion.shift_logits"),
+        "block_length": _int_or_none(meta.get("diffusion.block_length")),
+        "shift_logits": None if meta.get("diffusion.shift_logits") is None else
+        str(meta.get("diffusion.shift_logits")).lower() in ("true", "1"),
         "chat_template": model.chat_template,
         "file_size": os.path.getsize(args.model),
     }
+    # why a causal model with a mask token cannot run block diffusion (null: it can; left out of
+    # the text form then)
+    info["block_diffusion_problem"] = problem
+    if shipped:
+        from llamadiff.tasks import KNOWN
+        info["knows"] = KNOWN
     if args.json:
         print(json.dumps(info))
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
+        if value is None and key == "block_diffusion_problem":
+            continue
         if key == "chat_template" and value:
             value = value if len(value) < 200 else value[:200] + " ..."
         print(f"{key:<{width}}  {value}")
     return 0
 
 
+def _int_or_none(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def cmd_bench(args) -> int:
     from llamadiff import bench
 
-    if not args.quick:
-        print("llamadiff bench: the full run takes about 26 minutes on 2 cores (one line per block "
-              "length as it finishes); --quick takes a few minutes", file=sys.stderr, flush=True)
+    print(f"llamadiff bench: {'about 2' if args.quick else 'about 25'} minutes on 2 idle cores; one line per "
+          "run as it finishes", file=sys.stderr, flush=True)
     argv = (["--quick"] if args.quick else []) + ["--blocks", args.blocks]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
     if args.out:
         argv += ["--out", args.out]
     return bench.main(argv)
@@ -401,9 +481,17 @@ COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "bench
             "convert": cmd_convert, "fuse": cmd_fuse, "rpc-server": cmd_rpc_server, "serve": cmd_serve}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"llamadiff: warning: {message}", file=sys.stderr)      # one line, as errors are
+
+
 def main(argv: Optional[list] = None) -> int:
+    import warnings
+    warnings.showwarning = _show_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:                              # named by the subcommand, against its own flags
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except (LlamaDiffError, OSError, ValueError, TypeError, RuntimeError, ImportError) as exc:

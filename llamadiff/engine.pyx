@@ -25,15 +25,19 @@ from llamadiff.policy cimport RemaskPolicy, StepView
 
 class StepInfo:
     """What a step callback sees after each denoising step of a sequence."""
-    __slots__ = ("block_index", "step", "positions", "tokens", "n_masked_left", "index")
+    __slots__ = ("block_index", "step", "positions", "tokens", "n_masked_left", "index", "block_start",
+                 "block_end")
 
-    def __init__(self, block_index, step, positions, tokens, n_masked_left, index=None):
+    def __init__(self, block_index, step, positions, tokens, n_masked_left, index=None, block_start=None,
+                 block_end=None):
         self.block_index = block_index
         self.step = step
         self.positions = positions          # absolute positions committed at this step
         self.tokens = tokens                # the tokens committed there
         self.n_masked_left = n_masked_left  # masks left in the active block (region)
         self.index = index                  # the prompt's index in a batch (None: one prompt)
+        self.block_start = block_start      # the active block's absolute positions [start, end)
+        self.block_end = block_end
 
     def __repr__(self):
         return (f"StepInfo(block={self.block_index}, step={self.step}, committed={len(self.positions)}, "

@@ -47,3 +47,9 @@ class CudaUnavailableError(CudaError):
 class GeneratorClosedError(LlamaDiffError, RuntimeError):
     """The Generator was closed: a call made afterwards, or one that was running (or a
     ``stream()`` being iterated) in another thread when ``close()`` was called."""
+
+
+class TrainedLengthWarning(UserWarning):
+    """A generation longer than the model was trained on (its context length, or for a
+    full-diffusion model the sequence length it learned to denoise): it runs, but the output is
+    likely noise."""

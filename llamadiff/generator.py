@@ -23,6 +23,7 @@ import os
 import struct
 import threading
 import time
+import warnings
 import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -33,7 +34,7 @@ from llamadiff._core import Context, Model, default_threads
 from llamadiff.engine import Scheduler, StepInfo
 from llamadiff.policy import RemaskPolicy, STRATEGIES
 from llamadiff.chat import check_template
-from llamadiff.errors import DecodeAborted, GeneratorClosedError, UnsupportedModelError
+from llamadiff.errors import DecodeAborted, GeneratorClosedError, TrainedLengthWarning, UnsupportedModelError
 from llamadiff.samplers import make_row_sampler
 
 __all__ = ["Generator", "GenerationConfig", "GenerationResult", "StreamChunk", "StepInfo"]
@@ -172,7 +173,8 @@ class GenerationConfig:
 
     max_new_tokens: Optional[int] = _option(
         None, "tokens to generate at most (default: the model's -- its GGUF's diffusion.gen_length, or "
-        "what diffusion.seq_length leaves after the prompt -- else 256)", flags=("-n", "--max-new-tokens"),
+        "what diffusion.seq_length leaves after the prompt -- else 256)",
+        flags=("-n", "--max-new-tokens", "--max-tokens", "--n-predict"),
         minimum=1)
     block_length: Optional[int] = _option(
         None, "block length (block diffusion default: the model's diffusion.block_length, else 4; full "
@@ -182,8 +184,9 @@ class GenerationConfig:
         None, "block diffusion: steps per block (default: block length); full diffusion: total steps "
         "(default: one per new token)", flags=("-s", "--steps", "--diffusion-steps"), minimum=1)
     strategy: Union[str, RemaskPolicy] = _option(
-        "low_confidence_dynamic", "remasking policy of block diffusion (a RemaskPolicy object drives "
-        "either family)", choices=tuple(STRATEGIES), group="block")
+        "low_confidence_dynamic", "remasking policy of block diffusion (default low_confidence_dynamic: every "
+        "position above --threshold at once; low_confidence_static: the schedule's count per step; a "
+        "RemaskPolicy object drives either family)", choices=tuple(STRATEGIES), group="block")
     threshold: Optional[float] = _option(
         None, "confidence threshold: low_confidence_dynamic (default 0.85) or --parallel threshold "
         "(default 0.9)", bounds=(0.0, 1.0, "(]"))
@@ -257,6 +260,22 @@ class GenerationConfig:
                     raise TypeError(f"stop entries must be non-empty strings or token ids, got {item!r}")
                 if isinstance(item, str) and len(item) > MAX_STOP_CHARS:
                     raise ValueError(f"a stop string of {len(item)} characters; at most {MAX_STOP_CHARS}")
+
+
+def options_table() -> str:
+    """Every generation option as a Markdown table (docs/GENERATION.md holds it; a test keeps the
+    two equal): name, the family it is for, its default, its command-line flags and its help."""
+    rows = ["| option | for | default | command line | what it does |", "|---|---|---|---|---|"]
+    for f in dataclasses.fields(GenerationConfig):
+        meta = f.metadata
+        family = {"block": "block diffusion", "full": "full diffusion"}.get(meta["group"], "both")
+        default = "`None`" if f.default is None else f"`{f.default!r}`"
+        if meta["cli"] is None:
+            flags = "(API only)"
+        else:
+            flags = ", ".join(f"`{x}`" for x in (meta["flags"] or ("--" + f.name.replace("_", "-"),)))
+        rows.append(f"| `{f.name}` | {family} | {default} | {flags} | {meta['help']} |")
+    return "\n".join(rows)
 
 
 def option_fields() -> list:
@@ -713,6 +732,19 @@ class Generator:
             cfg = cfg.replace(max_new_tokens=self.default_max_new_tokens(n_prompt))
         return self._family.resolve(self, cfg)
 
+    def _warn_if_longer_than_trained(self, n_prompt: int, n_new: int) -> None:
+        """A TrainedLengthWarning when prompt + generation exceed what the model learned: its
+        context length, or a full-diffusion model's ``diffusion.seq_length``."""
+        n = n_prompt + n_new
+        trained = self._model_int("diffusion.seq_length") if self._family.name == "full" else None
+        what = "sequences of"
+        if trained is None:
+            trained, what = self.model.n_ctx_train, "a context of"
+        if trained and n > trained:
+            warnings.warn(f"prompt ({n_prompt} tokens) + max_new_tokens ({n_new}) = {n} positions, but this "
+                          f"model ({os.path.basename(self.model.path)}) was trained on {what} {trained}: "
+                          "expect noise", TrainedLengthWarning, stacklevel=_caller_level())
+
     def _check_open(self) -> None:
         if self._closing.is_set():
             raise GeneratorClosedError("this Generator is closed; make a new one (it can share the Model)")
@@ -865,6 +897,7 @@ class Generator:
                 toks = self.prompt_tokens(prompt, chat=chat)
                 cfgs[index] = self._config(config, options, len(toks)) if per_prompt else cfg
                 self._family.check_prompt(self, cfgs[index], toks, single)
+                self._warn_if_longer_than_trained(len(toks), cfgs[index].max_new_tokens)
                 ids[index] = toks
             except (ValueError, TypeError) as exc:
                 if single:
@@ -913,8 +946,9 @@ class Generator:
                     if cfg.callback is not None:
                         for seq in stepped:
                             positions, tokens = seq.last_step()
+                            start, end = seq.region_bounds(seq.step_region)
                             info = StepInfo(seq.step_region, seq.step_index, positions, tokens,
-                                            seq.step_left, tag(running[seq].index))
+                                            seq.step_left, tag(running[seq].index), start, end)
                             if cfg.callback(info) is False:
                                 halted = "cancelled"     # a callback returned False: stop after this step
                     for seq in finished:
@@ -1037,6 +1071,17 @@ class Generator:
             parts["python_ms"] = max(0.0, wall_ms - sum(parts.values()))
             stats["profile"] = parts
         return stats
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside llamadiff (a warning points at the
+    user's call, through generators and helpers)."""
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _CLOSED_WHILE_RUNNING = "the Generator was closed (close() from another thread) while this call ran"

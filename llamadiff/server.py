@@ -22,6 +22,8 @@ its request. Built on FastAPI and uvicorn (the web stack of llama-cpp-python's s
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
 from typing import Any, Dict, List, Optional, Union
@@ -214,7 +216,11 @@ class _RequestLimits:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or ()).get(b"content-length")
+        headers = dict(scope.get("headers") or ())
+        if scope.get("method") == "POST" and b"content-type" not in headers:
+            # a client that names no content type (curl -d, some scripts) sends JSON all the same
+            scope = dict(scope, headers=[*scope.get("headers", ()), (b"content-type", b"application/json")])
+        length = headers.get(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
@@ -391,6 +397,22 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     async def _http_error(request: Request, exc: _HTTPError):
         return JSONResponse(_error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
 
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException):
+        # routing's own errors (404, 405) in OpenAI's error shape too
+        if exc.status_code == 404:
+            message = (f"no such endpoint: {request.method} {request.url.path} (this server has /v1/completions, "
+                       "/v1/chat/completions, /v1/models and /health)")
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(_error_body(message, "invalid_request_error", code=code), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         return JSONResponse(_error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
@@ -404,7 +426,10 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         where = ".".join(loc)
         message = first.get("msg", "invalid request")
         if first.get("type") == "extra_forbidden":
-            message = f"unknown field {where!r}"
+            import difflib
+            known = sorted(ChatRequest.model_fields if "/chat/" in request.url.path else CompletionRequest.model_fields)
+            close = difflib.get_close_matches(loc[-1] if loc else where, known, n=1, cutoff=0.6)
+            message = f"unknown field {where!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
         elif first.get("type") == "json_invalid":
             message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
             where = ""
@@ -441,7 +466,8 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         except EngineClosedError as exc:
             raise _HTTPError(503, str(exc), "server_error", code="shutting_down")
         except (ValueError, TypeError, LlamaDiffError) as exc:
-            raise _HTTPError(400, str(exc))
+            # the API's names: a request says max_tokens where the library says max_new_tokens
+            raise _HTTPError(400, str(exc).replace("max_new_tokens", "max_tokens"))
 
     async def run(http: Request, prompt, chat: bool, opts: dict, stream: bool, include_usage: bool,
                   kind: str):
@@ -548,8 +574,15 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
                                             "owned_by": "llamadiff", "limits": limits}]}
 
+    def served(body) -> None:
+        # a client naming another model gets OpenAI's answer for one it does not have (404)
+        if body.model is not None and body.model != name:
+            raise _HTTPError(404, f"the model {body.model!r} is not served here; this server serves {name!r} "
+                                  "(GET /v1/models)", param="model", code="model_not_found")
+
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, http: Request):
+        served(body)
         opts = _options(body, None, eog)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
@@ -561,6 +594,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatRequest, http: Request):
+        served(body)
         if not body.messages:
             raise _HTTPError(400, "messages is empty", param="messages")
         if engine.generator.chat_template is None:
@@ -627,6 +661,10 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
     sys.setswitchinterval(0.0005)
     engine = Engine(model, n_parallel=n_parallel, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
                     n_gpu_layers=n_gpu_layers, chat_template=chat_template)
+    m = engine.model
+    print(f"llamadiff serve: {m.path} ({m.architecture}, {m.family} diffusion, {m.n_params / 1e6:.1f}M parameters) "
+          f"as {model_name or os.path.basename(m.path)!r}, {n_parallel} slots, n_ctx {n_ctx}, on "
+          f"http://{host}:{port}", file=sys.stderr, flush=True)
     try:
         app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True,
                          max_block_length=max_block_length, max_tokens=max_tokens, max_steps=max_steps,

@@ -23,6 +23,13 @@ import zlib
 
 TASKS = ("add", "sort", "rev", "copy", "get")
 
+# what the tiny shipped models know, at the sizes they were trained on (``make`` below); other
+# sizes and other text give noise: "2+2=" (one-digit operands) an empty answer, "sort 321="
+# (three digits) a wrong one
+KNOWN = ("sums of two two-digit numbers (47+38=), sorting 4 to 6 digits (sort 93715=), reversing 4 to 6 "
+         "letters (rev python=), copying 3 to 6 letters or digits (copy k9x2=), and lookups among three "
+         "key-digit pairs of the letters a-h (a1b7c4:b=)")
+
 
 def chat_template(bos: bool) -> str:
     """The tiny models' chat template (their GGUFs' ``tokenizer.chat_template``): the latest

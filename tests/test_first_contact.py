@@ -44,9 +44,12 @@ def test_eval_refuses_zero_examples_and_prints_its_table_once():
 
 def test_bench_says_how_long_it_takes(monkeypatch, capsys):
     from llamadiff import bench, cli as cli_module
-    monkeypatch.setattr(bench, "main", lambda argv: 0)
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
     assert cli_module.main(["bench"]) == 0
-    assert "26 minutes" in capsys.readouterr().err
+    assert "about 25 minutes" in capsys.readouterr().err
+    assert cli_module.main(["bench", "--quick", "-t", "1"]) == 0
+    assert "about 2 minutes" in capsys.readouterr().err and seen[-1][-2:] == ["--threads", "1"]
 
 
 def test_progress_bar_ends_where_generation_stopped(capsys):
@@ -119,9 +122,15 @@ def test_gen_length_key(tmp_path):
 
 def test_the_shipped_model_says_what_it_knows():
     out = cli("generate", "-p", "2+2=", "-t", "1")
-    assert out.returncode == 0 and "only knows five small tasks" in out.stderr
+    assert out.returncode == 0 and "know five small tasks only" in out.stderr
+    assert "two two-digit numbers" in out.stderr and "sorting 4 to 6 digits" in out.stderr
     good = cli("generate", "-p", "47+38=", "-t", "1")
     assert good.stdout.strip() == "85" and "five small tasks" not in good.stderr
+    info = cli("info")
+    assert "knows" in info.stdout and "two two-digit numbers" in info.stdout
+    chat = subprocess.run([sys.executable, "-m", "llamadiff", "chat", "-t", "1"], input="2+2=\n",
+                          capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and "know five small tasks only" in chat.stderr
 
 
 def test_steps_key(tmp_path):
@@ -182,3 +191,80 @@ def test_a_model_steps_default_fits_the_schedule(tmp_path):
     with Generator(path, n_ctx=512, n_threads=1) as gen:
         assert gen.generate("hi", max_new_tokens=128, stop=[]).stats["steps"] == 4          # 4 blocks of 32
         assert gen.generate("hi", max_new_tokens=8, block_length=4, stop=[]).stats["steps"] == 3
+
+
+
+def test_cli_takes_the_names_users_reach_for():
+    """--max-tokens / --n-predict (the API's and llama.cpp's names), a positional prompt, and
+    -m block / -m full for the shipped models."""
+    assert cli("generate", "sort 93715=", "--max-tokens", "3", "-t", "1").stdout.strip() == "135"
+    assert cli("generate", "-p", "47+38=", "--n-predict", "1", "-t", "1").stdout.strip() == "8"
+    assert cli("generate", "-m", "full", "sort 93715=", "-t", "1").stdout.strip() == "13579"
+    assert cli("generate", "-m", "block", "rev python=", "-t", "1").stdout.strip() == "nohtyp"
+    both = cli("generate", "-p", "a", "b")
+    assert both.returncode == 1 and "give the prompt once" in both.stderr
+    none = cli("generate")
+    assert none.returncode == 1 and "no prompt" in none.stderr
+    info = cli("info", "full", "--json")
+    import json
+    data = json.loads(info.stdout)
+    assert data["family"] == "full" and isinstance(data["n_vocab"], int)
+    assert data["block_diffusion_problem"] is None and "?B" not in data["description"]
+    assert "block_diffusion_problem" not in cli("info", "full").stdout
+    assert isinstance(cli("info", "--json").stdout and json.loads(cli("info", "--json").stdout)["block_length"], int)
+
+
+@pytest.mark.parametrize("args,where,suggestion", [
+    (("generate", "--max-tokns", "4", "x"), "llamadiff generate", "--max-tokens"),
+    (("serve", "--prot", "9"), "llamadiff serve", "--port"),
+    (("info", "--jsn"), "llamadiff info", "--json"),
+    (("bench", "--quik"), "llamadiff bench", "--quick"),
+])
+def test_a_wrong_flag_is_one_line_with_the_command_and_a_suggestion(args, where, suggestion):
+    out = cli(*args)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{where}: error:"), out.stderr
+    assert f"did you mean {suggestion}?" in lines[0]
+
+
+def test_help_texts_say_what_each_flag_does():
+    for command, flags in (("serve", ["--port", "--max-tokens", "--read-timeout", "--drain-seconds"]),
+                           ("bench", ["--quick", "--blocks", "--threads"]), ("info", ["--json"]),
+                           ("convert", ["--outtype", "--fuse"]), ("generate", ["--strategy"])):
+        text = " ".join(cli(command, "--help").stdout.split())
+        for flag in flags:
+            after = text.split(flag, 1)[1][:200]
+            assert len(after.split()) > 3, (command, flag, after)     # a help text, not just the flag
+    assert "default low_confidence_dynamic" in " ".join(cli("generate", "--help").stdout.split())
+
+
+def test_visual_shows_each_block_with_exactly_its_masks():
+    out = cli("generate", "sort 93715=", "--visual", "--strategy", "low_confidence_static", "-t", "1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    starts = [ln for ln in lines if "start]" in ln]
+    # "sort 93715=" ends inside block 2; block 3 starts with its 4 positions masked
+    assert starts[-1].endswith("13" + "\u2591" * 4), starts
+    steps = [ln for ln in lines if "[block 3 step" in ln]
+    assert [ln.split("] ")[1].count("\u2591") for ln in steps] == [3, 2, 1, 0]
+    assert lines[-1] == "13579"
+
+
+def test_chat_help_is_not_sent_to_the_model():
+    proc = subprocess.run([sys.executable, "-m", "llamadiff", "chat", "-t", "1"], input="/help\n/nope\n47+38=\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("/reset") >= 2 and "unknown command /nope" in proc.stdout
+    assert "85" in proc.stdout
+
+
+def test_a_prompt_longer_than_the_model_learned_warns(recwarn):
+    from llamadiff.errors import TrainedLengthWarning
+    with Generator(default_model("full"), n_ctx=512, n_threads=1) as gen:
+        gen.generate("sort 93715=", max_new_tokens=6)
+        assert not [w for w in recwarn if issubclass(w.category, TrainedLengthWarning)]
+        with pytest.warns(TrainedLengthWarning, match="trained on sequences of 24"):
+            gen.generate("sort 93715= " * 10)
+    out = cli("generate", "-m", "full", "sort 93715= " * 10, "-t", "1")
+    assert "llamadiff: warning: prompt (111 tokens)" in out.stderr

@@ -68,7 +68,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server():
-    srv = Server("--api-key", KEY, "--n-parallel", "8", "--max-queue", "64", "--max-tokens", "2048")
+    srv = Server("--api-key", KEY, "--n-parallel", "8", "--max-queue", "64", "--max-tokens", "2048", "--model-name", "m")
     yield srv
     srv.stop()
 
@@ -79,18 +79,18 @@ def client(server):
 
 
 def test_completion_answers_and_counts(client):
-    res = client.completions.create(model="any", prompt="sort 93715=", max_tokens=16)
+    res = client.completions.create(model="m", prompt="sort 93715=", max_tokens=16)
     assert res.choices[0].text == "13579" and res.choices[0].finish_reason == "stop"
     assert res.usage.completion_tokens == 5 and res.usage.prompt_tokens > 0
     assert res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
     # diffusion options under their own names
-    res = client.completions.create(model="any", prompt="47+38=", max_tokens=16,
+    res = client.completions.create(model="m", prompt="47+38=", max_tokens=16,
                                     extra_body={"block_length": 4, "steps": 4, "strategy": "sequential"})
     assert res.choices[0].text == "85"
 
 
 def test_streaming_in_openai_chunks(client, server):
-    stream = client.completions.create(model="any", prompt="sort 93715=", max_tokens=16, stream=True,
+    stream = client.completions.create(model="m", prompt="sort 93715=", max_tokens=16, stream=True,
                                        stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -103,9 +103,9 @@ def test_streaming_in_openai_chunks(client, server):
 
 
 def test_chat_completion_applies_the_template(client):
-    res = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    res = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
     assert res.choices[0].message.role == "assistant" and res.object == "chat.completion"
-    stream = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}],
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
                                             max_tokens=8, stream=True)
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -114,8 +114,8 @@ def test_chat_completion_applies_the_template(client):
 
 def test_models_and_health(client, server):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["block-tiny.gguf"]
-    assert server.health()["status"] == "ok"
+    assert ids == ["m"]                              # --model-name (default: the file name)
+    assert server.health()["status"] == "ok" and server.health()["model"] == "m"
 
 
 @pytest.mark.parametrize("body, status, fragment", [
@@ -123,7 +123,7 @@ def test_models_and_health(client, server):
     ({"prompt": "x", "bogus": 1}, 400, "unknown field 'bogus'"),
     ({"prompt": "x", "temperature": -1}, 400, "temperature"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p"),
-    ({"prompt": "x", "max_tokens": 0}, 400, "max_new_tokens"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     ({"prompt": "x", "strategy": "nope"}, 400, "strategy"),
     ({"prompt": "x", "n": 2}, 400, "n must be 1"),
     ({"prompt": "x " * 3000, "max_tokens": 16}, 400, "n_ctx"),
@@ -241,6 +241,7 @@ def test_sigterm_with_requests_in_flight_answers_every_one(model, tmp_path):
     holds no traceback."""
     from llamadiff import default_model
     srv = Server("-m", default_model(model), "--n-parallel", "8", "--max-queue", "64", "--drain-seconds", "1",
+                 "--model-name", "m",
                  "--max-tokens", "2048")
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
@@ -469,3 +470,34 @@ def test_every_request_field_with_hostile_values_gets_200_or_4xx(strict):
                     assert "error" in res.json(), (field, value, res.text)
     assert statuses[200] > 20 and sum(v for k, v in statuses.items() if k != 200) > 200
     assert strict.health()["status"] == "ok"
+
+
+def test_every_error_has_the_openai_shape(server):
+    """404s, a body sent without a content type, the API's own names in messages, suggestions
+    for unknown fields, and an unknown model: each an OpenAI error body."""
+    h = {"Authorization": f"Bearer {KEY}"}
+    res = httpx.get(server.url + "/v1/nope", headers=h, timeout=10)
+    assert res.status_code == 404 and res.json()["error"]["code"] == "not_found" and "detail" not in res.json()
+    res = httpx.get(server.url + "/v1/completions", headers=h, timeout=10)
+    assert res.status_code == 405 and res.json()["error"]["code"] == "method_not_allowed"
+    # no Content-Type: read as JSON all the same (curl -d does not set one)
+    res = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "47+38=", "max_tokens": 4}',
+                     headers=h, timeout=60)
+    assert res.status_code == 200 and res.json()["choices"][0]["text"] == "85"
+    res = httpx.post(server.url + "/v1/completions", content=b"not json", headers=h, timeout=10)
+    assert res.status_code == 400 and "not valid JSON" in res.json()["error"]["message"]
+    res = server.post("/v1/completions", {"prompt": "x", "max_tokens": -1})
+    message = res.json()["error"]["message"]
+    assert res.status_code == 400 and "max_tokens" in message and "max_new_tokens" not in message
+    res = server.post("/v1/completions", {"prompt": "x", "temprature": 0.5})
+    assert res.status_code == 400 and "did you mean 'temperature'?" in res.json()["error"]["message"]
+    res = server.post("/v1/completions", {"prompt": "x", "model": "nope"})
+    err = res.json()["error"]
+    assert res.status_code == 404 and err["code"] == "model_not_found" and "'m'" in err["message"]
+    assert server.post("/v1/completions", {"prompt": "47+38=", "model": "m"}).status_code == 200
+
+
+def test_serve_says_which_model_it_serves():
+    srv = Server("--n-parallel", "1")
+    srv.stop()
+    assert "llamadiff serve: " in srv.log and "block-tiny.gguf (qwen3, block diffusion" in srv.log
