@@ -86,8 +86,9 @@ def main(argv=None) -> int:
     lines.append("")
     print("\n".join(lines))
     if args.out:
-        write_section(Path(args.out), f"batch-{args.device}", lines)
         plot_path = Path(args.plot) if args.plot else Path(args.out).with_name(f"batch-scaling-{args.device}.png")
+        lines += [f"![committed tok/s against parallel sequences]({plot_path.name})", ""]
+        write_section(Path(args.out), f"batch-{args.device}", lines)
         try:
             import matplotlib
             matplotlib.use("Agg")

@@ -314,8 +314,9 @@ def main(argv=None) -> int:
     lines = report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, time.time() - t_start)
     print("\n".join(lines))
     if args.out:
-        write_section(Path(args.out), args.suite, lines)
         plot_path = Path(args.plot) if args.plot else Path(args.out).with_name(f"benchmarks-{args.suite}.png")
+        lines += ["", f"![tok/s against block length and generated length, suite {args.suite}]({plot_path.name})"]
+        write_section(Path(args.out), args.suite, lines)
         title = (f"llamadiff, suite {args.suite}: random qwen3 ({cfg['shape']['n_layer']} layers, "
                  f"{cfg['shape']['n_embd']} wide), {args.device}, {args.threads} threads")
         if plot(plot_path, rows, lengths, torch_ok, title):
@@ -331,7 +332,8 @@ def report(args, cfg, runs, rows, lengths, quant, cli, rss, torch_ok, elapsed) -
         f"### Harness, suite `{args.suite}` ({time.strftime('%Y-%m-%d')}, commit {git_commit()})",
         "",
         f"Command: `python benchmarks/run.py --suite {args.suite} --device {args.device}"
-        f"{' --runs ' + str(args.runs) if args.runs else ''}{' --out ' + args.out if args.out else ''}`. "
+        f"{' --runs ' + str(args.runs) if args.runs else ''}{' --no-cli' if args.no_cli else ''}"
+        f"{' --out ' + os.path.relpath(args.out, ROOT) if args.out else ''}`. "
         f"Machine: {machine()}, {args.threads} threads, device {args.device}. llama.cpp commit 0c1e570 "
         f"(library version {llamadiff.llama_cpp_version()}, from the sdist llama-cpp-python 0.3.36). Wall time of the whole run: {elapsed / 60:.1f} min.",
         "",
