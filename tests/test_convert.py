@@ -20,6 +20,8 @@ from llamadiff.testing import hf_tensor_name, read_model  # noqa: E402
 
 from numpy_reference import block_causal_allowed, forward  # noqa: E402
 
+pytestmark = pytest.mark.slow     # the quick subset leaves it out (README: -m "not slow")
+
 
 @pytest.fixture(scope="module")
 def sdar_dir(tmp_path_factory):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow     # the quick subset leaves it out (README: -m "not slow")
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

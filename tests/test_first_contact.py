@@ -268,3 +268,10 @@ def test_a_prompt_longer_than_the_model_learned_warns(recwarn):
             gen.generate("sort 93715= " * 10)
     out = cli("generate", "-m", "full", "sort 93715= " * 10, "-t", "1")
     assert "llamadiff: warning: prompt (111 tokens)" in out.stderr
+
+
+def test_the_readme_batch_snippet_answers_as_written():
+    gen = Generator(n_threads=1)
+    results = gen.generate(["12+34=", "sort 4817=", "rev block="], n_parallel=8, max_new_tokens=16)
+    assert [r.text for r in results] == ["46", "1478", "kcolb"]
+    gen.close()

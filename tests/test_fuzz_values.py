@@ -7,7 +7,11 @@ dream, rnd1, qwen2, llama, bailingmoe2), the RoPE-scaling keys and per-layer arr
 same for every generation option and Generator argument (about 1,100 more).
 """
 
+import pytest
+
 import fuzz_values
+
+pytestmark = pytest.mark.slow     # the quick subset leaves it out (README: -m "not slow")
 
 
 def test_every_hostile_value_ends_cleanly():

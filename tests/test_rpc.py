@@ -21,6 +21,8 @@ try:
 except FileNotFoundError:
     HAVE_SERVER = False
 
+pytestmark = pytest.mark.slow     # the quick subset leaves it out (README: -m "not slow")
+
 needs_server = pytest.mark.skipif(not HAVE_SERVER, reason="built without the RPC backend (LLAMADIFF_RPC=0)")
 
 

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow     # the quick subset leaves it out (README: -m "not slow")
+
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -501,3 +503,19 @@ def test_serve_says_which_model_it_serves():
     srv = Server("--n-parallel", "1")
     srv.stop()
     assert "llamadiff serve: " in srv.log and "block-tiny.gguf (qwen3, block diffusion" in srv.log
+
+
+def test_memory_levels_off_under_a_hostile_battery():
+    """benchmarks/server_battery.py, three rounds of its 769 requests (hostile fields, malformed
+    and 5 / 50 MB bodies, completions, cut streams, caps): no 500, and the resident memory stops
+    growing after the first round (a leak would add about the same every round)."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "server_battery.py")
+    proc = subprocess.run([sys.executable, script, "--rounds", "3", "--json"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    rounds = report["rounds"]
+    assert all(500 not in r["answers"] and "500" not in r["answers"] for r in rounds[1:]), rounds
+    rss = [r["rss_kib"] for r in rounds]
+    assert rss[3] - rss[2] < 8 * 1024, rss          # KiB: under 8 MiB from round 2 to round 3
+    assert report["health"]["status"] == "ok"
