@@ -43,7 +43,7 @@ def _floor(spec):
         key = json.dumps(opts, sort_keys=True)
         if key not in schedules:      # the decode schedule of this configuration, once
             schedules[key] = gen.generate(spec["prompt"], stop=[], **opts).stats
-        ms = floor_run(gen._ctx, schedules[key], opts["block_length"])
+        ms = floor_run(gen.contexts.single, schedules[key], opts["block_length"])
         return {"wall_ms": ms, "tokens": None}
     return run
 

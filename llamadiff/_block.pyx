@@ -29,7 +29,6 @@ from llamadiff._core cimport Context, Model
 from llamadiff._core import _has_cuda_device
 from llamadiff.engine cimport Sequence
 from llamadiff.policy cimport RemaskPolicy
-from llamadiff.policy import make_policy
 
 
 cdef inline int transfer_count(int block_length, int steps, int step) noexcept nogil:
@@ -219,109 +218,6 @@ cdef class BlockSequence(Sequence):
         return 0
 
     cdef int end_step(self) except -1:
-        cdef int left = self.n_masked - <int> self.step_positions.size()
-        self.step_region, self.step_index, self.step_left = self.region, self.step, left
-        self.step += 1
-        self.region_done = left == 0 or (self.step >= self.steps and not self.policy.adaptive)
-        if self.region_done:
-            self.steps_per_region.append(self.step)
-            self.region += 1
-            self.step = 0
-            self.store_pending = self.use_cache
+        if Sequence.end_step(self):
+            self.store_pending = self.use_cache      # the finished block's KV goes in with the next step
         return self.region_done
-
-
-class BlockFamily:
-    """Block diffusion (SDAR family) for the Generator: option defaults and rules, the
-    sequence of a prompt, the contexts it needs. (``llamadiff.generator.FAMILIES``)"""
-    name = "block"
-    # a single sequence may sample on the device (sampler="backend": only its own rows)
-    device_sampling = True
-
-    def resolve(self, gen, cfg):
-        """The block length (the model's trained one by default), steps, cache and threshold."""
-        block = cfg.block_length or gen.default_block_length
-        if 2 * block > gen.n_ctx:
-            raise ValueError(f"block_length={block} needs n_ctx >= {2 * block} (a step decodes the "
-                             f"finished block and the next one together); this Generator has "
-                             f"n_ctx={gen.n_ctx}")
-        # the model's diffusion.steps (steps per block) where given, never above the block
-        steps = cfg.steps or min(gen.default_steps or block, block)
-        if steps > block:
-            raise ValueError(f"steps ({steps}) cannot exceed block_length ({block}): each step "
-                             "commits at least one token")
-        cache = cfg.cache
-        if cache is None or cache == "none":
-            cache = cache is None
-        elif not isinstance(cache, bool):
-            raise ValueError(f"cache={cache!r} is for full-diffusion models; block diffusion "
-                             "takes cache=True (exact KV cache) or False")
-        if cfg.eps is not None:
-            raise ValueError("eps (a timestep schedule) is for full-diffusion models; "
-                             "block diffusion uses block_length")
-        threshold = 0.85 if cfg.threshold is None else cfg.threshold
-        shift = cfg.shift_logits
-        if shift is None:
-            # block-diffusion checkpoints predict each position from its own row (SDAR) unless
-            # the GGUF says otherwise (Fast-dLLM v2 conversions write diffusion.shift_logits)
-            shift = gen.model_flag("diffusion.shift_logits", False)
-        # None is decided per context (BlockSequence.bind): on for one sequence on a GPU
-        if cfg.fixed_step_shape and (not cache or shift):
-            raise ValueError(FIXED_SHAPE_NEEDS)
-        return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold,
-                           shift_logits=shift)
-
-    def positions(self, cfg, int n_prompt):
-        """Positions a sequence occupies: whole blocks."""
-        cdef int B = cfg.block_length
-        return (n_prompt + cfg.max_new_tokens + B - 1) // B * B
-
-    def check_prompt(self, gen, cfg, ids, bint single):
-        total = self.positions(cfg, len(ids))
-        if total > gen.n_ctx:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}), "
-                             f"rounded up to whole blocks of {cfg.block_length} ({total}), exceeds "
-                             f"n_ctx={gen.n_ctx}" + ("" if single else " (the bound per sequence)"))
-
-    def policy(self, cfg):
-        return make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma)
-
-    def sequence(self, model, ids, cfg, policy):
-        return BlockSequence(model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps, policy,
-                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                             seed=cfg.seed, cache=cfg.cache, shift_logits=cfg.shift_logits,
-                             fixed_shape=cfg.fixed_step_shape)
-
-    def runs_alone(self, cfg):
-        # the recompute mode (reference behaviour) re-decodes each sequence's prefix alone
-        return not cfg.cache
-
-    def context(self, gen, cfg, int slots, int capacity):
-        """(positions per slot, n_ubatch, diffusion_kv, sequence ids per slot) of a context for
-        ``slots`` sequences:
-        each step decodes a store pass and a block per slot (the fused store pass decodes
-        two blocks at once); prompts are prefilled in chunks of n_batch."""
-        B = cfg.block_length
-        if slots == 1:
-            return capacity, max(gen.n_batch, 2 * B), False, 1
-        return capacity, max(2 * B * slots, min(gen.n_batch, capacity)), False, 1
-
-    def max_slots(self, cfg, int capacity):
-        return 1 << 30
-
-    def step_tokens(self, cfg, int n_prompt):
-        """Tokens one step of a sequence puts in the shared batch: a store pass and a block."""
-        return 2 * cfg.block_length
-
-    def batch_key(self, cfg):
-        """Requests share a step when these agree (one block-causal mask per context)."""
-        return ("block", cfg.block_length, bool(cfg.cache))
-
-    def serving_context(self, gen, cfg, int slots):
-        """(n_ctx, n_ubatch, n_seq_max, diffusion_kv) of a serving context: every slot keeps up
-        to the Generator's n_ctx positions cached."""
-        _, n_ubatch, diffusion_kv, per = self.context(gen, cfg, slots, gen.n_ctx)
-        return slots * gen.n_ctx, n_ubatch, slots * per, diffusion_kv
-
-    def stats(self, seq, cfg):
-        return {}

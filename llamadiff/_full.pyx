@@ -53,13 +53,9 @@ from llamadiff._core cimport Context, Model
 from llamadiff._sampling cimport RowSampler, check_rows, check_logits
 from llamadiff.engine cimport Sequence
 from llamadiff.policy cimport RemaskPolicy, Scored, by_score    # by_score: upstream's order too
-from llamadiff.policy import make_full_policy
-from llamadiff.policy import ALGORITHMS as _ALGORITHM_POLICIES
+from llamadiff.policy import ALGORITHMS, make_full_policy     # ALGORITHMS: upstream's numbering
 
-# upstream's numbering (enum diffusion_algorithm)
-ALGORITHMS = tuple(_ALGORITHM_POLICIES)
 CACHE_MODES = ("none", "prefix", "dual")
-PARALLEL_MODES = ("threshold", "factor")
 DEFAULT_EPS = 1e-3            # Dream's default
 
 cdef enum:
@@ -122,30 +118,13 @@ cdef class FullSequence(Sequence):
     """
     cdef readonly str algorithm_name, cache_name
     cdef int algorithm, cache_mode
-    cdef bint shift, gumbel, timestep, compat, guided
+    cdef bint shift, gumbel, timestep, guided
     cdef float eps, cfg_scale, alg_temp
     cdef vector[int] r_start, r_end, r_steps
     cdef vector[int32_t] n_transfer_sched
     cdef readonly long global_step
     cdef int lo, hi                     # this step's decode window [lo, hi)
     cdef bint refresh                   # prefix / dual: this step re-decodes the whole sequence
-    # llama-diffusion-cli compatible mode
-    cdef mt19937 rng
-    cdef C.llama_sampler * chain
-    cdef C.llama_sampler * dist_sampler
-    cdef vector[C.llama_token_data] cand
-    cdef vector[C.llama_token_data] conf_cand
-    cdef vector[Scored] scored
-
-    def __cinit__(self):
-        self.chain = NULL
-        self.dist_sampler = NULL
-
-    def __dealloc__(self):
-        if self.chain != NULL:
-            C.llama_sampler_free(self.chain)
-        if self.dist_sampler != NULL:
-            C.llama_sampler_free(self.dist_sampler)
 
     def __init__(self, Model model not None, prompt, int n_generate, *, int steps,
                  int block_length=0, float eps=0.0, str algorithm="confidence", str cache="none",
@@ -164,7 +143,8 @@ cdef class FullSequence(Sequence):
         if not eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
         check_modes(block_length, eps, cache, parallel, cfg_scale, rng, policy is not None)
-        self.compat = rng == "llama.cpp"
+        if rng == "llama.cpp" and not isinstance(self, UpstreamFullSequence):
+            raise ValueError("rng='llama.cpp' is UpstreamFullSequence's mode (llama-diffusion-cli's loop)")
         self.cache_mode = CACHE_MODES.index(cache)
         if policy is None:
             policy = make_full_policy(algorithm, parallel=parallel, alg_temp=alg_temp,
@@ -190,33 +170,16 @@ cdef class FullSequence(Sequence):
         self.block_causal = 0
         rows_cap = max([e - s for s, e, _ in regions])
         self._size_scratch(rows_cap)
-        self.scored.resize(rows_cap)
         self.n_transfer_sched.resize(max(steps, 1) + 1)
         self.guided = cfg_scale > 0
         if self.guided:
             self.n_seq_ids = 2      # the unconditional pass decodes as a companion sequence
         # LLaDA's Gumbel mode scores x0 by its plain softmax probability: the sampler adds it
         self.sp.plain_prob = self.gumbel and temperature > 0
-        self.host_logits = self.compat      # upstream's loop edits the rows in place
-        # a step decodes the whole sequence at most (twice when guided); compatible mode reads every row
+        self.host_logits = False
+        # a step decodes the whole sequence at most (twice when guided)
         self.max_step_tokens = self.n_seq_ids * self.n_total
-        self.max_out_rows = self.n_total if self.compat else self.n_seq_ids * rows_cap
-        if self.compat:
-            self._init_compat(temperature, top_k, top_p, <uint32_t> seed)
-
-    cdef _init_compat(self, float temperature, int top_k, float top_p, uint32_t seed):
-        self.rng = mt19937(seed)
-        self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-        if top_k > 0:
-            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_k(top_k))
-        if top_p < 1.0:
-            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_p(top_p, 1))
-        if temperature > 0:
-            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_temp(temperature))
-        C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_dist(seed))
-        self.dist_sampler = C.llama_sampler_init_dist(seed)
-        self.cand.resize(self.n_vocab)
-        self.conf_cand.resize(self.max_rows)
+        self.max_out_rows = self.n_seq_ids * rows_cap
 
     # -- read-only views ----------------------------------------------------------------
 
@@ -234,9 +197,7 @@ cdef class FullSequence(Sequence):
             raise ValueError("full diffusion needs a context without block-causal attention")
         if self.cache_mode != CACHE_NONE and not ctx.has_memory:
             raise ValueError(f"cache={self.cache_name!r} needs a context made with diffusion_kv=True")
-        if not self.compat and not ctx.has_memory:
-            raise ValueError("full diffusion samples only the rows of masked positions: it needs a "
-                             "context made with diffusion_kv=True (rng='llama.cpp' runs without one)")
+        self._check_memory(ctx)
         if self.n_total > ctx.n_ctx:
             raise ValueError(f"prompt ({self.n_prompt}) + generation ({self.n_total - self.n_prompt}) = "
                              f"{self.n_total} positions exceeds n_ctx={ctx.n_ctx}")
@@ -249,6 +210,12 @@ cdef class FullSequence(Sequence):
             C.llama_memory_seq_rm(ctx.mem, slot, -1, -1)
             if companion >= 0:
                 C.llama_memory_seq_rm(ctx.mem, companion, -1, -1)
+        return 0
+
+    cdef int _check_memory(self, Context ctx) except -1:
+        if not ctx.has_memory:
+            raise ValueError("full diffusion samples only the rows of masked positions: it needs a "
+                             "context made with diffusion_kv=True (rng='llama.cpp' runs without one)")
         return 0
 
     cdef inline int _row_of(self, int pos) noexcept nogil:
@@ -267,16 +234,15 @@ cdef class FullSequence(Sequence):
 
     cdef int _put_window(self, int n, bint uncond) noexcept nogil:
         """x[lo:hi] into the batch from index n (the unconditional pass: the prompt masked, as
-        the companion sequence), logits on the rows that predict masked positions (every row
-        in compatible mode); returns the new batch length."""
+        the companion sequence), logits on the rows that predict masked positions; returns the
+        new batch length."""
         cdef int i, p
         cdef int seq_id = self.companion if uncond else self.slot
         for p in range(self.lo, self.hi):
             self.put_seq(n + p - self.lo, p,
-                         self.mask_id if (uncond and p < self.n_prompt) else self.x[p], self.compat, seq_id)
-        if not self.compat:
-            for i in range(self.n_masked):
-                self.ctx.batch.logits[n + self._row_of(self.region_start + self.positions[i]) - self.lo] = True
+                         self.mask_id if (uncond and p < self.n_prompt) else self.x[p], False, seq_id)
+        for i in range(self.n_masked):
+            self.ctx.batch.logits[n + self._row_of(self.region_start + self.positions[i]) - self.lo] = True
         return n + self.hi - self.lo
 
     # -- one step -------------------------------------------------------------------------------
@@ -308,13 +274,12 @@ cdef class FullSequence(Sequence):
         self.n_transfer = min(self._scheduled_count(r, self.step, self.n_masked), self.n_masked)
         if self.n_transfer < 0:
             self.n_transfer = 0
-        self.force_all = (not self.compat and not self.policy.adaptive and self.step >= n_steps - 1)
-        self.skip_commit = self.compat
-        self.plain = not self.compat and not self.guided
+        self.force_all = not self.policy.adaptive and self.step >= n_steps - 1
+        self.skip_commit = False
+        self.plain = not self.guided
         self.refresh = False
-        if self.compat or self.cache_mode == CACHE_NONE:
-            # exact: the whole sequence from scratch (only the masked rows reach the output
-            # layer, except in compatible mode where every row does, as upstream)
+        if self.cache_mode == CACHE_NONE:
+            # exact: the whole sequence from scratch (only the masked rows reach the output layer)
             self.lo, self.hi = 0, self.n_total
             if self.ctx.has_memory:
                 C.llama_memory_seq_rm(self.ctx.mem, self.slot, -1, -1)
@@ -332,7 +297,7 @@ cdef class FullSequence(Sequence):
         return 0
 
     cdef int fill(self, int n) except -1 nogil:
-        self.n_rows = (self.hi - self.lo) if self.compat else self.n_masked
+        self.n_rows = self.n_masked
         self.kv_tokens = self.n_total
         n = self._put_window(n, False)
         if self.guided:
@@ -352,10 +317,6 @@ cdef class FullSequence(Sequence):
         return 0
 
     cdef int sample(self, const float * logits, int device, RowSampler sampler) except -1 nogil:
-        if self.compat:
-            # host_logits: the scheduler kept the rows in llama.cpp's host buffer (device -1)
-            self._compat_step(<float *> logits + <size_t> self.row_start * self.n_vocab)
-            return 0
         # guidance: un + (cfg + 1) * (cond - un); the unconditional rows follow the conditional
         # ones, and the sampler forms the guided rows where the logits are
         sampler.sample_guided(logits + <size_t> self.row_start * self.n_vocab, device, self.n_vocab,
@@ -365,8 +326,6 @@ cdef class FullSequence(Sequence):
 
     cdef int score(self) except -1 nogil:
         cdef int i
-        if self.compat:
-            return 0
         Sequence.score(self)
         if self.sp.plain_prob:
             # LLaDA: x0 drawn with Gumbel noise at the temperature, the confidence from the
@@ -376,19 +335,8 @@ cdef class FullSequence(Sequence):
         return 0
 
     cdef int end_step(self) except -1:
-        cdef int left = self.n_masked - <int> self.step_positions.size()
-        self.step_region, self.step_index, self.step_left = self.region, self.step, left
-        self.step += 1
-        self.global_step += 1
-        if self.compat:
-            self.committed_log.push_back(self.step_positions.size())
-        scheduled = self.compat or not self.policy.adaptive
-        self.region_done = left == 0 or (scheduled and self.step >= self.r_steps[self.region])
-        if self.region_done:
-            self.steps_per_region.append(self.step)
-            self.region += 1
-            self.step = 0
-        return self.region_done
+        self.global_step += 1        # the counter-based RNG's step (every region's)
+        return Sequence.end_step(self)
 
     cdef int _scheduled_count(self, int r, int step, int n_masked) noexcept nogil:
         cdef float t, s, p
@@ -403,7 +351,92 @@ cdef class FullSequence(Sequence):
             return <int> (n_masked * p)
         return self.n_transfer_sched[step]
 
-    # -- the llama-diffusion-cli compatible step -----------------------------------------------
+
+cdef class UpstreamFullSequence(FullSequence):
+    """``rng="llama.cpp"``: upstream's ``diffusion_generate`` (llama-diffusion-cli) draw for draw,
+    for parity checks (see the module doc). Every row of the sequence is decoded and read on
+    the host, where upstream's loop edits it in place; llama.cpp's sampler chain picks the
+    tokens and this sequence commits them itself."""
+    cdef mt19937 rng
+    cdef C.llama_sampler * chain
+    cdef C.llama_sampler * dist_sampler
+    cdef vector[C.llama_token_data] cand
+    cdef vector[C.llama_token_data] conf_cand
+    cdef vector[Scored] scored
+
+    def __cinit__(self):
+        self.chain = NULL
+        self.dist_sampler = NULL
+
+    def __dealloc__(self):
+        if self.chain != NULL:
+            C.llama_sampler_free(self.chain)
+        if self.dist_sampler != NULL:
+            C.llama_sampler_free(self.dist_sampler)
+
+    def __init__(self, Model model not None, prompt, int n_generate, *, int steps,
+                 int block_length=0, float eps=0.0, str algorithm="confidence", str cache="none",
+                 parallel=None, float threshold=0.9, float factor=1.0, float cfg_scale=0.0,
+                 float alg_temp=0.0, bint add_gumbel_noise=False, bint shift_logits=True,
+                 float temperature=0.0, int top_k=0, float top_p=1.0,
+                 unsigned long long seed=0, str rng="llama.cpp", RemaskPolicy policy=None):
+        if rng != "llama.cpp":
+            raise ValueError(f"UpstreamFullSequence reproduces rng='llama.cpp', not rng={rng!r}")
+        FullSequence.__init__(self, model, prompt, n_generate, steps=steps, block_length=block_length, eps=eps,
+                              algorithm=algorithm, cache=cache, parallel=parallel, threshold=threshold,
+                              factor=factor, cfg_scale=cfg_scale, alg_temp=alg_temp,
+                              add_gumbel_noise=add_gumbel_noise, shift_logits=shift_logits,
+                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, rng=rng,
+                              policy=policy)
+        self.host_logits = True             # upstream's loop edits the rows in place
+        self.max_out_rows = self.n_total    # it reads every row
+        self.rng = mt19937(<uint32_t> seed)
+        self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        if top_k > 0:
+            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_p(top_p, 1))
+        if temperature > 0:
+            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_temp(temperature))
+        C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_dist(<uint32_t> seed))
+        self.dist_sampler = C.llama_sampler_init_dist(<uint32_t> seed)
+        self.cand.resize(self.n_vocab)
+        self.conf_cand.resize(self.max_rows)
+        self.scored.resize(self.max_rows)
+
+    cdef int _check_memory(self, Context ctx) except -1:
+        return 0                            # upstream decodes without a KV memory
+
+    cdef int _put_window(self, int n, bint uncond) noexcept nogil:
+        """x[lo:hi] into the batch from index n, a logits row for every position (as upstream)."""
+        cdef int p
+        for p in range(self.lo, self.hi):
+            self.put_seq(n + p - self.lo, p, self.x[p], True, self.slot)
+        return n + self.hi - self.lo
+
+    cdef int prepare(self) except -1:
+        FullSequence.prepare(self)
+        self.force_all = False
+        self.skip_commit = True             # sample() commits, upstream's way
+        self.plain = False
+        return 0
+
+    cdef int fill(self, int n) except -1 nogil:
+        self.n_rows = self.hi - self.lo
+        self.kv_tokens = self.n_total
+        return self._put_window(n, False)
+
+    cdef int sample(self, const float * logits, int device, RowSampler sampler) except -1 nogil:
+        # host_logits: the scheduler kept the rows in llama.cpp's host buffer (device -1)
+        self._compat_step(<float *> logits + <size_t> self.row_start * self.n_vocab)
+        return 0
+
+    cdef int score(self) except -1 nogil:
+        return 0
+
+    cdef int end_step(self) except -1:
+        self.committed_log.push_back(self.step_positions.size())    # commit() did not run
+        return FullSequence.end_step(self)
 
     cdef int _compat_step(self, float * logits) except -1 nogil:
         """One step exactly as upstream's diffusion_generate does it (see the module doc):
@@ -500,119 +533,3 @@ cdef class FullSequence(Sequence):
         cur.selected = -1
         cur.sorted = False
         C.llama_sampler_apply(self.chain, cur)
-
-
-class FullFamily:
-    """Full diffusion (LLaDA, Dream, RND1) for the Generator: option defaults and rules, the
-    sequence of a prompt, the contexts it needs. (``llamadiff.generator.FAMILIES``)"""
-    name = "full"
-    device_sampling = False      # every row is read on the host
-
-    def resolve(self, gen, cfg):
-        """The schedule, steps, cache, shift_logits and threshold of a call."""
-        if cfg.fixed_step_shape:
-            raise ValueError("fixed_step_shape is for block diffusion (a full-diffusion step "
-                             "decodes the whole canvas, one shape already)")
-        if cfg.block_length is not None and cfg.eps is not None:
-            raise ValueError("give one schedule: block_length (LLaDA-style blocks) or eps "
-                             "(Dream-style timesteps), not both")
-        block, eps = cfg.block_length, cfg.eps
-        if block is None and eps is None:
-            if gen.model.architecture in ("dream", "rnd1"):
-                eps = DEFAULT_EPS
-            else:
-                block = 32
-        steps = cfg.steps
-        if steps is None:
-            # the model's diffusion.steps (all steps) where given: never above one per new token,
-            # never below one per block of the schedule in use
-            steps = min(gen.default_steps or cfg.max_new_tokens, cfg.max_new_tokens)
-            if block:
-                steps = max(steps, -(-cfg.max_new_tokens // block))
-        if steps > 4 * cfg.max_new_tokens:
-            raise ValueError(f"steps ({steps}) is more than 4 per new token ({cfg.max_new_tokens}): "
-                             "the extra steps would commit nothing")
-        cache = cfg.cache
-        if cache is None or cache is False:
-            cache = "none"
-        elif cache is True:
-            raise ValueError("full diffusion has no exact cache: choose cache='none' (exact), "
-                             "'prefix' or 'dual' (approximate)")
-        shift = cfg.shift_logits
-        if shift is None:
-            shift = gen.model_flag("diffusion.shift_logits", True)
-        threshold = 0.9 if cfg.threshold is None else cfg.threshold
-        custom = isinstance(cfg.strategy, RemaskPolicy)
-        check_modes(block or 0, eps or 0.0, cache, cfg.parallel, cfg.cfg_scale, cfg.rng, custom)
-        if not custom:
-            make_full_policy(cfg.algorithm, parallel=cfg.parallel, alg_temp=cfg.alg_temp,
-                             threshold=threshold, factor=cfg.factor)      # its rules, up front
-        return cfg.replace(block_length=block, eps=eps, steps=steps, cache=cache,
-                           shift_logits=shift, threshold=threshold)
-
-    def positions(self, cfg, int n_prompt):
-        return n_prompt + cfg.max_new_tokens
-
-    def check_prompt(self, gen, cfg, ids, bint single):
-        n = len(ids)
-        if not ids:
-            raise ValueError("the prompt is empty: full diffusion needs at least one prompt token")
-        if n + cfg.max_new_tokens > gen.n_ctx:
-            raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
-                             f"= {n + cfg.max_new_tokens} exceeds n_ctx={gen.n_ctx}")
-
-    def policy(self, cfg):
-        # None: each sequence takes the policy of its algorithm / parallel mode
-        return cfg.strategy if isinstance(cfg.strategy, RemaskPolicy) else None
-
-    def sequence(self, model, ids, cfg, policy):
-        return FullSequence(model, ids, cfg.max_new_tokens, steps=cfg.steps,
-                            block_length=cfg.block_length or 0, eps=cfg.eps or 0.0,
-                            algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
-                            threshold=cfg.threshold, factor=cfg.factor, cfg_scale=cfg.cfg_scale,
-                            alg_temp=cfg.alg_temp, add_gumbel_noise=cfg.add_gumbel_noise,
-                            shift_logits=cfg.shift_logits, temperature=cfg.temperature,
-                            top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, rng=cfg.rng,
-                            policy=policy)
-
-    def runs_alone(self, cfg):
-        # upstream's way (rng="llama.cpp") has no KV memory: one sequence per decode
-        return cfg.rng == "llama.cpp"
-
-    def context(self, gen, cfg, int slots, int capacity):
-        """(positions per slot, n_ubatch, diffusion_kv, sequence ids per slot) of a context for
-        ``slots`` sequences: a step may decode every slot's whole sequence in one non-causal
-        batch (rounded up so that nearby lengths reuse the context), twice with guidance."""
-        cdef int per = 2 if cfg.cfg_scale > 0 else 1
-        capacity = (capacity + 63) // 64 * 64
-        return capacity, slots * per * capacity, cfg.rng != "llama.cpp", per
-
-    def max_slots(self, cfg, int capacity):
-        cdef int per = 2 if cfg.cfg_scale > 0 else 1
-        return max(1, BATCH_TOKENS // (per * ((capacity + 63) // 64 * 64)))
-
-    def step_tokens(self, cfg, int n_prompt):
-        """Tokens one step of a sequence may put in the shared batch: all of it (twice when guided)."""
-        return (2 if cfg.cfg_scale > 0 else 1) * (n_prompt + cfg.max_new_tokens)
-
-    def batch_key(self, cfg):
-        """Requests share a step when these agree (a guided request takes two sequence ids)."""
-        return ("full", cfg.rng, cfg.cfg_scale > 0)
-
-    def serving_context(self, gen, cfg, int slots):
-        """(n_ctx, n_ubatch, n_seq_max, diffusion_kv) of a serving context: each step decodes every
-        running sequence whole, and all of them stay in the KV cache, so one budget of tokens
-        bounds both (requests wait for room); at least one request of the Generator's n_ctx."""
-        cdef int per = 2 if cfg.cfg_scale > 0 else 1
-        cdef int budget = max(BATCH_TOKENS, per * ((gen.n_ctx + 63) // 64 * 64))
-        return budget, budget, slots * per, cfg.rng != "llama.cpp"
-
-    def stats(self, seq, cfg):
-        return dict(schedule="block" if cfg.block_length else "timestep", eps=cfg.eps,
-                    algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
-                    policy=seq.policy.name, sequence=seq.tokens)
-
-
-# tokens one full-diffusion batch may decode at once (every slot's whole sequence): bounds
-# the non-causal attention's work and memory
-BATCH_TOKENS = 2048

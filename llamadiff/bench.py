@@ -121,7 +121,7 @@ def main(argv=None):
             a = gen.generate(prompt, **opts)
             cached.append(a.stats["wall_ms"])
             overhead.append(1 - a.stats["decode_ms"] / a.stats["wall_ms"])
-            floors.append(floor_run(gen._ctx, a.stats, block))
+            floors.append(floor_run(gen.contexts.single, a.stats, block))
             progress(f"block {block}, run {r + 1}/{reps}: cache {a.stats['tokens_per_second']:.1f} tok/s")
             if r == 0 or not args.quick:
                 b = gen.generate(prompt, cache=False, **opts)

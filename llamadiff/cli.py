@@ -91,7 +91,7 @@ NO_CHAT_TEMPLATE = ("this model has no chat template (GGUF key tokenizer.chat_te
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    from llamadiff.generator import option_fields
+    from llamadiff.config import option_fields
 
     groups = {"generation": p.add_argument_group("generation"),
               "block": p.add_argument_group("block diffusion (SDAR, ...)"),
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generation_options(args) -> dict:
-    from llamadiff.generator import option_fields
+    from llamadiff.config import option_fields
 
     opts = {f.name: getattr(args, f.name) for f in option_fields()}
     opts["cache"] = args.cache

@@ -22,7 +22,8 @@ callbacks):
      sample() for sequences whose rows are not plain)
     score()          the sampled rows into the StepView
     commit()         policy.select(view), the chosen positions written
-    end_step()       advance the schedule; 1 when a region (block) finished
+    end_step()       advance the schedule; 1 when a region (block) finished (the base class
+                     keeps the region bookkeeping; a subclass extends it)
 """
 
 from libc.stdint cimport int32_t, int64_t, uint64_t

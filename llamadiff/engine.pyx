@@ -260,7 +260,19 @@ cdef class Sequence:
         return count
 
     cdef int end_step(self) except -1:
-        raise NotImplementedError("Sequence.end_step")
+        """The region bookkeeping after a step: the step's record (``step_region``,
+        ``step_index``, ``step_left``), then the region is done when no mask is left in it or,
+        for a policy that follows the schedule (not adaptive), when its ``region_steps`` are
+        spent. Returns ``region_done``; a subclass extends it (``Sequence.end_step(self)``)."""
+        cdef int left = self.n_masked - <int> self.step_positions.size()
+        self.step_region, self.step_index, self.step_left = self.region, self.step, left
+        self.step += 1
+        self.region_done = left == 0 or (self.step >= self.region_steps and not self.policy.adaptive)
+        if self.region_done:
+            self.steps_per_region.append(self.step)
+            self.region += 1
+            self.step = 0
+        return self.region_done
 
 
 cdef class Scheduler:

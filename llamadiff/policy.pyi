@@ -1,6 +1,7 @@
 """Stubs of the compiled module llamadiff.policy (scripts/make_stubs.py)."""
 
-ALGORITHMS: dict
+ALGORITHMS: tuple
+ALGORITHM_POLICIES: dict
 
 class Confidence(Ranked):
     def __init__(self, alg_temp: float = ...) -> None: ...
@@ -33,7 +34,8 @@ class Margin(Ranked):
 class Origin(RemaskPolicy):
     def __init__(self) -> None: ...
 
-PARALLEL_MODES: dict
+PARALLEL_MODES: tuple
+PARALLEL_POLICIES: dict
 
 class ParallelFactor(ParallelPolicy):
     def __init__(self, factor: float = ...) -> None: ...
@@ -68,7 +70,8 @@ class RemaskPolicy:
     @property
     def name(self): ...
 
-STRATEGIES: dict
+STRATEGIES: tuple
+STRATEGY_POLICIES: dict
 
 class Sequential(RemaskPolicy):
     ...

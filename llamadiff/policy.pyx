@@ -284,26 +284,29 @@ cdef class ParallelFactor(ParallelPolicy):
         return prob >= 1.0 - self.factor / (k + 2)
 
 
-# block diffusion's strategies, by name
-STRATEGIES = {
+# The policy of each name: block diffusion's strategies, full diffusion's algorithms (upstream's
+# numbering) and parallel modes. STRATEGIES, ALGORITHMS and PARALLEL_MODES are their names.
+STRATEGY_POLICIES = {
     "sequential": lambda threshold, eb_gamma: Sequential(),
     "low_confidence_static": lambda threshold, eb_gamma: LowConfidenceStatic(),
     "low_confidence_dynamic": lambda threshold, eb_gamma: LowConfidenceDynamic(threshold),
     "entropy_bounded": lambda threshold, eb_gamma: EntropyBounded(eb_gamma),
 }
 
-# full diffusion's algorithms (upstream's numbering) and parallel modes, by name
-ALGORITHMS = {
+ALGORITHM_POLICIES = {
     "origin": lambda alg_temp: Origin(),
     "entropy": LowEntropy,
     "margin": Margin,
     "random": RandomOrder,
     "confidence": Confidence,
 }
-PARALLEL_MODES = {
+PARALLEL_POLICIES = {
     "threshold": lambda threshold, factor: ParallelThreshold(threshold),
     "factor": lambda threshold, factor: ParallelFactor(factor),
 }
+STRATEGIES = tuple(STRATEGY_POLICIES)
+ALGORITHMS = tuple(ALGORITHM_POLICIES)
+PARALLEL_MODES = tuple(PARALLEL_POLICIES)
 
 
 def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35):
@@ -311,7 +314,7 @@ def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35):
     if isinstance(strategy, RemaskPolicy):
         return strategy
     try:
-        factory = STRATEGIES[strategy]
+        factory = STRATEGY_POLICIES[strategy]
     except (KeyError, TypeError):
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)} "
                          "or pass a RemaskPolicy") from None
@@ -326,11 +329,11 @@ def make_full_policy(algorithm="confidence", *, parallel=None, alg_temp=0.0, thr
         if alg_temp > 0:
             raise ValueError("parallel decoding is deterministic in its choice of positions: alg_temp must be 0")
         try:
-            return PARALLEL_MODES[parallel](threshold, factor)
+            return PARALLEL_POLICIES[parallel](threshold, factor)
         except (KeyError, TypeError):
             raise ValueError(f"unknown parallel mode {parallel!r}; choose None or one of "
                              f"{', '.join(PARALLEL_MODES)}") from None
     try:
-        return ALGORITHMS[algorithm](alg_temp)
+        return ALGORITHM_POLICIES[algorithm](alg_temp)
     except (KeyError, TypeError):
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}") from None

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server over an ``Engine``: ``llamadiff serve``.
+"""An OpenAI-compatible HTTP server over a ``Batcher``: ``llamadiff serve``.
 
     pip install "llamadiff[server]"
     llamadiff serve -m model.gguf            # default: the shipped block-diffusion model
@@ -39,8 +39,9 @@ except ImportError as exc:       # the optional extra is missing
 
 from llamadiff.chat import check_template
 from llamadiff.errors import ChatTemplateError, LlamaDiffError
-from llamadiff.generator import MAX_STOP_CHARS, MAX_STOPS, GenerationResult
-from llamadiff.serving import Engine, EngineClosedError, QueueFullError
+from llamadiff.config import MAX_STOP_CHARS, MAX_STOPS
+from llamadiff.results import GenerationResult
+from llamadiff.serving import Batcher, BatcherClosedError, QueueFullError
 
 __all__ = ["create_app", "serve"]
 
@@ -51,7 +52,7 @@ _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "interrupted
 
 def _diffusion_fields() -> dict:
     """llamadiff's own request fields, from GenerationConfig's declarations (stated once)."""
-    from llamadiff.generator import option_fields
+    from llamadiff.config import option_fields
 
     fields: Dict[str, Any] = {}
     for f in option_fields():
@@ -334,28 +335,28 @@ def _check_key(api_key: Optional[str]) -> None:
                          "header's value (RFC 9110, 5.5), so a key could not depend on them")
 
 
-def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Optional[str] = None,
-               close_engine: bool = False, max_block_length: Optional[int] = None,
+def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: Optional[str] = None,
+               close_batcher: bool = False, max_block_length: Optional[int] = None,
                max_tokens: int = MAX_TOKENS, max_steps: int = MAX_STEPS,
                max_request_bytes: Optional[int] = None, read_timeout: float = READ_TIMEOUT) -> FastAPI:
-    """The FastAPI application serving ``engine``. ``close_engine``: the app's shutdown closes
-    the engine (requests still running are cancelled); else the caller closes it.
+    """The FastAPI application serving ``batcher``. ``close_batcher``: the app's shutdown closes
+    the batcher (requests still running are cancelled); else the caller closes it.
     ``max_block_length``: the largest block length a request may ask for (a step decodes
     2 x block length tokens per request; default: 64, or the model's trained one if larger).
     ``max_tokens`` / ``max_steps``: the most tokens and denoising steps one request may ask for;
     ``max_request_bytes``: the largest request body (default ``default_max_request_bytes`` of
-    the engine's n_ctx); ``read_timeout``: seconds a request's body may take to arrive."""
+    the batcher's n_ctx); ``read_timeout``: seconds a request's body may take to arrive."""
     import contextlib
     import hmac
     import os
     import sys
 
-    eog = sorted(engine.model.eog_token_ids)
+    eog = sorted(batcher.model.eog_token_ids)
     if max_block_length is None:
-        max_block_length = max(64, engine.generator.default_block_length)
+        max_block_length = max(64, batcher.generator.default_block_length)
     _check_key(api_key)
     if max_request_bytes is None:
-        max_request_bytes = default_max_request_bytes(engine.generator.n_ctx)
+        max_request_bytes = default_max_request_bytes(batcher.generator.n_ctx)
     for label, value in (("max_tokens", max_tokens), ("max_steps", max_steps),
                          ("max_request_bytes", max_request_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -366,13 +367,13 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
               "max_request_bytes": max_request_bytes, "read_timeout_s": read_timeout,
               "max_stops": MAX_STOPS, "max_stop_chars": MAX_STOP_CHARS}
 
-    name = model_name or os.path.basename(engine.model.path)
+    name = model_name or os.path.basename(batcher.model.path)
     created = int(time.time())
     # a template that does not compile is the server's fault, found now rather than per request
     broken_template = None
-    if engine.generator.chat_template is not None:
+    if batcher.generator.chat_template is not None:
         try:
-            check_template(engine.generator.chat_template)
+            check_template(batcher.generator.chat_template)
         except (ChatTemplateError, TypeError) as exc:
             broken_template = str(exc)
             print(f"llamadiff serve: warning: chat completions are off: {exc}", file=sys.stderr, flush=True)
@@ -380,11 +381,11 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        if close_engine:
-            running, queued = engine.running, engine.queued
-            await asyncio.to_thread(engine.close, True, 30)
+        if close_batcher:
+            running, queued = batcher.running, batcher.queued
+            await asyncio.to_thread(batcher.close, True, 30)
             print(f"llamadiff: stopped ({running} running and {queued} queued requests cancelled; "
-                  f"{engine.stats['completed']} completed)", file=sys.stderr, flush=True)
+                  f"{batcher.stats['completed']} completed)", file=sys.stderr, flush=True)
 
     # with a key, the API's description is behind it too: /openapi.json asks for the key, and the
     # /docs and /redoc pages (which fetch it without one) are off; /health stays open
@@ -460,10 +461,10 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
                                  param=shown, code="above_limit")
         try:
             # tokenising (and templating) a long prompt runs off the event loop
-            return await asyncio.to_thread(engine.submit, prompt, chat=chat, listener=listener, **opts)
+            return await asyncio.to_thread(batcher.submit, prompt, chat=chat, listener=listener, **opts)
         except QueueFullError as exc:
             raise _HTTPError(503, f"the server is busy: {exc}", "server_error", code="queue_full")
-        except EngineClosedError as exc:
+        except BatcherClosedError as exc:
             raise _HTTPError(503, str(exc), "server_error", code="shutting_down")
         except (ValueError, TypeError, LlamaDiffError) as exc:
             # the API's names: a request says max_tokens where the library says max_new_tokens
@@ -475,7 +476,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         events: asyncio.Queue = asyncio.Queue()
         finished = loop.create_future()
 
-        def listener(item):                  # called in the engine's thread
+        def listener(item):                  # called in the batcher's thread
             try:
                 if stream:
                     loop.call_soon_threadsafe(events.put_nowait, item)
@@ -558,11 +559,11 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 
     @app.get("/health")
     async def health():
-        if not engine.alive:
+        if not batcher.alive:
             return JSONResponse({"status": "unavailable", "model": name}, status_code=503)
-        return {"status": "ok", "model": name, "running": engine.running, "queued": engine.queued,
-                "completed": engine.stats["completed"], "cancelled": engine.stats["cancelled"],
-                "rejected": engine.stats["rejected"]}
+        return {"status": "ok", "model": name, "running": batcher.running, "queued": batcher.queued,
+                "completed": batcher.stats["completed"], "cancelled": batcher.stats["cancelled"],
+                "rejected": batcher.stats["rejected"]}
 
     if api_key is not None:
         @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
@@ -597,7 +598,7 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
         served(body)
         if not body.messages:
             raise _HTTPError(400, "messages is empty", param="messages")
-        if engine.generator.chat_template is None:
+        if batcher.generator.chat_template is None:
             raise _HTTPError(400, f"this model ({name}) has no chat template: use /v1/completions",
                              param="messages", code="no_chat_template")
         if broken_template is not None:
@@ -614,8 +615,8 @@ def create_app(engine: Engine, *, model_name: Optional[str] = None, api_key: Opt
 DRAIN_SECONDS = 5.0
 
 
-def _draining_server(config, engine: Engine, drain_seconds: float):
-    """uvicorn's Server, with our shutdown first: at SIGINT / SIGTERM the engine takes no new
+def _draining_server(config, batcher: Batcher, drain_seconds: float):
+    """uvicorn's Server, with our shutdown first: at SIGINT / SIGTERM the batcher takes no new
     requests, gives those queued and running ``drain_seconds`` to finish, then cancels the rest,
     so that every request ends with its documented answer (the JSON error, or an SSE error event
     and ``[DONE]``) before uvicorn's own graceful-shutdown timeout would cut connections."""
@@ -629,8 +630,8 @@ def _draining_server(config, engine: Engine, drain_seconds: float):
         def handle_exit(self, sig, frame):
             if self.draining is None:
                 def drain():
-                    engine.close(cancel=False, timeout=drain_seconds)
-                    engine.close(cancel=True, timeout=30)
+                    batcher.close(cancel=False, timeout=drain_seconds)
+                    batcher.close(cancel=True, timeout=30)
                 self.draining = threading.Thread(target=drain, name="llamadiff-drain", daemon=True)
                 self.draining.start()
             super().handle_exit(sig, frame)
@@ -656,23 +657,23 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
         raise ValueError(f"drain_seconds must be a number of seconds in [0, 3600], got {drain_seconds!r}")
     _check_key(api_key)                 # before the model loads
 
-    # the event loop and the engine thread take turns on the GIL; hand it over sooner than
+    # the event loop and the batcher thread take turns on the GIL; hand it over sooner than
     # Python's default 5 ms, or each request waits for the other side's turn to expire
     sys.setswitchinterval(0.0005)
-    engine = Engine(model, n_parallel=n_parallel, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
+    batcher = Batcher(model, n_parallel=n_parallel, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
                     n_gpu_layers=n_gpu_layers, chat_template=chat_template)
-    m = engine.model
+    m = batcher.model
     print(f"llamadiff serve: {m.path} ({m.architecture}, {m.family} diffusion, {m.n_params / 1e6:.1f}M parameters) "
           f"as {model_name or os.path.basename(m.path)!r}, {n_parallel} slots, n_ctx {n_ctx}, on "
           f"http://{host}:{port}", file=sys.stderr, flush=True)
     try:
-        app = create_app(engine, model_name=model_name, api_key=api_key, close_engine=True,
+        app = create_app(batcher, model_name=model_name, api_key=api_key, close_batcher=True,
                          max_block_length=max_block_length, max_tokens=max_tokens, max_steps=max_steps,
                          max_request_bytes=max_request_bytes, read_timeout=read_timeout)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=drain_seconds + 10)
         config.load()                   # resolves the HTTP protocol class, bounded below
         config.http_protocol_class = _bounded_protocol(config.http_protocol_class, read_timeout)
-        _draining_server(config, engine, drain_seconds).run()
+        _draining_server(config, batcher, drain_seconds).run()
     finally:
-        engine.close(cancel=True, timeout=30)
+        batcher.close(cancel=True, timeout=30)

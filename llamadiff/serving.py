@@ -1,7 +1,7 @@
-"""Serving: requests from many threads join a running batch (``Engine``).
+"""Serving: requests from many threads join a running batch (``Batcher``).
 
-An ``Engine`` owns one model and one context, and a background thread that drives the
-engine's ``Scheduler``. ``submit(prompt, ...)`` may be called from any thread; it checks the
+A ``Batcher`` owns one model and one context, and a background thread that drives one
+``RunningBatch`` (``llamadiff.batch``, the driver the Generator's calls use too). ``submit(prompt, ...)`` may be called from any thread; it checks the
 request at once (bad options and over-long prompts raise in the caller's thread), queues it and
 returns a ``Request`` handle: ``result()`` waits for the ``GenerationResult``, iterating yields
 its ``StreamChunk``s as blocks finish, ``cancel()`` stops it.
@@ -29,22 +29,23 @@ import threading
 import time
 from typing import Callable, Iterator, Optional
 
-from llamadiff.engine import Scheduler
+from llamadiff.batch import RunningBatch
+from llamadiff.config import GenerationConfig
 from llamadiff.errors import LlamaDiffError
-from llamadiff.generator import (GenerationConfig, GenerationResult, Generator, StreamChunk, _Output,
-                                 _Running, _StopMatcher)
+from llamadiff.generator import Generator
+from llamadiff.results import GenerationResult, StopMatcher, StreamChunk
 
-__all__ = ["Engine", "Request", "QueueFullError", "EngineClosedError"]
+__all__ = ["Batcher", "Request", "QueueFullError", "BatcherClosedError", "Engine", "EngineClosedError"]
 
 log = logging.getLogger("llamadiff")
 
 
 class QueueFullError(LlamaDiffError):
-    """The engine's queue of waiting requests is full (``max_queue``): try again later."""
+    """The batcher's queue of waiting requests is full (``max_queue``): try again later."""
 
 
-class EngineClosedError(LlamaDiffError):
-    """The engine is closed (or closing) and takes no new requests."""
+class BatcherClosedError(LlamaDiffError):
+    """The batcher is closed (or closing) and takes no new requests."""
 
 
 _DONE = object()
@@ -54,8 +55,8 @@ _ids = itertools.count(1)
 class Request:
     """A submitted generation: wait for it (``result``), stream it (iterate), or ``cancel`` it."""
 
-    def __init__(self, engine: "Engine", prompt_tokens: list, cfg: GenerationConfig, key: tuple,
-                 stops: _StopMatcher, step_tokens: int, listener: Optional[Callable] = None):
+    def __init__(self, batcher: "Batcher", prompt_tokens: list, cfg: GenerationConfig, key: tuple,
+                 stops: StopMatcher, step_tokens: int, listener: Optional[Callable] = None):
         self.id = next(_ids)
         self.prompt_tokens = prompt_tokens
         self.config = cfg
@@ -64,7 +65,7 @@ class Request:
         self.step_tokens = step_tokens      # tokens one of its steps puts in the shared batch
         self.submitted = time.perf_counter()
         self.admitted: Optional[float] = None
-        self._engine = engine
+        self._batcher = batcher
         self._chunks: "queue_module.SimpleQueue" = queue_module.SimpleQueue()
         self._listener = listener
         self._done = threading.Event()
@@ -86,7 +87,7 @@ class Request:
     def cancel(self) -> None:
         """Stop the request: it leaves the batch before the next step (stop_reason "cancelled")."""
         self._cancelled = True
-        self._engine._wake()
+        self._batcher._wake()
 
     @property
     def cancelled(self) -> bool:
@@ -103,7 +104,7 @@ class Request:
                 return
             yield item
 
-    # -- for the engine thread ----------------------------------------------------------------
+    # -- for the batcher's thread -------------------------------------------------------------
 
     def _emit(self, chunk: StreamChunk) -> None:
         self._chunks.put(chunk)
@@ -127,11 +128,11 @@ class Request:
             return
         try:
             self._listener(item)
-        except Exception:       # a listener's failure is its own: the engine serves on
+        except Exception:       # a listener's failure is its own: the batcher serves on
             log.exception("llamadiff: a request listener raised")
 
 
-class Engine:
+class Batcher:
     """One model, one context, many requests: a background thread runs the batch.
 
     Parameters as ``Generator`` (``model``, ``n_ctx`` -- the bound of one request's prompt +
@@ -140,9 +141,9 @@ class Engine:
     ``max_queue`` (requests that may wait beyond the free slots; more raise QueueFullError,
     default 256). ``config``: the GenerationConfig that requests' options start from.
 
-    If the engine's thread fails (a bug, out of memory), every request still waiting or
+    If the batcher's thread fails (a bug, out of memory), every request still waiting or
     running finishes with stop_reason "error", and later ``submit`` calls raise
-    EngineClosedError naming the failure.
+    BatcherClosedError naming the failure.
     """
 
     MAX_PARALLEL = 128      # llama.cpp's 256 sequence ids, two per guided request
@@ -161,7 +162,7 @@ class Engine:
         self.model = self.generator.model
         self.n_parallel = n_parallel
         self.max_queue = max_queue
-        self._family = self.generator._family
+        self._family = self.generator.family
         self._waiting: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._closing = False
@@ -169,7 +170,9 @@ class Engine:
         self._error: Optional[BaseException] = None
         self.stats = {"submitted": 0, "completed": 0, "cancelled": 0, "errors": 0, "rejected": 0, "steps": 0}
         self._running_count = 0
-        self._thread = threading.Thread(target=self._loop, name="llamadiff-engine", daemon=True)
+        self._batch: Optional[RunningBatch] = None     # of the running key (its sequences: Running.index is the Request)
+        self._batch_key = None
+        self._thread = threading.Thread(target=self._loop, name="llamadiff-batcher", daemon=True)
         self._thread.start()
 
     # -- the public API ---------------------------------------------------------------------
@@ -180,21 +183,17 @@ class Engine:
         fields (``callback``, ``progress`` and ``profile`` are not available here). Bad options,
         an over-long prompt or a full queue raise here, in the caller's thread.
 
-        ``listener``: called in the engine's thread with each StreamChunk and then the
+        ``listener``: called in the batcher's thread with each StreamChunk and then the
         GenerationResult; keep it short and non-blocking (for event loops: hand the item over
         with a thread-safe call). An exception in it is logged, not raised.
         """
         self._check_open()
         for name in ("callback", "progress", "profile"):
             if options.get(name):
-                raise ValueError(f"{name} is not available for engine requests")
-        base = config if config is not None else self.config
-        cfg = self.generator._config(base, options)
-        ids = self.generator.prompt_tokens(prompt, chat=chat)
-        if not self.generator._length_given(base, options):   # the model's length may depend on the prompt
-            cfg = self.generator._config(base, options, len(ids))
-        self._family.check_prompt(self.generator, cfg, ids, True)
-        stops = _StopMatcher(self.model, cfg.stop)
+                raise ValueError(f"{name} is not available for served requests")
+        ids, cfg = self.generator.prepare(prompt, config if config is not None else self.config, options,
+                                          chat=chat)
+        stops = StopMatcher(self.model, cfg.stop)
         key = (self._family.batch_key(cfg), self._family.runs_alone(cfg))
         request = Request(self, ids, cfg, key, stops, self._family.step_tokens(cfg, len(ids)), listener)
         with self._cv:
@@ -222,14 +221,14 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        """The engine takes requests (not closed, its thread did not fail)."""
+        """The batcher takes requests (not closed, its thread did not fail)."""
         return not self._closing and self._error is None and self._thread.is_alive()
 
     def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:
         """Take no new requests; finish the ones queued and running (``cancel=True``: cancel
         them), stop the thread and free the model. Safe to call twice."""
         if threading.current_thread() is self._thread:
-            raise RuntimeError("close() from a listener (the engine's own thread) would wait for itself")
+            raise RuntimeError("close() from a listener (the batcher's own thread) would wait for itself")
         with self._cv:
             self._closing = True
             self._cancel_all = self._cancel_all or cancel
@@ -246,47 +245,47 @@ class Engine:
 
     def _check_open(self) -> None:
         if self._error is not None:
-            raise EngineClosedError(f"the engine stopped after an internal error: "
-                                    f"{type(self._error).__name__}: {self._error}")
+            raise BatcherClosedError(f"the batcher stopped after an internal error: "
+                                     f"{type(self._error).__name__}: {self._error}")
         if self._closing or not self._thread.is_alive():
-            raise EngineClosedError("the engine is closed")
+            raise BatcherClosedError("the batcher is closed")
 
     def _wake(self) -> None:
         with self._cv:
             self._cv.notify()
 
-    # -- the engine thread --------------------------------------------------------------------
+    # -- the batcher's thread -----------------------------------------------------------------
+
+    def _running_requests(self) -> list:
+        return [] if self._batch is None else list(self._batch.running)
 
     def _loop(self) -> None:
-        self._sched = None
-        self._sched_key = None
-        self._running: dict = {}        # Sequence -> (Request, _Running)
         try:
-            with self.generator._lock:
+            with self.generator.exclusive():
                 while self._iteration():
                     pass
         except BaseException as exc:     # never leave a caller waiting on a dead thread
             self._error = exc
-            log.exception("llamadiff: the engine thread failed")
+            log.exception("llamadiff: the batcher's thread failed")
             with self._cv:
                 waiting = list(self._waiting)
                 self._waiting.clear()
             for request in waiting:
-                request._end("error", f"the engine failed: {type(exc).__name__}: {exc}")
-            for seq in list(self._running):
-                request, _ = self._running.pop(seq)
-                request._end("error", f"the engine failed: {type(exc).__name__}: {exc}")
+                request._end("error", f"the batcher failed: {type(exc).__name__}: {exc}")
+            for seq in self._running_requests():
+                run = self._batch.running.pop(seq)
+                run.index._end("error", f"the batcher failed: {type(exc).__name__}: {exc}")
         finally:
             self._running_count = 0
-            if self._sched is not None:
+            if self._batch is not None:
                 try:
-                    self._sched.clear()
+                    self._batch.clear()
                 except Exception:
                     pass
 
     def _iteration(self) -> bool:
         """One turn: retire cancelled requests, admit waiting ones, run one step. False: stop."""
-        running = self._running
+        running = self._batch.running if self._batch is not None else {}
         ended = []
         with self._cv:
             while not self._waiting and not running and not self._closing:
@@ -294,8 +293,8 @@ class Engine:
             if self._closing and self._cancel_all:
                 ended += self._waiting
                 self._waiting.clear()
-                for request, _ in running.values():
-                    request._cancelled = True
+                for run in running.values():
+                    run.index._cancelled = True
             if self._closing and not self._waiting and not running:
                 return False
             ended += [r for r in self._waiting if r.cancelled]
@@ -308,54 +307,46 @@ class Engine:
         for request in ended:                     # listeners run outside the lock
             request._end("cancelled")
             self.stats["cancelled"] += 1
-        for seq, (request, _) in list(running.items()):
-            if request.cancelled:
+        for seq, run in list(running.items()):
+            if run.index.cancelled:
                 self._retire(seq, "cancelled")
         if key is not None and not running:
             self._new_batch(key)
-        admit = self._take_admissible()
-        for request in admit:
+        for request in self._take_admissible():
             self._admit(request)
-        self._running_count = len(running)
-        if not running:
+        batch = self._batch
+        self._running_count = len(batch) if batch is not None else 0
+        if not self._running_count:
             return True
         try:
-            _, finished = self._sched.step()
+            _, finished = batch.step()
         except Exception as exc:        # a failed decode fails the requests of that step
-            for seq in list(running):
+            for seq in list(batch.running):
                 self._retire(seq, "error", error=f"{type(exc).__name__}: {exc}")
             return True
         self.stats["steps"] += 1
-        for seq in finished:
-            request, run = running[seq]
-            region = seq.region - 1
-            start, end = seq.region_bounds(region)
-            new, reason = run.out.add(seq.tokens_between(max(start, seq.n_prompt), end), last=seq.done)
-            request._emit(StreamChunk(run.out.text(new, reason is not None), new, region, reason))
-            if reason is not None:
-                self._retire(seq, reason, emitted=True)
-        self._running_count = len(running)
+        for block in finished:
+            block.run.index._emit(StreamChunk(block.text, block.tokens, block.region, block.reason))
+            if block.reason is not None:
+                self._retire(block.seq, block.reason, emitted=True)
+        self._running_count = len(batch)
         return True
 
     def _new_batch(self, key) -> None:
-        """A scheduler (and a context big enough) for a batch of ``key``; the head request
-        fails if its context cannot be made."""
-        gen = self.generator
+        """A batch (on a context big enough) for requests of ``key``; the head request fails if
+        its context cannot be made."""
         with self._cv:
             head = self._waiting[0] if self._waiting else None
         if head is None:
             return
-        if self._sched is not None:
-            self._sched.clear()
-        self._sched = None
+        if self._batch is not None:
+            self._batch.clear()
+        self._batch = None
         try:
-            if key[1]:          # a mode that runs alone: the one-sequence context
-                self._sched, _, _ = gen._scheduler(head.config, {0: head.prompt_tokens}, {0: head.config}, 1,
-                                                   single=False)
-            else:
-                ctx, _ = gen._shared_context(*self._family.serving_context(gen, head.config, self.n_parallel))
-                self._sched = Scheduler(ctx, gen._host_sampler)
-            self._sched_key = key
+            alone = key[1]          # a mode that runs alone: the one-sequence context, sized for the head
+            capacity = self._family.positions(head.config, len(head.prompt_tokens)) if alone else None
+            self._batch, _ = self.generator.open_batch(head.config, slots=self.n_parallel, capacity=capacity)
+            self._batch_key = key
         except Exception as exc:
             with self._cv:
                 if self._waiting and self._waiting[0] is head:
@@ -366,17 +357,17 @@ class Engine:
     def _take_admissible(self) -> list:
         """Waiting requests of the running key that fit a free slot and the step's token
         budget, oldest first (the first that does not fit stops the admission: FIFO)."""
-        if self._sched is None:
+        batch = self._batch
+        if batch is None:
             return []
-        running = self._running
-        budget = self._sched.ctx.n_ubatch - sum(r.step_tokens for r, _ in running.values())
-        slots = 1 if self._sched_key[1] else self.n_parallel
+        budget = batch.scheduler.ctx.n_ubatch - sum(run.index.step_tokens for run in batch.running.values())
+        slots = 1 if self._batch_key[1] else self.n_parallel
         admit = []
         with self._cv:
-            while (self._waiting and self._waiting[0].key == self._sched_key
-                   and len(running) + len(admit) < slots):
+            while (self._waiting and self._waiting[0].key == self._batch_key
+                   and len(batch) + len(admit) < slots):
                 head = self._waiting[0]
-                if head.step_tokens > budget and (running or admit):
+                if head.step_tokens > budget and (batch.running or admit):
                     break
                 admit.append(self._waiting.popleft())
                 budget -= head.step_tokens
@@ -384,27 +375,22 @@ class Engine:
 
     def _admit(self, request: Request) -> None:
         cfg = request.config
+        request.admitted = time.perf_counter()
         try:
-            seq = self._family.sequence(self.model, request.prompt_tokens, cfg, self._family.policy(cfg))
-            self._sched.add(seq)
+            self._batch.admit(request, request.prompt_tokens, cfg, self._family.policy(cfg), request.stops,
+                              request.admitted)
         except Exception as exc:
             request._end("error", f"{exc}" if isinstance(exc, (ValueError, TypeError))
                          else f"{type(exc).__name__}: {exc}")
             self.stats["errors"] += 1
-            return
-        request.admitted = time.perf_counter()
-        run = _Running(request.id, _Output(self.model, request.stops, cfg.max_new_tokens), request.admitted,
-                       seq.slot, self._sched.sampler.name)
-        self._running[seq] = (request, run)
 
     def _retire(self, seq, reason: str, emitted: bool = False, error=None) -> None:
-        request, run = self._running.pop(seq)
-        self._sched.remove(seq)
+        run = self._batch.running[seq]
+        request = run.index
         if not emitted:
             request._emit(StreamChunk(run.out.text([], True), [], -1, reason))
-        stats = self.generator._stats(seq, request.config, run, 0.0, True)
-        stats["queued_ms"] = (request.admitted - request.submitted) * 1e3
-        result = run.out.result(reason, stats, request.prompt_tokens)
+        result = self._batch.retire(seq, reason)
+        result.stats["queued_ms"] = (request.admitted - request.submitted) * 1e3
         result.error = error
         request._finish(result)
         if reason == "cancelled":
@@ -413,3 +399,8 @@ class Engine:
             self.stats["errors"] += 1
         else:
             self.stats["completed"] += 1
+
+
+#: the former names (llamadiff 0.1 before 2026-12), kept so existing code keeps working
+Engine = Batcher
+EngineClosedError = BatcherClosedError

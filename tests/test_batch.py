@@ -48,7 +48,7 @@ def test_continuous_batching_reuses_slots_and_frees_kv(gen):
         assert r.tokens == a.tokens
     mixed = gen.generate([PROMPTS[3], PROMPTS[0]], max_new_tokens=16, block_length=4, stop=[stop_tok], n_parallel=2)
     assert mixed[0].tokens == with_stop.tokens and mixed[0].stop_reason == with_stop.stop_reason
-    ctx = gen._batch_ctx
+    ctx = gen.contexts.shared
     assert all(ctx.memory_pos_max(seq) == -1 for seq in range(ctx.n_seq_max))   # every slot released
     assert res[0].stats["batch"]["kv_tokens_peak"] <= 2 * res[0].stats["batch"]["kv_tokens_per_sequence_max"]
 

@@ -1,9 +1,9 @@
 """The documents state what the code declares: the options table of docs/GENERATION.md is the
-one ``llamadiff.generator.options_table()`` renders from the option declarations."""
+one ``llamadiff.config.options_table()`` renders from the option declarations."""
 
 from pathlib import Path
 
-from llamadiff.generator import options_table
+from llamadiff.config import options_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

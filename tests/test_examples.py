@@ -71,6 +71,6 @@ def test_downstream_cython_policy(tmp_path):
                                 stop=[])
             assert len(ours.tokens) == 8
             gen.generate([5], max_new_tokens=4, stop=[])
-            assert right_to_left.kv_cells(gen._ctx) == gen._ctx.n_ctx
+            assert right_to_left.kv_cells(gen.contexts.single) == gen.contexts.single.n_ctx
     finally:
         sys.path.remove(str(work))
