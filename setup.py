@@ -778,9 +778,13 @@ def cython_extensions(names: list[str]) -> list[Extension]:
     )
 
 
+# The Cython extension modules of the package, in build order: the one list (scripts/make_stubs.py
+# reads it from here); cuda._sampler joins them in a CUDA build.
+EXTENSIONS = ("_core", "_sampling", "policy", "engine", "_block", "_full", "_backend")
+
+
 setup(
-    ext_modules=cython_extensions(["_core", "_sampling", "policy", "engine", "_block", "_full", "_backend"]
-                                  + (["cuda._sampler"] if cuda_sampler_enabled() else [])),
+    ext_modules=cython_extensions(list(EXTENSIONS) + (["cuda._sampler"] if cuda_sampler_enabled() else [])),
     cmdclass={"build_ext": BuildExt},
     setup_requires=cuda_build_requires(),
 )

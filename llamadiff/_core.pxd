@@ -1,8 +1,9 @@
 # cython: language_level=3
-"""Public Cython declarations of llamadiff's core objects.
+"""Cython declarations of the module that implements llamadiff's core objects.
 
-Downstream Cython code can ``from llamadiff._core cimport Model, Context`` and reach the
-raw llama.cpp handles (``model.ptr``, ``ctx.ptr``) and the no-GIL decode entry point.
+Downstream Cython code cimports them by their public name, ``from llamadiff.core cimport
+Model, Context`` (``core.pxd``; this name keeps working, one ABI), and reaches the raw
+llama.cpp handles (``model.ptr``, ``ctx.ptr``) and the no-GIL decode entry point.
 """
 
 from libc.stdint cimport int8_t, int32_t

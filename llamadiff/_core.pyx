@@ -31,7 +31,7 @@ from llamadiff.llama cimport (llama_model, llama_vocab, llama_context, llama_bat
 
 from llamadiff.errors import (ModelLoadError, ContextError, DecodeError, DecodeAborted,
                               UnsupportedModelError, ChatTemplateError)
-from llamadiff import chat as _chat
+from llamadiff import bodies as _bodies, chat as _chat
 from llamadiff.rpc import DEFAULT_TIMEOUT as _RPC_DEFAULT_TIMEOUT, validate_timeout as _rpc_validate_timeout
 
 import numpy as np

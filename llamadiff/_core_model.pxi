@@ -228,18 +228,16 @@ cdef class Model(_Resource):
     def family(self):
         """``"full"`` for llama.cpp diffusion archs, ``"block"`` for causal bodies with a mask
         token that block diffusion can run on (SDAR-style; see ``block_diffusion_problem``),
-        ``None`` for other models. (The rules: ``llamadiff.families.rules``.)"""
-        from llamadiff.families import rules
+        ``None`` for other models. (The rules: ``llamadiff.bodies``.)"""
         self._check_open()
-        return rules.family_of(self)
+        return _bodies.family_of(self)
 
     @property
     def block_diffusion_problem(self):
         """Why block diffusion cannot run on this model's body (a phrase), or None when it can
-        (``llamadiff.families.rules.block_diffusion_problem``)."""
-        from llamadiff.families import rules
+        (``llamadiff.bodies.block_diffusion_problem``)."""
         self._check_open()
-        return rules.block_diffusion_problem(self)
+        return _bodies.block_diffusion_problem(self)
 
     # facts about the body, for those rules
 
@@ -576,6 +574,7 @@ def chat_builtin_templates():
 
 
 _BUILTIN_TEMPLATES = None
+_chat._register_builtin_templates(chat_builtin_templates)
 
 
 cdef object _optional_token(llama_token tok):

@@ -374,32 +374,25 @@ cdef class UpstreamFullSequence(FullSequence):
         if self.dist_sampler != NULL:
             C.llama_sampler_free(self.dist_sampler)
 
-    def __init__(self, Model model not None, prompt, int n_generate, *, int steps,
-                 int block_length=0, float eps=0.0, str algorithm="confidence", str cache="none",
-                 parallel=None, float threshold=0.9, float factor=1.0, float cfg_scale=0.0,
-                 float alg_temp=0.0, bint add_gumbel_noise=False, bint shift_logits=True,
-                 float temperature=0.0, int top_k=0, float top_p=1.0,
-                 unsigned long long seed=0, str rng="llama.cpp", RemaskPolicy policy=None):
+    def __init__(self, *args, **kwargs):
+        """FullSequence's arguments; ``rng`` is "llama.cpp" (the default here)."""
+        rng = kwargs.setdefault("rng", "llama.cpp")
         if rng != "llama.cpp":
             raise ValueError(f"UpstreamFullSequence reproduces rng='llama.cpp', not rng={rng!r}")
-        FullSequence.__init__(self, model, prompt, n_generate, steps=steps, block_length=block_length, eps=eps,
-                              algorithm=algorithm, cache=cache, parallel=parallel, threshold=threshold,
-                              factor=factor, cfg_scale=cfg_scale, alg_temp=alg_temp,
-                              add_gumbel_noise=add_gumbel_noise, shift_logits=shift_logits,
-                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, rng=rng,
-                              policy=policy)
+        FullSequence.__init__(self, *args, **kwargs)
+        cdef uint32_t seed = <uint32_t> self.sp.seed      # upstream seeds its samplers with 32 bits
         self.host_logits = True             # upstream's loop edits the rows in place
         self.max_out_rows = self.n_total    # it reads every row
-        self.rng = mt19937(<uint32_t> seed)
+        self.rng = mt19937(seed)
         self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-        if top_k > 0:
-            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_k(top_k))
-        if top_p < 1.0:
-            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_p(top_p, 1))
-        if temperature > 0:
-            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_temp(temperature))
-        C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_dist(<uint32_t> seed))
-        self.dist_sampler = C.llama_sampler_init_dist(<uint32_t> seed)
+        if self.sp.top_k > 0:
+            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_k(self.sp.top_k))
+        if self.sp.top_p < 1.0:
+            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_top_p(self.sp.top_p, 1))
+        if self.sp.temperature > 0:
+            C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_temp(self.sp.temperature))
+        C.llama_sampler_chain_add(self.chain, C.llama_sampler_init_dist(seed))
+        self.dist_sampler = C.llama_sampler_init_dist(seed)
         self.cand.resize(self.n_vocab)
         self.conf_cand.resize(self.max_rows)
         self.scored.resize(self.max_rows)

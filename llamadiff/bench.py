@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import llamadiff
-from llamadiff import Context, Generator, Model, testing
-from llamadiff._core import default_threads
+from llamadiff import testing
+from llamadiff._core import Context, Model, default_threads, llama_cpp_version
+from llamadiff.generator import Generator
 
 SHAPE = testing.ModelShape(n_embd=512, n_layer=8, n_head=8, n_head_kv=4, head_dim=64, n_ff=1536,
                            n_ctx_train=4096, tie_embeddings=True, n_vocab_pad=151936 - 276)
@@ -163,7 +163,7 @@ def main(argv=None):
             "",
             f"### Block diffusion on CPU: cache vs recompute (commit {commit()}, {time.strftime('%Y-%m-%d')})",
             "",
-            f"Machine: {machine()}. llama.cpp {llamadiff.llama_cpp_version()} (sdist llama-cpp-python 0.3.36).",
+            f"Machine: {machine()}. llama.cpp {llama_cpp_version()} (sdist llama-cpp-python 0.3.36).",
             f"Command: `llamadiff bench{' --quick' if args.quick else ''} --out docs/BENCHMARKS.md`.",
             f"Model: random-weight qwen3, {model.n_params / 1e6:.0f}M params ({SHAPE.n_layer} layers, n_embd "
             f"{SHAPE.n_embd}, vocab {model.n_vocab}, tied embeddings), F16, {model.size / 2**20:.0f} MiB. "

@@ -50,6 +50,16 @@ from llamadiff.errors import ChatTemplateError
 __all__ = ["render", "check_messages", "check_template"]
 
 
+# llama.cpp's built-in formats: ``llamadiff._core`` hands over its lister when it loads (the
+# package imports it first), so that this module needs nothing of the native core
+_builtin_templates = None
+
+
+def _register_builtin_templates(lister) -> None:
+    global _builtin_templates
+    _builtin_templates = lister
+
+
 def check_template(template) -> bool:
     """True for a built-in format's name, False for Jinja text that compiles; TypeError or
     ChatTemplateError otherwise. Text without Jinja markup is taken as a name: a misspelt
@@ -57,8 +67,7 @@ def check_template(template) -> bool:
     if not isinstance(template, str):
         raise TypeError(f"a chat template is Jinja text or a built-in format's name, not "
                         f"{type(template).__name__}")
-    from llamadiff._core import chat_builtin_templates
-    names = chat_builtin_templates()
+    names = _builtin_templates()
     if template in names:
         return True
     if not template.strip():

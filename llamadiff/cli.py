@@ -48,7 +48,7 @@ SHIPPED = ("block", "full")      # -m block / -m full: the tiny models shipped i
 
 def _model_path(value: Optional[str]):
     """-m: a GGUF path, or "block" / "full" for a shipped model (None: the block one)."""
-    from llamadiff import default_model
+    from llamadiff.paths import default_model
     if value is None or value in SHIPPED:
         return default_model(value or "block")
     return value
@@ -365,7 +365,6 @@ def cmd_chat(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from llamadiff import default_model
     from llamadiff._core import Model
 
     shipped = args.model is None or args.model in SHIPPED

@@ -49,6 +49,9 @@ class Family:
     mask_texts: tuple           # the mask token's text in the tokenizer files
     shift_logits: bool          # row p - 1 predicts position p
     pre_tokenizer: str          # llama.cpp pre-tokenizer when the fingerprint is unknown
+    model_type: str             # config.json's model_type ...
+    modeling: str               # ... and the module of its auto_map (the checkpoint's own code)
+    published_block_key: Optional[str]   # the block-length key published configs hold (None: none)
 
 
 # config.json ``architectures[0]`` -> family
@@ -56,16 +59,20 @@ FAMILIES = {
     "SDARForCausalLM": Family(
         "SDAR / TraDo", "JetLM/SDAR-1.7B-Chat, -4B-Chat, -8B-Chat; Gen-Verse/TraDo-4B-Instruct, "
         "-8B-Instruct, -8B-Thinking", "qwen", "Qwen3Model", "qwen3", 4,
-        ("block_length", "block_size"), ("<|MASK|>", "<|mask|>"), False, "qwen2"),
+        ("block_length", "block_size"), ("<|MASK|>", "<|mask|>"), False, "qwen2",
+        "sdar", "modeling_sdar", "block_size"),
     "SDARMoeForCausalLM": Family(
         "SDAR-MoE", "JetLM/SDAR-30B-A3B-Chat, -Sci", "qwen", "Qwen3MoeModel", "qwen3moe", 4,
-        ("block_length", "block_size"), ("<|MASK|>", "<|mask|>"), False, "qwen2"),
+        ("block_length", "block_size"), ("<|MASK|>", "<|mask|>"), False, "qwen2",
+        "sdar_moe", "modeling_sdar_moe", "block_size"),
     "Fast_dLLM_QwenForCausalLM": Family(
         "Fast-dLLM v2", "Efficient-Large-Model/Fast_dLLM_v2_1.5B, _7B", "qwen", "Qwen2Model", "qwen2", 32,
-        ("bd_size", "block_length", "block_size"), ("|<MASK>|",), True, "qwen2"),
+        ("bd_size", "block_length", "block_size"), ("|<MASK>|",), True, "qwen2",
+        "Fast_dLLM_Qwen", "modeling", "bd_size"),
     "LLaDA2MoeModelLM": Family(
         "LLaDA2.0", "inclusionAI/LLaDA2.0-mini-preview, -mini, -flash", "bailingmoe", "BailingMoeV2Model",
-        "bailingmoe2", 32, ("block_length", "block_size"), ("<|mask|>",), False, "bailingmoe2"),
+        "bailingmoe2", 32, ("block_length", "block_size"), ("<|mask|>",), False, "bailingmoe2",
+        "llada2_moe", "modeling_llada2_moe", None),
 }
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -210,14 +217,3 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
     logger.info("converted %s (%s) to %s: %s, block length %d, mask token %d%s", hf_dir, family.name,
                 outfile, family.gguf_arch, block_length, mask_id, ", fused" if fuse else "")
     return outfile
-
-
-def main(argv=None) -> int:
-    """``python -m llamadiff.convert ...``: the same as ``llamadiff convert ...``."""
-    from llamadiff.cli import main as cli_main
-
-    return cli_main(["convert", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

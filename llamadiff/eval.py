@@ -88,7 +88,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv=None) -> int:
-    from llamadiff import default_model
+    from llamadiff.paths import default_model
     from llamadiff.bench import machine, write_section
 
     ap = argparse.ArgumentParser(prog="python -m llamadiff.eval", description=__doc__,

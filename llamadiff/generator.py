@@ -22,7 +22,7 @@ import warnings
 import weakref
 from typing import Iterator, Optional, Sequence, Union
 
-from llamadiff import paths, rpc
+from llamadiff import rpc
 from llamadiff._core import Model, default_threads, set_log_level
 from llamadiff.batch import RunningBatch
 from llamadiff.chat import check_template
@@ -32,6 +32,7 @@ from llamadiff.engine import Scheduler, StepInfo
 from llamadiff.errors import DecodeAborted, GeneratorClosedError, TrainedLengthWarning
 from llamadiff.families import FAMILIES, Family, ModelDefaults, Setup, check_runnable
 from llamadiff.families.base import model_flag
+from llamadiff.paths import default_model
 from llamadiff.policy import RemaskPolicy
 from llamadiff.results import GenerationResult, StopMatcher, StreamChunk, transfer_stats
 from llamadiff.samplers import make_row_sampler
@@ -186,7 +187,7 @@ class Generator:
             n_threads = _int_argument("n_threads", n_threads, 1, MAX_THREADS)
         rpc.validate_timeout(rpc_timeout, "rpc_timeout")
         if model is None:
-            model = paths.default_model("block")
+            model = default_model("block")
         if isinstance(model, Model):
             if rpc_servers:
                 raise ValueError("rpc_servers places the layers while loading: pass a path, not a loaded Model")

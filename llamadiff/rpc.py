@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import socket
 import struct
 import subprocess

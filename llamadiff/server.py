@@ -349,7 +349,6 @@ def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: O
     import contextlib
     import hmac
     import os
-    import sys
 
     eog = sorted(batcher.model.eog_token_ids)
     if max_block_length is None:
@@ -649,7 +648,6 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
     in flight get ``drain_seconds`` to finish, then the rest are cancelled -- each answered with
     the documented JSON error, a stream with an SSE error event and ``[DONE]`` -- and the model
     is freed (uvicorn then ends the process with the signal it received, as its convention is)."""
-    import sys
 
     import uvicorn
 

@@ -55,6 +55,8 @@ import numpy as np
 import gguf
 from gguf import GGUFValueType, TokenType
 
+from llamadiff.convert import FAMILIES as CONVERT_FAMILIES
+
 __all__ = [
     "ARCHS",
     "rewrite_model",
@@ -799,16 +801,21 @@ def hf_tensors(weights: Mapping[str, np.ndarray], arch: str) -> dict[str, np.nda
     return out
 
 
-# The published checkpoint formats of the block-diffusion families (llamadiff.convert.FAMILIES):
-# family -> (GGUF arch of the body, config.json architectures / model_type / auto_map module,
-# block-length key, mask token text).
-HF_FAMILIES = {
-    "sdar": ("qwen3", "SDARForCausalLM", "sdar", "modeling_sdar", "block_size", "<|MASK|>"),
-    "trado": ("qwen3", "SDARForCausalLM", "sdar", "modeling_sdar", "block_size", "<|MASK|>"),
-    "sdar-moe": ("qwen3moe", "SDARMoeForCausalLM", "sdar_moe", "modeling_sdar_moe", "block_size", "<|MASK|>"),
-    "fast-dllm-v2": ("qwen2", "Fast_dLLM_QwenForCausalLM", "Fast_dLLM_Qwen", "modeling", "bd_size", "|<MASK>|"),
-    "llada2": ("bailingmoe2", "LLaDA2MoeModelLM", "llada2_moe", "modeling_llada2_moe", None, "<|mask|>"),
-}
+# The published checkpoint formats written by write_hf_checkpoint, by name, and the format
+# (``architectures`` name, llamadiff.convert.FAMILIES) each one is.
+HF_CHECKPOINTS = {"sdar": "SDARForCausalLM", "trado": "SDARForCausalLM", "sdar-moe": "SDARMoeForCausalLM",
+                  "fast-dllm-v2": "Fast_dLLM_QwenForCausalLM", "llada2": "LLaDA2MoeModelLM"}
+
+
+def _hf_family(name: str) -> tuple:
+    """(GGUF arch of the body, config.json architectures / model_type / auto_map module,
+    block-length key, mask token text) of a checkpoint format, from llamadiff.convert."""
+    hf_arch = HF_CHECKPOINTS[name]
+    f = CONVERT_FAMILIES[hf_arch]
+    return f.gguf_arch, hf_arch, f.model_type, f.modeling, f.published_block_key, f.mask_texts[0]
+
+
+HF_FAMILIES = {name: _hf_family(name) for name in HF_CHECKPOINTS}
 
 # LLaDA2.0's chat format (role tags, <|role_end|>), as text
 LLADA2_CHAT_TEMPLATE = (

@@ -17,7 +17,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["_core", "_sampling", "policy", "engine", "_block", "_full", "_backend"]
+
+
+def _extension_modules() -> list:
+    """setup.py's EXTENSIONS (read, not imported: importing setup.py would run the build)."""
+    import ast
+    for node in ast.parse((ROOT / "setup.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXTENSIONS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise SystemExit("setup.py has no EXTENSIONS list")
+
+
+MODULES = _extension_modules()
 
 C_TYPES = {"int": "int", "long": "int", "unsigned long long": "int", "int32_t": "int", "int64_t": "int",
            "uint64_t": "int", "size_t": "int", "Py_ssize_t": "int", "bint": "bool", "bool": "bool",

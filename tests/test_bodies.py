@@ -159,12 +159,12 @@ def test_encoders_are_refused(tmp_path):
 
 
 def test_bodies_with_their_own_cache_are_listed_from_the_pinned_source():
-    """NO_MEMORY_ARCHS / OWN_CACHE_ARCHS (llamadiff/families/rules.py) are exactly the special cases of
+    """NO_MEMORY_ARCHS / OWN_CACHE_ARCHS (llamadiff/bodies.py) are exactly the special cases of
     llama_model::create_memory in the pinned llama.cpp, so an update that adds one fails here."""
     import re
     from pathlib import Path
 
-    from llamadiff.families.rules import NO_MEMORY_ARCHS, OWN_CACHE_ARCHS
+    from llamadiff.bodies import NO_MEMORY_ARCHS, OWN_CACHE_ARCHS
 
     src = Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp" / "src"
     names = dict(re.findall(r"\{ (LLM_ARCH_\w+),\s+\"([^\"]+)\"", (src / "llama-arch.cpp").read_text()))

@@ -1,4 +1,5 @@
-"""The diffusion families, one module each, and the rules that say which bodies run as which.
+"""The diffusion families, one module each, and (from ``llamadiff.bodies``) the rules that say
+which bodies run as which.
 
 A family (``base.Family``) brings option defaults and rules, the engine ``Sequence`` of a
 prompt (Cython: ``llamadiff._block``, ``llamadiff._full``) and the contexts it needs. A new
@@ -9,7 +10,7 @@ family is one Cython sequence module, one module here and an entry in ``FAMILIES
 from llamadiff.families.base import ContextShape, Family, ModelDefaults, Setup
 from llamadiff.families.block import BlockFamily
 from llamadiff.families.full import FullFamily
-from llamadiff.families.rules import block_diffusion_problem, check_runnable, family_of
+from llamadiff.bodies import block_diffusion_problem, check_runnable, family_of
 
 __all__ = ["FAMILIES", "Family", "ContextShape", "ModelDefaults", "Setup", "BlockFamily", "FullFamily",
            "block_diffusion_problem", "check_runnable", "family_of"]

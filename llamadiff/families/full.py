@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from llamadiff._full import DEFAULT_EPS, FullSequence, UpstreamFullSequence, check_modes
 from llamadiff.families.base import ContextShape, Family, Setup, model_flag
-from llamadiff.families.rules import TIMESTEP_ARCHS
+from llamadiff.bodies import TIMESTEP_ARCHS
 from llamadiff.policy import RemaskPolicy, make_full_policy
 
 __all__ = ["FullFamily", "BATCH_TOKENS"]

@@ -1,6 +1,10 @@
-"""Which bodies qualify for which family: ``Model`` reports facts about a model (its
+"""Which bodies qualify for which diffusion family: ``Model`` reports facts about a model (its
 architecture, memory kind, attention window, RoPE kind, mask token), these rules decide what
-the facts allow. ``Model.family`` and ``Model.block_diffusion_problem`` answer from here.
+the facts allow. ``Model.family`` and ``Model.block_diffusion_problem`` answer from here, and
+``llamadiff.families`` re-exports them.
+
+A leaf module (it imports nothing of llamadiff but its errors), so that the native core can
+consult it without importing the families above it.
 """
 
 from __future__ import annotations
