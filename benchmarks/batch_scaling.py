@@ -87,8 +87,6 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if args.out:
         plot_path = Path(args.plot) if args.plot else Path(args.out).with_name(f"batch-scaling-{args.device}.png")
-        lines += [f"![committed tok/s against parallel sequences]({plot_path.name})", ""]
-        write_section(Path(args.out), f"batch-{args.device}", lines)
         try:
             import matplotlib
             matplotlib.use("Agg")
@@ -103,8 +101,11 @@ def main(argv=None) -> int:
             fig.tight_layout()
             fig.savefig(plot_path, dpi=110)
             log(f"plot: {plot_path}")
+            link = os.path.relpath(plot_path.resolve(), Path(args.out).resolve().parent)
+            lines += [f"![committed tok/s against parallel sequences]({link})", ""]   # once it exists
         except ImportError:
             log("matplotlib not installed: no plot")
+        write_section(Path(args.out), f"batch-{args.device}", lines)
     return 0
 
 

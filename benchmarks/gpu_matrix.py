@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -253,8 +252,8 @@ def cmd_replay(args) -> int:
                    "last_error": lines[-1][-300:] if rc != 0 and lines else ""}
             rows.append(row)
             emit(row, args.json)
-            if label == "as is" and rc == 0:
-                break           # no fault at this size: nothing to search for
+            if label == "as is" and rc == 0 and row["same_tokens_as_control"]:
+                break           # no fault at this size (neither a crash nor wrong tokens): nothing to search for
     print("\nseveral sequences, fixed_step_shape=True (one step shape), a small F16 model:")
     print("| sequences | setting | exit | graphs reused / steps | same tokens as graphs off | last error |")
     print("|---|---|---|---|---|---|")
@@ -271,7 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--samplers", default="device,cuda")
-    ap.add_argument("--gen", type=int, default=256)
+    ap.add_argument("--gen", type=int, default=None, help="generated tokens (default: 256; batch: 32)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--model", default=name("f16", True))
     ap.add_argument("--parallel", default="1,8,16,32,64,128")
@@ -280,8 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=60)
     ap.add_argument("--json", default=None, help="append the JSON lines to this file")
     args = ap.parse_args(argv)
-    if args.command == "batch" and args.gen == 256:
-        args.gen = 32
+    if args.gen is None:
+        args.gen = 32 if args.command == "batch" else 256
     return {"write": cmd_write, "single": cmd_single, "batch": cmd_batch, "replay": cmd_replay}[args.command](args)
 
 

@@ -315,12 +315,13 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if args.out:
         plot_path = Path(args.plot) if args.plot else Path(args.out).with_name(f"benchmarks-{args.suite}.png")
-        lines += ["", f"![tok/s against block length and generated length, suite {args.suite}]({plot_path.name})"]
-        write_section(Path(args.out), args.suite, lines)
         title = (f"llamadiff, suite {args.suite}: random qwen3 ({cfg['shape']['n_layer']} layers, "
                  f"{cfg['shape']['n_embd']} wide), {args.device}, {args.threads} threads")
-        if plot(plot_path, rows, lengths, torch_ok, title):
+        if plot(plot_path, rows, lengths, torch_ok, title):      # linked only once it exists
             log(f"plot: {plot_path}")
+            link = os.path.relpath(plot_path.resolve(), Path(args.out).resolve().parent)
+            lines += ["", f"![tok/s against block length and generated length, suite {args.suite}]({link})"]
+        write_section(Path(args.out), args.suite, lines)
     return 0
 
 

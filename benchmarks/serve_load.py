@@ -38,23 +38,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, n_parallel: int, threads: int) -> tuple:
+def start_server(model: str, n_parallel: int, threads: int, extra=("--max-queue", "1024", "-c", "512"),
+                 log=subprocess.DEVNULL) -> tuple:
+    """(process, url) of a ``llamadiff serve`` answering /health; ``log``: where its output goes
+    (a file, never a pipe nobody reads)."""
     port = free_port()
     cmd = [sys.executable, "-m", "llamadiff", "serve", "--port", str(port), "-t", str(threads),
-           "--n-parallel", str(n_parallel), "--max-queue", "1024", "-c", "512"]
+           "--n-parallel", str(n_parallel), *extra]
     if model:
         cmd += ["-m", model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the server did not start")
+    raise RuntimeError(f"the server did not start (exit status {proc.wait()})")
 
 
 def run_clients(url: str, bodies: list, n_clients: int) -> tuple:

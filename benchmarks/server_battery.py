@@ -15,24 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
+from serve_load import start_server
+
 HOSTILE = (0, -1, 1, 2 ** 31, 2 ** 63, 10 ** 30, 0.5, -0.5, 1e-300, 5e-324, 1e-40, 1e30, True, "", "x",
            None, [], [1, 2], ["x"] * 100, {"a": 1})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_kib(pid: int) -> tuple:
@@ -84,7 +79,7 @@ def run_round(url: str, todo: list, threads: int = 8) -> dict:
                             for line in res.iter_lines():
                                 if line.startswith("data: "):
                                     break            # cut after the first chunk
-                        status = "stream cut"
+                        status = f"stream {res.status_code}, cut"
                     elif isinstance(body, bytes):
                         status = c.post(url + path, content=body, headers={"content-type": "application/json"}
                                         ).status_code
@@ -105,24 +100,17 @@ def run_round(url: str, todo: list, threads: int = 8) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=10, help="at least 3 (growth is read from round 2 on)")
     ap.add_argument("--model", default="block")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.rounds < 3:
+        ap.error("--rounds must be at least 3")
     from llamadiff import default_model
     model = default_model(args.model) if args.model in ("block", "full") else args.model
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llamadiff", "serve", "-m", model, "--port", str(port), "-t", "1",
-                             "--n-parallel", "8"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile(mode="w+")      # the server's log: a file, a pipe would fill up
+    proc, url = start_server(model, 8, 1, extra=(), log=log)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         todo = battery()
         rows = [{"round": 0, "rss_kib": memory_kib(proc.pid)[0], "hwm_kib": memory_kib(proc.pid)[1]}]
         for r in range(1, args.rounds + 1):
@@ -138,12 +126,14 @@ def main(argv=None) -> int:
     finally:
         proc.terminate()
         try:
-            err = proc.communicate(timeout=60)[1]
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            err = proc.communicate()[1]
+            proc.wait()
+        log.seek(0)
+        err = log.read()
     if args.json:
-        print(json.dumps({"rounds": rows, "health": health}))
+        print(json.dumps({"rounds": rows, "health": health, "tracebacks": err.count("Traceback")}))
     else:
         print(f"RSS at start {rows[0]['rss_kib'] / 1024:.1f} MiB; growth per round after round 2: "
               f"{(rows[-1]['rss_kib'] - rows[2]['rss_kib']) / max(1, len(rows) - 3) / 1024:.2f} MiB; "

@@ -337,6 +337,11 @@ cdef class Context(_Resource):
         NULL when they cannot be read (``step_logits`` would raise: call it for the reason)."""
         cdef int device = -1
         cdef const float * rows
+        if not self.logits_stayed:          # llama.cpp's host buffer: no GIL, no checks
+            rows = C.llama_get_logits(self.ptr)
+            if rows == NULL:
+                return NULL
+            return <float *> rows + <Py_ssize_t> i * self.n_vocab
         with gil:
             try:
                 rows = self.step_logits(False, &device)

@@ -60,7 +60,7 @@ cdef class Model(_Resource):
             header = None
         if header is not None:
             from llamadiff import hparams, vocab_check
-            vocab_check.check(self.path, header[0])
+            vocab_check.check(self.path, header[0], read_gguf_strings)
             if not vocab_only:
                 hparams.check(self.path, *header)
         cdef C.llama_model_params params = C.llama_model_default_params()
@@ -85,15 +85,16 @@ cdef class Model(_Resource):
             _rpc_prepare(self.rpc_timeout)
         if endpoints is not None:
             # the model's layers go to these servers only (connecting waits on them: Ctrl-C
-            # interrupts those waits too)
+            # interrupts those waits too; the load below stays in the same wait window)
             _take_problems()
             _rpc_enter()
             try:
                 for endpoint in endpoints:
                     _add_rpc_devices(endpoint, devices, self.rpc_timeout)
-            finally:
+            except BaseException:
                 if _rpc_leave():
                     _raise_interrupt()
+                raise
             devices.push_back(NULL)
             params.devices = devices.data()
             if n_gpu_layers == 0:
@@ -104,7 +105,7 @@ cdef class Model(_Resource):
         problems = []
         model = <llama_model *> _create_native(_load_model, &load, _free_model, endpoints is not None,
                                                f"lost the connection to an RPC server while loading {self.path!r}",
-                                               self.rpc_timeout, problems)
+                                               self.rpc_timeout, problems, entered=endpoints is not None)
         if model == NULL:
             detail = "; ".join(problems[-4:]) or "llama.cpp gave no reason"
             raise ModelLoadError(f"llama.cpp could not load {self.path!r}: {detail}")

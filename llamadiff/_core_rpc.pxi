@@ -109,16 +109,19 @@ ctypedef void (*native_free_fn)(void * obj) noexcept nogil
 
 
 cdef void * _create_native(native_create_fn create, void * args, native_free_fn free_obj, bint rpc,
-                           str lost, double timeout, list problems) except? NULL:
+                           str lost, double timeout, list problems, bint entered=False) except? NULL:
     """Make a native object (a model, a context) with ``create(args)``, the GIL released. Where
     RPC servers hold the layers (``rpc``), Ctrl-C interrupts the waits on them (the half-made
     object is freed, KeyboardInterrupt raised) and a connection lost meanwhile is a
     ConnectionError that starts with ``lost``. llama.cpp's problems logged meanwhile are added
-    to ``problems``; NULL: llama.cpp failed (the caller says how, with them)."""
+    to ``problems``; NULL: llama.cpp failed (the caller says how, with them). ``entered``: the
+    caller already cleared the problems and entered the RPC wait (its own connecting), so one
+    Ctrl-C window and one list of problems span both."""
     cdef void * obj = NULL
-    _take_problems()
-    if rpc:
-        _rpc_enter()
+    if not entered:
+        _take_problems()
+        if rpc:
+            _rpc_enter()
     try:
         with nogil:
             obj = create(args)

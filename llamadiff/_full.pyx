@@ -176,7 +176,6 @@ cdef class FullSequence(Sequence):
             self.n_seq_ids = 2      # the unconditional pass decodes as a companion sequence
         # LLaDA's Gumbel mode scores x0 by its plain softmax probability: the sampler adds it
         self.sp.plain_prob = self.gumbel and temperature > 0
-        self.host_logits = False
         # a step decodes the whole sequence at most (twice when guided)
         self.max_step_tokens = self.n_seq_ids * self.n_total
         self.max_out_rows = self.n_seq_ids * rows_cap
@@ -383,6 +382,7 @@ cdef class UpstreamFullSequence(FullSequence):
         cdef uint32_t seed = <uint32_t> self.sp.seed      # upstream seeds its samplers with 32 bits
         self.host_logits = True             # upstream's loop edits the rows in place
         self.max_out_rows = self.n_total    # it reads every row
+        self.sp.plain_prob = 0              # it samples with llama.cpp's chain, not a RowSampler
         self.rng = mt19937(seed)
         self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         if self.sp.top_k > 0:

@@ -20,8 +20,8 @@ __all__ = ["RunningBatch", "Finished"]
 
 
 class Finished(NamedTuple):
-    """A block one sequence finished in a step: its new tokens after the stops' cut, their text,
-    the block's index, and the stop reason when the sequence is done."""
+    """A block one sequence finished in a step: its new tokens after the stops' cut, their text
+    (when asked for), the block's index, and the stop reason when the sequence is done."""
     seq: Any
     run: Running
     tokens: list
@@ -45,7 +45,7 @@ class RunningBatch:
 
     def admit(self, key, ids: list, cfg, policy, stops: StopMatcher, t0: Optional[float] = None):
         """Start a sequence of prompt ``ids`` (``key``: the caller's handle of it, kept as
-        ``Running.index``); ValueError / TypeError when it cannot run. Returns the Sequence."""
+        ``Running.key``); ValueError / TypeError when it cannot run. Returns the Sequence."""
         seq = self.family.sequence(self.model, ids, cfg, policy)
         self.scheduler.add(seq)
         self.running[seq] = Running(key, Output(self.model, stops, cfg.max_new_tokens),
@@ -53,8 +53,10 @@ class RunningBatch:
                                     self.scheduler.sampler.name, cfg, ids)
         return seq
 
-    def step(self) -> tuple:
-        """One step of every running sequence: (the sequences stepped, [Finished, ...])."""
+    def step(self, text: bool = True) -> tuple:
+        """One step of every running sequence: (the sequences stepped, [Finished, ...]).
+        ``text``: decode each finished block's text (a call that does not stream needs only the
+        result's, decoded once at the end); keep to one choice for a batch's whole life."""
         stepped, done = self.scheduler.step()
         finished = []
         for seq in done:
@@ -62,7 +64,8 @@ class RunningBatch:
             region = seq.region - 1
             start, end = seq.region_bounds(region)
             new, reason = run.out.add(seq.tokens_between(max(start, seq.n_prompt), end), last=seq.done)
-            finished.append(Finished(seq, run, new, run.out.text(new, reason is not None), region, reason))
+            finished.append(Finished(seq, run, new, run.out.text(new, reason is not None) if text else "",
+                                     region, reason))
         return stepped, finished
 
     def step_info(self, seq, index) -> StepInfo:

@@ -41,6 +41,7 @@ import functools
 import json
 import os
 import re
+import string
 import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -177,21 +178,48 @@ def _too_wide(what: str, n) -> None:
                                 f"(more than {MAX_REPEAT:,}): refused")
 
 
-# field widths and precisions of %-formatting and str.format specs
-_PERCENT_FIELD = re.compile(r"%[#0\- +]*(\d*)(?:\.(\d+))?")
-_FORMAT_FIELD = re.compile(r"\{[^{}]*?:[^{}]*?(\d+)(?:\.(\d+))?[^{}]*\}")
+# field widths and precisions of %-formatting (a mapping key, flags, width, precision) and of
+# str.format specs ([[fill]align][sign][z][#][0][width][grouping][.precision][type]); a width
+# taken from an argument ("*", a nested "{}") is refused outright
+_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\d*|\*)(?:\.(\d*|\*))?")
+_FORMAT_SPEC = re.compile(r"(?:.?[<>=^])?[+\- ]?z?#?0?(\d*)[,_]?(?:\.(\d*))?")
 # methods of str that build a string as wide as a number argument
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 # filters whose arguments size what they build
 _SIZED_FILTERS = ("center", "indent", "wordwrap", "truncate", "batch", "slice")
 
 
-def _check_format(fmt, pattern, what: str) -> None:
+def _check_width(what: str, group) -> None:
+    if group == "*":
+        raise ChatTemplateError(f"the chat template takes the width of {what} from an argument: refused")
+    if group:
+        _too_wide(what, int(group))
+
+
+def _check_percent(fmt) -> None:
+    """A %-format string's widths and precisions."""
     if isinstance(fmt, str):
-        for m in pattern.finditer(fmt):
+        for m in _PERCENT_FIELD.finditer(fmt):
             for group in m.groups():
-                if group:
-                    _too_wide(what, int(group))
+                _check_width("a % field", group)
+
+
+def _check_str_format(fmt) -> None:
+    """A str.format string's field widths and precisions."""
+    if not isinstance(fmt, str):
+        return
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return                      # str.format raises the same on it
+    for _, name, spec, _ in fields:
+        if name is None or not spec:
+            continue
+        if "{" in spec:
+            _check_width("a format field", "*")
+        m = _FORMAT_SPEC.match(spec)
+        for group in m.groups():
+            _check_width("a format field", group)
 
 
 def _checked_filter(name: str, fn):
@@ -246,7 +274,7 @@ def _environment():
                         raise ChatTemplateError(f"the chat template repeats a value to more than {MAX_REPEAT} "
                                                 "items or characters")
             if operator == "%" and isinstance(left, str):
-                _check_format(left, _PERCENT_FIELD, "a % field")
+                _check_percent(left)
                 for n in (right if isinstance(right, tuple) else (right,)):
                     if "*" in left:
                         _too_wide("a % field", n)
@@ -260,7 +288,7 @@ def _environment():
                     for a in list(args) + list(kwargs.values()):
                         _too_wide(f"str.{name}", a)
                 elif name in ("format", "format_map"):
-                    _check_format(target.__self__, _FORMAT_FIELD, "a format field")
+                    _check_str_format(target.__self__)
                     if ":{" in target.__self__:           # a width given as an argument
                         for a in list(args) + list(kwargs.values()):
                             _too_wide("a format field", a)
@@ -273,7 +301,7 @@ def _environment():
         env.filters[name] = _checked_filter(name, env.filters[name])
     plain_format = env.filters["format"]
     env.filters["format"] = functools.wraps(plain_format)(
-        lambda value, *a, **k: (_check_format(value, _PERCENT_FIELD, "a % field"), plain_format(value, *a, **k))[1])
+        lambda value, *a, **k: (_check_percent(value), plain_format(value, *a, **k))[1])
     plain_lipsum = env.globals["lipsum"]
 
     def lipsum(n=5, html=True, min=20, max=100):

@@ -366,8 +366,9 @@ def cmd_chat(args) -> int:
 
 def cmd_info(args) -> int:
     from llamadiff._core import Model
+    from llamadiff.families.base import model_flag, model_int
 
-    shipped = args.model is None or args.model in SHIPPED
+    shipped = _shipped(args)
     args.model = _model_path(args.model)
     model = Model(args.model)        # memory-mapped: cheap even for large files
     mask = model.mask_token_id
@@ -391,9 +392,9 @@ def cmd_info(args) -> int:
         "weights_bytes": model.size,
         "mask_token": None if mask is None else {"id": mask, "text": model.token_to_piece(mask)},
         "eog_tokens": {t: model.token_to_piece(t) for t in model.eog_token_ids},
-        "block_length": _int_or_none(meta.get("diffusion.block_length")),
+        "block_length": model_int(model, "diffusion.block_length"),
         "shift_logits": None if meta.get("diffusion.shift_logits") is None else
-        str(meta.get("diffusion.shift_logits")).lower() in ("true", "1"),
+        model_flag(model, "diffusion.shift_logits", False),
         "chat_template": model.chat_template,
         "file_size": os.path.getsize(args.model),
     }
@@ -414,13 +415,6 @@ def cmd_info(args) -> int:
             value = value if len(value) < 200 else value[:200] + " ..."
         print(f"{key:<{width}}  {value}")
     return 0
-
-
-def _int_or_none(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def cmd_bench(args) -> int:

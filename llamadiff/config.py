@@ -28,9 +28,12 @@ __all__ = ["GenerationConfig", "option_fields", "options_table", "OPTION_ALIASES
 MAX_INT_OPTION = 2 ** 31 - 1
 MAX_FLOAT_OPTION = 1e4
 FLT_MIN = 1.1754943508222875e-38     # the smallest normal single-precision number
-# stops: how many, and how long a string; searching costs (stops x their length) per token
+# stops: how many strings, and how long one; searching costs (strings x their length) per token.
+# Token ids are a set lookup each: bounded only so that a list cannot be absurd (a server adds
+# the model's end-of-generation ids to a client's strings)
 MAX_STOPS = 64
 MAX_STOP_CHARS = 256
+MAX_STOP_IDS = 1024
 
 # names users of llama-cpp-python / OpenAI reach for, accepted as they are (README, "Coming
 # from llama-cpp-python")
@@ -227,9 +230,12 @@ class GenerationConfig:
             if not isinstance(self.stop, (list, tuple)):
                 raise TypeError(f"stop must be a list of strings / token ids, not {type(self.stop).__name__}"
                                 + (f" (stop=[{self.stop!r}] for one)" if isinstance(self.stop, (str, int)) else ""))
-            if len(self.stop) > MAX_STOPS:
-                raise ValueError(f"stop holds {len(self.stop)} entries; at most {MAX_STOPS} (each one is looked "
+            strings = sum(isinstance(item, str) for item in self.stop)
+            if strings > MAX_STOPS:
+                raise ValueError(f"stop holds {strings} strings; at most {MAX_STOPS} (each one is looked "
                                  "for in every token's text)")
+            if len(self.stop) - strings > MAX_STOP_IDS:
+                raise ValueError(f"stop holds {len(self.stop) - strings} token ids; at most {MAX_STOP_IDS}")
             for item in self.stop:
                 if isinstance(item, bool) or not isinstance(item, (str, int)) or item == "":
                     raise TypeError(f"stop entries must be non-empty strings or token ids, got {item!r}")

@@ -19,7 +19,7 @@ __all__ = ["ContextCache"]
 
 class ContextCache:
     """The reusable ``single`` and ``shared`` contexts of a model (see the module's text).
-    ``on_new(ctx)`` is called for each new single-sequence context (a sampler route that
+    ``on_new_single(ctx)`` is called for each new single-sequence context (a sampler route that
     samples inside it attaches there)."""
 
     SINGLE, SHARED = "single", "shared"

@@ -429,6 +429,7 @@ cdef class Scheduler:
         calls only (no Python objects are made or looked up)."""
         cdef size_t m
         cdef bint in_place = self.in_place
+        cdef bint caller_on_device = self.ctx.logits_on_device
         if self._stepping:
             raise RuntimeError("Scheduler.step() called from inside a step (a policy or callback of this "
                                "scheduler's own step)")
@@ -443,8 +444,9 @@ cdef class Scheduler:
             return self._step(active, m, in_place)
         finally:
             self._stepping = False
-            # leave the caller's context as it was: its own decodes copy the logits as usual
-            self.ctx.set_logits_on_device(False)
+            # leave the caller's context as it was (its own decodes copy the logits, unless it
+            # set keep_logits_on_device itself)
+            self.ctx.set_logits_on_device(caller_on_device)
 
     cdef tuple _step(self, PyObject ** active, size_t m, bint in_place):
         cdef Sequence seq, first, other

@@ -226,6 +226,7 @@ class Generator:
         self.defaults = ModelDefaults.read(self.model)
         self.default_block_length = self.defaults.block_length or 4
         self.default_steps = self.defaults.steps
+        self._setup = Setup(self.model, self.defaults, self.n_ctx, self.n_batch)
 
     # -- what front ends build on (llamadiff.serving) ----------------------------------
 
@@ -237,7 +238,7 @@ class Generator:
     @property
     def setup(self) -> Setup:
         """What the family's rules read of this Generator."""
-        return Setup(self.model, self.defaults, self.n_ctx, self.n_batch)
+        return self._setup
 
     def exclusive(self) -> "_CallLock":
         """The lock that serialises this Generator's calls (``with gen.exclusive(): ...``): a
@@ -554,23 +555,23 @@ class Generator:
                     if self._closing.is_set():
                         raise GeneratorClosedError(_CLOSED_WHILE_RUNNING)
                     try:
-                        stepped, finished = batch.step()
+                        stepped, finished = batch.step(text=stream)
                     except DecodeAborted:
                         if self._closing.is_set():      # close() cut the decode short
                             raise GeneratorClosedError(_CLOSED_WHILE_RUNNING) from None
                         raise
                     if cfg.callback is not None:
                         for seq in stepped:
-                            if cfg.callback(batch.step_info(seq, tag(batch.running[seq].index))) is False:
+                            if cfg.callback(batch.step_info(seq, tag(batch.running[seq].key))) is False:
                                 halted = "cancelled"     # a callback returned False: stop after this step
                     for block in finished:
                         if bar is not None:
                             bar.update(len(block.tokens))
                         if stream:
                             yield StreamChunk(block.text, block.tokens, block.region, block.reason,
-                                              index=tag(block.run.index))
+                                              index=tag(block.run.key))
                         if block.reason is not None:
-                            results[block.run.index] = batch.retire(
+                            results[block.run.key] = batch.retire(
                                 block.seq, block.reason, batch.context_ms if single else 0.0, slot=not single)
             except KeyboardInterrupt:
                 halted = "interrupted"
@@ -586,8 +587,8 @@ class Generator:
             for seq, run in (batch.running.items() if batch is not None else ()):
                 if stream:
                     yield StreamChunk(run.out.text([], True), [], seq.region if single else -1, halted,
-                                      index=tag(run.index))
-                results[run.index] = batch.result(seq, halted, batch.context_ms if single else 0.0,
+                                      index=tag(run.key))
+                results[run.key] = batch.result(seq, halted, batch.context_ms if single else 0.0,
                                                   slot=not single)
             for index in range(len(prompts)):
                 if results[index] is None:

@@ -126,12 +126,12 @@ class Output:
 
 
 class Running:
-    """A sequence while it runs: the caller's handle of it (a prompt's index, a request),
-    its output, start time, slot, sampler route, options and prompt."""
-    __slots__ = ("index", "out", "t0", "slot", "sampler", "cfg", "ids")
+    """A sequence while it runs: the caller's handle of it (``key``: a prompt's index, a
+    request), its output, start time, slot, sampler route, options and prompt."""
+    __slots__ = ("key", "out", "t0", "slot", "sampler", "cfg", "ids")
 
-    def __init__(self, index, out: Output, t0: float, slot: int, sampler: str, cfg, ids: list):
-        self.index = index
+    def __init__(self, key, out: Output, t0: float, slot: int, sampler: str, cfg, ids: list):
+        self.key = key
         self.out = out
         self.t0 = t0
         self.slot = slot

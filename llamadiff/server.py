@@ -22,6 +22,7 @@ its request. Built on FastAPI and uvicorn (the web stack of llama-cpp-python's s
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -39,9 +40,9 @@ except ImportError as exc:       # the optional extra is missing
 
 from llamadiff.chat import check_template
 from llamadiff.errors import ChatTemplateError, LlamaDiffError
-from llamadiff.config import MAX_STOP_CHARS, MAX_STOPS
+from llamadiff.config import MAX_STOP_CHARS, MAX_STOPS, _int_argument
 from llamadiff.results import GenerationResult
-from llamadiff.serving import Batcher, BatcherClosedError, QueueFullError
+from llamadiff.serving import AboveLimitError, Batcher, BatcherClosedError, QueueFullError
 
 __all__ = ["create_app", "serve"]
 
@@ -146,7 +147,7 @@ def _error_body(message: str, kind: str, param=None, code=None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _options(body: _Base, default_max: Optional[int], eog: list) -> dict:
+def _options(body: _Base, eog: list) -> dict:
     """Our generation options from a request body."""
     if body.n != 1:
         raise _HTTPError(400, "n must be 1: each request generates one completion", param="n")
@@ -164,7 +165,6 @@ def _options(body: _Base, default_max: Optional[int], eog: list) -> dict:
     opts = {name: value for name, value in body.model_dump(exclude_unset=True).items()
             if name not in _Base.model_fields and name not in ("prompt", "messages", "echo") and value is not None}
     max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
-    max_tokens = max_tokens if max_tokens is not None else default_max
     if max_tokens is not None:
         opts["max_new_tokens"] = max_tokens
     for name in ("temperature", "top_p", "seed"):
@@ -199,11 +199,17 @@ def default_max_request_bytes(n_ctx: int) -> int:
 
 
 def _json_error(status: int, message: str, code: str) -> tuple:
-    import json
     body = json.dumps(_error_body(message, "invalid_request_error", code=code)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]
     return status, headers, body
+
+
+class _Refused(BaseException):
+    # a BaseException: FastAPI turns any Exception raised while it reads a body into its own 400
+    # ("error parsing the body"); this one must reach the middleware
+    def __init__(self, answer):
+        self.answer = answer
 
 
 class _RequestLimits:
@@ -233,12 +239,6 @@ class _RequestLimits:
                          f"{self.max_bytes:,} (--max-request-bytes)", "request_too_large"))
         started, received, complete = False, 0, False
         deadline = asyncio.get_running_loop().time() + self.timeout
-
-        class _Refused(BaseException):
-            # a BaseException: FastAPI turns any Exception raised while it reads a body into
-            # its own 400 ("error parsing the body"); this one must reach the middleware
-            def __init__(self, answer):
-                self.answer = answer
 
         async def limited_receive():
             nonlocal received, complete
@@ -329,10 +329,23 @@ def _bounded_protocol(base, timeout: float):
 def _check_key(api_key: Optional[str]) -> None:
     if api_key is None:
         return
-    if not isinstance(api_key, str) or not api_key or api_key != api_key.strip() or \
+    if not isinstance(api_key, str) or not api_key or not api_key.isascii() or \
             any(c.isspace() or not c.isprintable() for c in api_key):
-        raise ValueError("the API key must be printable text without spaces: HTTP drops the spaces around a "
-                         "header's value (RFC 9110, 5.5), so a key could not depend on them")
+        raise ValueError("the API key must be printable ASCII without spaces: HTTP drops the spaces around a "
+                         "header's value (RFC 9110, 5.5), so a key could not depend on them, and a bearer "
+                         "token is ASCII (RFC 6750, 2.1)")
+
+
+def _check_settings(api_key, max_tokens, max_steps, max_request_bytes, read_timeout, max_block_length) -> None:
+    """The server's own settings (None: the default, decided with the model), checked before a
+    model is loaded."""
+    _check_key(api_key)
+    for label, value in (("max_tokens", max_tokens), ("max_steps", max_steps),
+                         ("max_request_bytes", max_request_bytes), ("max_block_length", max_block_length)):
+        if value is not None:
+            _int_argument(label, value, 1)
+    if not (isinstance(read_timeout, (int, float)) and 0 < read_timeout <= 3600):
+        raise ValueError(f"read_timeout must be a number of seconds in (0, 3600], got {read_timeout!r}")
 
 
 def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: Optional[str] = None,
@@ -350,18 +363,12 @@ def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: O
     import hmac
     import os
 
+    _check_settings(api_key, max_tokens, max_steps, max_request_bytes, read_timeout, max_block_length)
     eog = sorted(batcher.model.eog_token_ids)
     if max_block_length is None:
         max_block_length = max(64, batcher.generator.default_block_length)
-    _check_key(api_key)
     if max_request_bytes is None:
         max_request_bytes = default_max_request_bytes(batcher.generator.n_ctx)
-    for label, value in (("max_tokens", max_tokens), ("max_steps", max_steps),
-                         ("max_request_bytes", max_request_bytes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be an int >= 1, got {value!r}")
-    if not (isinstance(read_timeout, (int, float)) and 0 < read_timeout <= 3600):
-        raise ValueError(f"read_timeout must be a number of seconds in (0, 3600], got {read_timeout!r}")
     limits = {"max_tokens": max_tokens, "max_steps": max_steps, "max_block_length": max_block_length,
               "max_request_bytes": max_request_bytes, "read_timeout_s": read_timeout,
               "max_stops": MAX_STOPS, "max_stop_chars": MAX_STOP_CHARS}
@@ -449,18 +456,18 @@ def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: O
             raise _HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                              "authentication_error", code="invalid_api_key")
 
+    # what one request may ask for; a model default above a cap is held to it (Batcher.submit)
+    caps = {"block_length": max_block_length, "max_new_tokens": max_tokens, "steps": max_steps}
+    flags = {"block_length": "--max-block-length", "max_new_tokens": "--max-tokens", "steps": "--max-steps"}
+
     async def submit(prompt, chat: bool, opts: dict, listener):
-        for option, cap, flag in (("block_length", max_block_length, "--max-block-length"),
-                                  ("max_new_tokens", max_tokens, "--max-tokens"),
-                                  ("steps", max_steps, "--max-steps")):
-            value = opts.get(option)
-            if isinstance(value, int) and not isinstance(value, bool) and value > cap:
-                shown = "max_tokens" if option == "max_new_tokens" else option
-                raise _HTTPError(400, f"{shown}={value} is above this server's limit of {cap} ({flag})",
-                                 param=shown, code="above_limit")
         try:
             # tokenising (and templating) a long prompt runs off the event loop
-            return await asyncio.to_thread(batcher.submit, prompt, chat=chat, listener=listener, **opts)
+            return await asyncio.to_thread(batcher.submit, prompt, chat=chat, listener=listener, limits=caps, **opts)
+        except AboveLimitError as exc:
+            shown = "max_tokens" if exc.option == "max_new_tokens" else exc.option
+            raise _HTTPError(400, f"{shown}={exc.value} is above this server's limit of {exc.limit} "
+                                  f"({flags[exc.option]})", param=shown, code="above_limit")
         except QueueFullError as exc:
             raise _HTTPError(503, f"the server is busy: {exc}", "server_error", code="queue_full")
         except BatcherClosedError as exc:
@@ -515,7 +522,6 @@ def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: O
         chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
         def event(choice: dict, usage=None) -> str:
-            import json
             payload = {"id": rid, "object": chunk_obj, "created": stamp, "model": name,
                        "choices": [choice] if choice else []}
             if include_usage:
@@ -535,7 +541,6 @@ def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: O
                     item = await events.get()
                     if isinstance(item, GenerationResult):
                         if item.stop_reason in ("error", "cancelled", "interrupted"):
-                            import json
                             message = (item.error or "generation failed" if item.stop_reason == "error"
                                        else "the request was cancelled (the server is shutting down)")
                             yield f"data: {json.dumps(_error_body(message, 'server_error', code=item.stop_reason))}\n\n"
@@ -583,7 +588,7 @@ def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: O
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, http: Request):
         served(body)
-        opts = _options(body, None, eog)
+        opts = _options(body, eog)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             if len(prompt) != 1:
@@ -603,7 +608,7 @@ def create_app(batcher: Batcher, *, model_name: Optional[str] = None, api_key: O
         if broken_template is not None:
             raise _HTTPError(500, f"the server's chat template is broken: {broken_template}", kind="server_error",
                              code="broken_chat_template")
-        opts = _options(body, None, eog)
+        opts = _options(body, eog)
         messages = [m.as_dict() for m in body.messages]
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return await run(http, messages, False, opts, body.stream, include_usage, "chat")
@@ -653,7 +658,8 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Opt
 
     if not (isinstance(drain_seconds, (int, float)) and 0 <= drain_seconds <= 3600):
         raise ValueError(f"drain_seconds must be a number of seconds in [0, 3600], got {drain_seconds!r}")
-    _check_key(api_key)                 # before the model loads
+    # before the model loads
+    _check_settings(api_key, max_tokens, max_steps, max_request_bytes, read_timeout, max_block_length)
 
     # the event loop and the batcher thread take turns on the GIL; hand it over sooner than
     # Python's default 5 ms, or each request waits for the other side's turn to expire

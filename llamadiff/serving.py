@@ -35,7 +35,8 @@ from llamadiff.errors import LlamaDiffError
 from llamadiff.generator import Generator
 from llamadiff.results import GenerationResult, StopMatcher, StreamChunk
 
-__all__ = ["Batcher", "Request", "QueueFullError", "BatcherClosedError", "Engine", "EngineClosedError"]
+__all__ = ["Batcher", "Request", "QueueFullError", "BatcherClosedError", "AboveLimitError", "Engine",
+           "EngineClosedError"]
 
 log = logging.getLogger("llamadiff")
 
@@ -46,6 +47,15 @@ class QueueFullError(LlamaDiffError):
 
 class BatcherClosedError(LlamaDiffError):
     """The batcher is closed (or closing) and takes no new requests."""
+
+
+class AboveLimitError(LlamaDiffError, ValueError):
+    """A request asks for more than a limit given to ``submit``: ``option`` (GenerationConfig's
+    name), its ``value`` and the ``limit``."""
+
+    def __init__(self, option: str, value: int, limit: int):
+        self.option, self.value, self.limit = option, value, limit
+        super().__init__(f"{option}={value} is above the limit of {limit}")
 
 
 _DONE = object()
@@ -170,7 +180,7 @@ class Batcher:
         self._error: Optional[BaseException] = None
         self.stats = {"submitted": 0, "completed": 0, "cancelled": 0, "errors": 0, "rejected": 0, "steps": 0}
         self._running_count = 0
-        self._batch: Optional[RunningBatch] = None     # of the running key (its sequences: Running.index is the Request)
+        self._batch: Optional[RunningBatch] = None     # of the running key (its sequences: Running.key is the Request)
         self._batch_key = None
         self._thread = threading.Thread(target=self._loop, name="llamadiff-batcher", daemon=True)
         self._thread.start()
@@ -178,7 +188,7 @@ class Batcher:
     # -- the public API ---------------------------------------------------------------------
 
     def submit(self, prompt, config: Optional[GenerationConfig] = None, *, chat: bool = False,
-               listener: Optional[Callable] = None, **options) -> Request:
+               listener: Optional[Callable] = None, limits: Optional[dict] = None, **options) -> Request:
         """Queue one prompt (text, token ids or chat messages). Options are GenerationConfig's
         fields (``callback``, ``progress`` and ``profile`` are not available here). Bad options,
         an over-long prompt or a full queue raise here, in the caller's thread.
@@ -186,13 +196,27 @@ class Batcher:
         ``listener``: called in the batcher's thread with each StreamChunk and then the
         GenerationResult; keep it short and non-blocking (for event loops: hand the item over
         with a thread-safe call). An exception in it is logged, not raised.
+
+        ``limits``: {option: largest value}. An option the request sets above its limit raises
+        AboveLimitError; one the request leaves to the model is held to the limit (a model whose
+        default generation length is larger generates at most the limit).
         """
         self._check_open()
         for name in ("callback", "progress", "profile"):
             if options.get(name):
                 raise ValueError(f"{name} is not available for served requests")
+        limits = limits or {}
+        for option, limit in limits.items():        # what the request asks for, before anything else
+            value = options.get(option, options.get("max_tokens") if option == "max_new_tokens" else None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                raise AboveLimitError(option, value, limit)
         ids, cfg = self.generator.prepare(prompt, config if config is not None else self.config, options,
                                           chat=chat)
+        held = {option: limit for option, limit in limits.items()
+                if getattr(cfg, option) is not None and getattr(cfg, option) > limit}
+        if held:            # the model's defaults, held to the limits
+            ids, cfg = self.generator.prepare(prompt, config if config is not None else self.config,
+                                              {**options, **held}, chat=chat)
         stops = StopMatcher(self.model, cfg.stop)
         key = (self._family.batch_key(cfg), self._family.runs_alone(cfg))
         request = Request(self, ids, cfg, key, stops, self._family.step_tokens(cfg, len(ids)), listener)
@@ -274,7 +298,7 @@ class Batcher:
                 request._end("error", f"the batcher failed: {type(exc).__name__}: {exc}")
             for seq in self._running_requests():
                 run = self._batch.running.pop(seq)
-                run.index._end("error", f"the batcher failed: {type(exc).__name__}: {exc}")
+                run.key._end("error", f"the batcher failed: {type(exc).__name__}: {exc}")
         finally:
             self._running_count = 0
             if self._batch is not None:
@@ -294,9 +318,9 @@ class Batcher:
                 ended += self._waiting
                 self._waiting.clear()
                 for run in running.values():
-                    run.index._cancelled = True
-            if self._closing and not self._waiting and not running:
-                return False
+                    run.key._cancelled = True
+            # (the requests cancelled here still get their answer below, before the thread ends)
+            stop = self._closing and not self._waiting and not running
             ended += [r for r in self._waiting if r.cancelled]
             for request in ended:
                 if request in self._waiting:
@@ -307,8 +331,10 @@ class Batcher:
         for request in ended:                     # listeners run outside the lock
             request._end("cancelled")
             self.stats["cancelled"] += 1
+        if stop:
+            return False
         for seq, run in list(running.items()):
-            if run.index.cancelled:
+            if run.key.cancelled:
                 self._retire(seq, "cancelled")
         if key is not None and not running:
             self._new_batch(key)
@@ -326,7 +352,7 @@ class Batcher:
             return True
         self.stats["steps"] += 1
         for block in finished:
-            block.run.index._emit(StreamChunk(block.text, block.tokens, block.region, block.reason))
+            block.run.key._emit(StreamChunk(block.text, block.tokens, block.region, block.reason))
             if block.reason is not None:
                 self._retire(block.seq, block.reason, emitted=True)
         self._running_count = len(batch)
@@ -360,7 +386,7 @@ class Batcher:
         batch = self._batch
         if batch is None:
             return []
-        budget = batch.scheduler.ctx.n_ubatch - sum(run.index.step_tokens for run in batch.running.values())
+        budget = batch.scheduler.ctx.n_ubatch - sum(run.key.step_tokens for run in batch.running.values())
         slots = 1 if self._batch_key[1] else self.n_parallel
         admit = []
         with self._cv:
@@ -386,7 +412,7 @@ class Batcher:
 
     def _retire(self, seq, reason: str, emitted: bool = False, error=None) -> None:
         run = self._batch.running[seq]
-        request = run.index
+        request = run.key
         if not emitted:
             request._emit(StreamChunk(run.out.text([], True), [], -1, reason))
         result = self._batch.retire(seq, reason)

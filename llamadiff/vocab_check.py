@@ -26,7 +26,7 @@ the test architectures and the shipped models.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from llamadiff.errors import ModelLoadError
 
@@ -38,16 +38,18 @@ MIN_GOOD_MERGES = 0.5           # the share of merges that must join two tokens 
 _ID_KEY = re.compile(r"^tokenizer\.ggml\.[a-z_]+_token_id$")
 
 
-def check(path: str, meta: Mapping[str, Any]) -> None:
+def check(path: str, meta: Mapping[str, Any], read_strings: Callable) -> None:
     """Raise ModelLoadError naming every tokenizer value of ``path`` llama.cpp would silently
-    replace or misuse. ``meta``: ``read_gguf_header``'s metadata (string arrays as counts)."""
-    found = problems(path, meta)
+    replace or misuse. ``meta``: ``read_gguf_header``'s metadata (string arrays as counts);
+    ``read_strings``: ``read_gguf_strings`` (the native core hands it over: this module sits
+    below it)."""
+    found = problems(path, meta, read_strings)
     if found:
         raise ModelLoadError(f"{path!r} holds tokenizer metadata its vocabulary cannot serve (a corrupt or "
                              "mis-converted file): " + "; ".join(found))
 
 
-def problems(path: str, meta: Mapping[str, Any]) -> list:
+def problems(path: str, meta: Mapping[str, Any], read_strings: Callable) -> list:
     n_tokens = meta.get("tokenizer.ggml.tokens")
     if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 1:
         return []                   # no vocabulary: the loader's own check says so
@@ -76,9 +78,8 @@ def problems(path: str, meta: Mapping[str, Any]) -> list:
         kind = "WordPiece" if model == "bert" else "Unigram"
         found.append(f"tokenizer.ggml.model is {model!r} ({kind}), but the file has {n_merges} BPE merges: a "
                      "byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2') under the wrong tokenizer")
-    from llamadiff._core import read_gguf_strings
     want = ["tokenizer.ggml.tokens"] + (["tokenizer.ggml.merges"] if model == "gpt2" else [])
-    strings = read_gguf_strings(path, want)
+    strings = read_strings(path, want)
     tokens = strings.get("tokenizer.ggml.tokens", [])
     empty = sum(1 for t in tokens if t == "")
     if empty > 1:

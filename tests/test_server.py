@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -35,11 +36,15 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "llamadiff", "serve", "--port", str(self.port), "-t", "1", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # its log goes to a file: a pipe nobody reads would fill up (the access log writes a line
+        # a request) and block the server
+        self._log_file = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, text=True)
+        self.log = ""
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"the server exited: {self._read_log()}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
@@ -56,6 +61,10 @@ class Server:
         data = body if isinstance(body, (str, bytes)) else json.dumps(body)
         return httpx.post(self.url + path, content=data, headers=h, timeout=60, **kw)
 
+    def _read_log(self) -> str:
+        self._log_file.seek(0)
+        return self._log_file.read()
+
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -64,7 +73,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-            self.log = self.proc.stdout.read()
+        self.log = self._read_log()
         return self.proc.returncode
 
 
@@ -206,10 +215,9 @@ def test_full_queue_answers_503_and_sigterm_stops_cleanly():
         assert results.count(503) >= 2                     # one running, one queued, the rest refused
         body = httpx.post(srv.url + "/v1/completions", json=long, timeout=10).json()
         assert body["error"]["code"] == "queue_full"
-        t0 = time.time()
-        # uvicorn ends the process with the signal after its shutdown, which closed the engine
+        # uvicorn ends the process with the signal after its shutdown, which closed the batcher
+        # (not killed: stop() gives it 30 s)
         assert srv.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
-        assert time.time() - t0 < 30
         assert "llamadiff: stopped (" in srv.log
         for t in threads:
             t.join(30)
@@ -275,11 +283,9 @@ def test_sigterm_with_requests_in_flight_answers_every_one(model, tmp_path):
         deadline = time.time() + 30
         while time.time() < deadline and srv.health()["running"] + srv.health()["queued"] < 16:
             time.sleep(0.1)
-        t0 = time.time()
-        assert srv.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+        assert srv.stop(signal.SIGTERM) in (0, -signal.SIGTERM)     # not killed: it drained in time
         for t in threads:
             t.join(30)
-        assert time.time() - t0 < 20
         assert len(outcomes) == 16
         assert not [o for o in outcomes if o[0] == "broken"], outcomes
         plain = [o for o in outcomes if o[0] == "plain"]
@@ -311,16 +317,17 @@ def strict():
     srv.stop()
 
 
-def _timed_completion(srv, prompt="47+38=", **extra):
-    t0 = time.perf_counter()
-    res = httpx.post(srv.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 10, **extra}, timeout=60)
-    return res, time.perf_counter() - t0
+def _completion(srv, prompt="47+38=", timeout=60, **extra):
+    """A short completion; ``timeout``: the seconds it may wait (past them httpx raises: a server
+    blocked by another client fails the test that way)."""
+    return httpx.post(srv.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 10, **extra},
+                      timeout=timeout)
 
 
 @pytest.mark.parametrize("field,value", [("top_p", 5e-324), ("threshold", 1e-300), ("temperature", 1e-40),
                                          ("eb_gamma", 1e-45), ("top_p", 1.0000000001)])
 def test_float_values_are_checked_as_the_c_core_sees_them(strict, field, value):
-    res, _ = _timed_completion(strict, **{field: value})
+    res = _completion(strict, **{field: value})
     if field == "top_p" and value > 1:            # 1.0 in single precision: a valid top_p
         assert res.status_code == 200
         return
@@ -341,31 +348,33 @@ def test_stop_lists_are_bounded(strict):
         "prompt": "rev python=", "max_tokens": 400, "ignore_eos": True,
         "stop": ["never-%03d-" % i + "q" * 240 for i in range(64)]})
     assert res.status_code == 200 and res.json()["choices"][0]["finish_reason"] == "length"
+    # the model's end of generation comes on top of the 64 the API allows
+    res = httpx.post(strict.url + "/v1/completions", timeout=60, json={
+        "prompt": "rev python=", "max_tokens": 8, "stop": ["never-%03d" % i for i in range(64)]})
+    assert res.status_code == 200, res.text
 
 
 def test_a_huge_request_is_refused_before_it_is_read_and_delays_nobody(strict):
     results = {}
 
     def huge():
-        t0 = time.perf_counter()
         try:
             res = httpx.post(strict.url + "/v1/completions", content=json.dumps({"prompt": "x" * 50_000_000}),
                              headers={"content-type": "application/json"}, timeout=60)
             results["huge"] = (res.status_code, res.json()["error"]["code"])
         except httpx.HTTPError as exc:          # the server may close before all 50 MB are sent
             results["huge"] = ("closed", type(exc).__name__)
-        results["huge_s"] = time.perf_counter() - t0
 
     t = threading.Thread(target=huge)
     t.start()
-    res, seconds = _timed_completion(strict)
+    # bounded, not fast: another client's short completion does not wait for the 50 MB body
+    res = _completion(strict, timeout=20)
     t.join(60)
+    assert not t.is_alive()                     # the 50 MB request ended too (its own timeout: 60 s)
     assert res.status_code == 200 and res.json()["choices"][0]["text"] == "85"
     assert results["huge"][0] in (413, "closed")
     if results["huge"][0] == 413:
         assert results["huge"][1] == "request_too_large"
-    # bounded, not fast: another client's short completion did not wait for the 50 MB body
-    assert seconds < 20 and results["huge_s"] < 30
     # chunked: no Content-Length, the size is counted as the body arrives
     def chunks():
         for _ in range(100):
@@ -406,8 +415,8 @@ def test_slow_and_short_bodies_end_with_408_while_others_are_served(strict):
                   else b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
         slow.append(s)
     for _ in range(3):
-        res, seconds = _timed_completion(strict)
-        assert res.status_code == 200 and seconds < 20
+        res = _completion(strict, timeout=20)
+        assert res.status_code == 200
     ended = 0
     for s in slow:
         try:
@@ -441,11 +450,12 @@ def test_the_key_is_compared_exactly():
             assert status(wrong) == 401, wrong
     finally:
         srv.stop()
-    # a key HTTP could not carry exactly (spaces around it are not part of a header's value)
-    for bad in (KEY + " ", " " + KEY, "a key"):
+    # a key HTTP could not carry exactly (spaces around it are not part of a header's value, and
+    # servers decode a header as latin-1: a non-ASCII key could never match)
+    for bad in (KEY + " ", " " + KEY, "a key", "p\u00e4sswort"):
         proc = subprocess.run([sys.executable, "-m", "llamadiff", "serve", "--api-key", bad], capture_output=True,
                               text=True, timeout=120)
-        assert proc.returncode == 1 and "API key must be printable text without spaces" in proc.stderr
+        assert proc.returncode == 1 and "API key must be printable ASCII without spaces" in proc.stderr
 
 
 HOSTILE_FIELD_VALUES = (0, -1, 1, 2 ** 31, 2 ** 63, 10 ** 30, 0.5, -0.5, 1e-300, 5e-324, 1e-40, 1e30, True,
@@ -515,7 +525,7 @@ def test_memory_levels_off_under_a_hostile_battery():
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     rounds = report["rounds"]
-    assert all(500 not in r["answers"] and "500" not in r["answers"] for r in rounds[1:]), rounds
+    assert all("500" not in r["answers"] for r in rounds[1:]), rounds       # JSON: the statuses are keys
     rss = [r["rss_kib"] for r in rounds]
     assert rss[3] - rss[2] < 8 * 1024, rss          # KiB: under 8 MiB from round 2 to round 3
-    assert report["health"]["status"] == "ok"
+    assert report["health"]["status"] == "ok" and report["tracebacks"] == 0

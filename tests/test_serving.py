@@ -129,3 +129,27 @@ def test_a_failing_engine_thread_fails_its_requests_and_refuses_new_ones():
             engine.submit("47+38=")
     finally:
         engine.close(timeout=30)
+
+
+def test_limits_refuse_what_a_request_asks_and_hold_what_the_model_chooses():
+    from llamadiff.serving import AboveLimitError
+    with Engine(default_model("block"), n_parallel=2, n_ctx=512, **EXACT) as engine:
+        with pytest.raises(AboveLimitError, match="max_new_tokens=64 is above the limit of 32") as err:
+            engine.submit("rev python=", max_new_tokens=64, limits={"max_new_tokens": 32})
+        assert (err.value.option, err.value.value, err.value.limit) == ("max_new_tokens", 64, 32)
+        # no length given: the model's default (256) is held to the limit
+        held = engine.submit("rev python=", stop=[], limits={"max_new_tokens": 32}).result(120)
+        free = engine.submit("rev python=", stop=[]).result(120)
+    assert len(held.tokens) == 32 and held.stop_reason == "length"
+    assert len(free.tokens) == 256
+
+
+def test_close_with_cancel_answers_requests_that_never_started():
+    """close(cancel=True) between batches or before the first one: the waiting requests end
+    "cancelled" too (they used to be dropped unanswered when nothing was running)."""
+    for i in range(30):
+        batcher = Engine(default_model("block"), n_parallel=1, n_ctx=256, **EXACT)
+        reqs = [batcher.submit("rev python=", max_new_tokens=8, stop=[]) for _ in range(4)]
+        time.sleep(0.002 * (i % 10))
+        batcher.close(cancel=True, timeout=30)
+        assert all(r.result(10).stop_reason in ("cancelled", "length") for r in reqs)
