@@ -12,7 +12,6 @@ prefill. The latency is from the signal to ``generate`` returning with
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess

@@ -20,5 +20,6 @@ class BlockSequence(Sequence):
     @property
     def use_cache(self): ...
 
+EDITS_NEED_UNSHIFTED: str
 FIXED_SHAPE_BATCH_FAULT: str
 FIXED_SHAPE_NEEDS: str

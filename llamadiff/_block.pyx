@@ -43,6 +43,8 @@ FIXED_SHAPE_BATCH_FAULT = (
     "ggml-cuda faults ('an illegal instruction was encountered', which aborts the process) when it "
     "replays the CUDA graph of a step of several sequences; leave fixed_step_shape unset (then "
     "batches decode with the minimal steps)")
+EDITS_NEED_UNSHIFTED = ("token editing (a policy with edits, strategy='token_editing') needs unshifted "
+                        "rows (shift_logits=False): it reads the row of every position of the block")
 # LLAMADIFF_BATCH_GRAPH_REPLAY=1 lifts that refusal: for the device check's search for the
 # fault (scripts/device_check.sh graphs) and for trying a workaround (docs/BENCHMARKS.md)
 BATCH_REPLAY_ENV = "LLAMADIFF_BATCH_GRAPH_REPLAY"
@@ -70,6 +72,8 @@ cdef class BlockSequence(Sequence):
             raise TypeError("fixed_shape must be None, True or False")
         if fixed_shape and (not cache or shift_logits):
             raise ValueError(FIXED_SHAPE_NEEDS)
+        if policy.edits and shift_logits:
+            raise ValueError(EDITS_NEED_UNSHIFTED)
         cdef int n_prompt = len(prompt)
         if shift_logits and n_prompt < 1:
             raise ValueError("this model reads shifted rows (shift_logits: row p - 1 predicts p, "
@@ -87,6 +91,8 @@ cdef class BlockSequence(Sequence):
         self.fixed_request = -1 if fixed_shape is None else int(fixed_shape)
         self.n_regions = n_blocks
         self.block_causal = block_length
+        # a policy that edits reads a row for every position of the block (rows_full)
+        self.edits = policy.edits
         self._size_scratch(block_length)
 
     @property
@@ -118,7 +124,7 @@ cdef class BlockSequence(Sequence):
         self.fixed_shape = self.fixed_request == 1 or (
             self.fixed_request == -1 and self.use_cache and not self.shift and self.model.on_gpu
             and ctx.n_seq_max == 1 and _has_cuda_device())
-        self.rows_full = self.fixed_shape
+        self.rows_full = self.fixed_shape or self.edits
         Sequence.bind(self, ctx, slot, companion)
         # a step: the store pass and the block, or (recompute) a chunk ending with the block
         self.max_step_tokens = 2 * B if self.use_cache else self.chunk

@@ -149,6 +149,10 @@ cdef class FullSequence(Sequence):
         if policy is None:
             policy = make_full_policy(algorithm, parallel=parallel, alg_temp=alg_temp,
                                       threshold=threshold, factor=factor)
+        elif policy.edits:
+            raise ValueError(f"policy {policy.name!r} edits placed tokens (token editing, LLaDA2.1): that is "
+                             "a rule of block diffusion, whose earlier blocks stay frozen; a full-diffusion "
+                             "model has no frozen prefix to keep its cache exact")
         self._init_sequence(model, prompt, n_prompt + n_generate, policy, temperature, top_k, top_p, seed)
         self.algorithm = ALGORITHMS.index(algorithm) if algorithm in ALGORITHMS else ALG_CONFIDENCE
         self.algorithm_name = algorithm
@@ -428,7 +432,8 @@ cdef class UpstreamFullSequence(FullSequence):
         return 0
 
     cdef int end_step(self) except -1:
-        self.committed_log.push_back(self.step_positions.size())    # commit() did not run
+        self.n_filled = <int> self.step_positions.size()            # commit() did not run
+        self.committed_log.push_back(self.n_filled)
         return FullSequence.end_step(self)
 
     cdef int _compat_step(self, float * logits) except -1 nogil:

@@ -6,24 +6,30 @@ Run as a script with PYTHONPATH pointing at ``llamadiff/_hf_convert`` (llama.cpp
 that llamadiff itself imports -- hence a separate process).
 
     python _hf_convert_child.py HF_DIR OUTFILE OUTTYPE MODULE BASE_CLASS PRE \
-        BLOCK_LENGTH MASK_ID SHIFT_LOGITS
+        BLOCK_LENGTH MASK_ID SHIFT_LOGITS DECODING
+
+DECODING: a JSON list of [GGUF key, value] pairs (the family's published decoding rule).
 """
 
 import importlib
+import json
 import logging
 import sys
 from pathlib import Path
 
 
 def main(argv):
-    hf_dir, outfile, outtype, module, base_name, pre, block_length, mask_id, shift = argv
+    hf_dir, outfile, outtype, module, base_name, pre, block_length, mask_id, shift, decoding = argv
     block_length, mask_id, shift = int(block_length), int(mask_id), shift == "1"
+    decoding = json.loads(decoding)
     logging.basicConfig(level=logging.WARNING)
 
     import gguf
     import torch
 
-    base = getattr(importlib.import_module(f"conversion.{module}"), base_name)
+    base = importlib.import_module(f"conversion.{module}")
+    for part in base_name.split("."):         # a converter class may be nested (Mistral3Model.Ministral3Model)
+        base = getattr(base, part)
 
     class BlockDiffusionModel(base):
         """The body's own converter plus block-diffusion metadata."""
@@ -34,6 +40,13 @@ def main(argv):
             self.gguf_writer.add_uint32("diffusion.block_length", block_length)
             if shift:
                 self.gguf_writer.add_diffusion_shift_logits(True)
+            for key, value in decoding:
+                if isinstance(value, str):
+                    self.gguf_writer.add_string(key, value)
+                elif isinstance(value, float):
+                    self.gguf_writer.add_float32(key, value)
+                else:
+                    self.gguf_writer.add_uint32(key, value)
 
         def set_vocab(self):
             super().set_vocab()

@@ -3,7 +3,7 @@
     llamadiff generate -m model.gguf -p "prompt" [options] [--stream | --visual] [--json]
     llamadiff chat -m model.gguf
     llamadiff info model.gguf
-    llamadiff convert HF_DIR -o model.gguf [--outtype f16|q8_0]   (SDAR, TraDo, Fast-dLLM v2, LLaDA2.0)
+    llamadiff convert HF_DIR -o model.gguf [--outtype f16|q8_0]   (SDAR, TraDo, Fast-dLLM v2, LLaDA2.x, Nemotron-Labs-Diffusion, Stable-DiffCoder)
     llamadiff bench [--quick]
     llamadiff rpc-server [--host H] [--port P] [--threads N]
     llamadiff serve [-m model.gguf] [--host H] [--port P] [--api-key KEY]   (the [server] extra)
@@ -155,13 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one JSON object, numbers as numbers (for scripts)")
 
     conv = sub.add_parser("convert", help="convert a block-diffusion Hugging Face checkpoint (SDAR, SDAR-MoE, "
-                                         "TraDo, Fast-dLLM v2, LLaDA2.0) to GGUF")
+                                         "TraDo, Fast-dLLM v2, LLaDA2.0 / 2.1, Nemotron-Labs-Diffusion, "
+                                         "Stable-DiffCoder) to GGUF")
     conv.add_argument("hf_dir", help="checkpoint directory (config.json, safetensors, tokenizer files)")
     conv.add_argument("-o", "--outfile", required=True, help="output .gguf path")
     conv.add_argument("--outtype", default="f16", choices=OUTTYPES,
                       help="weight type of the GGUF (default f16; f32 keeps every bit, q8_0 halves the size)")
     conv.add_argument("--block-length", type=int, default=None,
                       help="trained block length to record (default: config.json, else the family's)")
+    conv.add_argument("--family", default=None,
+                      help="the checkpoint format by name where two share an architectures name "
+                           "(LLaDA2.1 beside LLaDA2.0; default: told from the checkpoint)")
     conv.add_argument("--fuse", action="store_true",
                       help="write q/k/v and gate/up as one matrix each (fewer, wider products per step: "
                            "faster on GPUs; the same results; see 'llamadiff fuse')")
@@ -434,7 +438,7 @@ def cmd_convert(args) -> int:
     from llamadiff.convert import convert
 
     print(convert(args.hf_dir, args.outfile, outtype=args.outtype, block_length=args.block_length,
-                  fuse=args.fuse))
+                  fuse=args.fuse, family=args.family))
     return 0
 
 

@@ -161,13 +161,27 @@ class GenerationConfig:
     steps: Optional[int] = _option(
         None, "block diffusion: steps per block (default: block length); full diffusion: total steps "
         "(default: one per new token)", flags=("-s", "--steps", "--diffusion-steps"), minimum=1)
-    strategy: Union[str, RemaskPolicy] = _option(
-        "low_confidence_dynamic", "remasking policy of block diffusion (default low_confidence_dynamic: every "
-        "position above --threshold at once; low_confidence_static: the schedule's count per step; a "
-        "RemaskPolicy object drives either family)", choices=tuple(STRATEGIES), group="block")
+    mode: str = _option(
+        "diffusion", "how a block-diffusion checkpoint decodes: diffusion (blocks denoised); autoregressive "
+        "(one token per step, causal); speculative (the rest of each block drafted by one diffusion pass, "
+        "verified by one causal pass: exactly the greedy autoregressive output, in fewer passes)",
+        choices=("diffusion", "autoregressive", "speculative"), group="block")
+    strategy: Union[str, RemaskPolicy, None] = _option(
+        None, "remasking policy of block diffusion (default low_confidence_dynamic, unless the model's GGUF "
+        "names one in diffusion.strategy: every position above --threshold at once; low_confidence_static: the "
+        "schedule's count per step; token_editing: LLaDA2.1's fill and edit rule; a RemaskPolicy object "
+        "drives either family)", choices=tuple(STRATEGIES), group="block")
     threshold: Optional[float] = _option(
-        None, "confidence threshold: low_confidence_dynamic (default 0.85) or --parallel threshold "
-        "(default 0.9)", bounds=(0.0, 1.0, "(]"))
+        None, "confidence threshold: low_confidence_dynamic (default 0.85), token_editing's fill (default: "
+        "the model's, else 0.7) or --parallel threshold (default 0.9)", bounds=(0.0, 1.0, "(]"))
+    editing_threshold: Optional[float] = _option(
+        None, "token_editing: a placed token of the active block is overwritten when the prediction there "
+        "differs and its probability exceeds this (default: the model's, else 0.5; 0 or 1: editing off)",
+        bounds=(0.0, 1.0, "[]"), group="block")
+    max_post_steps: Optional[int] = _option(
+        None, "token_editing with editing on: steps a block may take after its last mask is filled (it ends "
+        "at the first that changes nothing; default: the model's, else 16)", minimum=0, maximum=4096,
+        group="block")
     eb_gamma: float = _option(0.35, "entropy bound (entropy_bounded)", bounds=(0.0, None, "("), group="block")
     temperature: float = _option(0.0, "0 = greedy", flags=("--temperature", "--temp"), bounds=(0.0, None, "["))
     top_k: int = _option(0, "keep the k most likely tokens (0: off)", minimum=0)

@@ -52,6 +52,15 @@ class Family:
     model_type: str             # config.json's model_type ...
     modeling: str               # ... and the module of its auto_map (the checkpoint's own code)
     published_block_key: Optional[str]   # the block-length key published configs hold (None: none)
+    # the published decoding rule, written as the GGUF's defaults (docs/GENERATION.md, "Model
+    # defaults"): (GGUF key, config key or None, default); a value in the checkpoint's
+    # config.json or generation_config.json under the config key wins
+    decoding: tuple = ()
+    # how to tell this format from another of the same ``architectures`` name: fragments of its
+    # name (in config.json's _name_or_path or the directory's name, compared without case and
+    # punctuation), and config keys only it holds
+    markers: tuple = ()
+    marker_keys: tuple = ()
 
 
 # config.json ``architectures[0]`` -> family
@@ -73,7 +82,42 @@ FAMILIES = {
         "LLaDA2.0", "inclusionAI/LLaDA2.0-mini-preview, -mini, -flash", "bailingmoe", "BailingMoeV2Model",
         "bailingmoe2", 32, ("block_length", "block_size"), ("<|mask|>",), False, "bailingmoe2",
         "llada2_moe", "modeling_llada2_moe", None),
+    # Nemotron-Labs-Diffusion (3B / 8B / 14B, from Ministral 3): the architectures name, the block
+    # key and the mask token are assumed (docs/MODELS.md); the body is Ministral 3's
+    "NemotronDiffusionForCausalLM": Family(
+        "Nemotron-Labs-Diffusion", "nvidia/Nemotron-Labs-Diffusion-3B, -8B, -14B", "mistral3",
+        "Mistral3Model.Ministral3Model", "mistral3", 32, ("block_length", "block_size", "bd_size"),
+        ("<|mask|>", "<mask>", "[MASK]"), False, "tekken", "ministral3", "modeling_nemotron_diffusion",
+        "block_length", markers=("nemotronlabsdiffusion", "nemotrondiffusion"),
+        marker_keys=("block_length", "mask_token_id")),
+    # Stable-DiffCoder (ByteDance Seed, 8B, from Seed-Coder: a llama body); architectures name and
+    # mask token assumed; its model card decodes blocks of 4, one token per step, lowest confidence
+    # remasked (low_confidence_static), greedy
+    "StableDiffCoderForCausalLM": Family(
+        "Stable-DiffCoder", "ByteDance-Seed/Stable-DiffCoder-8B-Base, -8B-Instruct", "llama", "LlamaModel",
+        "llama", 4, ("block_size", "block_length"), ("<[MASK]>", "<|mask|>", "[MASK]"), False, "llama-bpe",
+        "stable_diffcoder", "modeling_stable_diffcoder", "block_size",
+        decoding=(("diffusion.strategy", None, "low_confidence_static"),),
+        markers=("stablediffcoder",), marker_keys=("block_size", "mask_token_id")),
 }
+# Formats that share an ``architectures`` name with one of FAMILIES, told apart by ``markers``
+# / ``marker_keys`` (or named with convert(family=...)). LLaDA2.1 ships LLaDA2.0's modeling
+# code and config (LLaDA2MoeModelLM, model_type llada2_moe); what differs is its decoding rule.
+VARIANTS = {
+    # published as the body's own class: told by the markers, never taken for the plain body
+    "Ministral3ForCausalLM": (FAMILIES["NemotronDiffusionForCausalLM"],),
+    "LlamaForCausalLM": (FAMILIES["StableDiffCoderForCausalLM"],),
+    "LLaDA2MoeModelLM": (dataclasses.replace(
+        FAMILIES["LLaDA2MoeModelLM"], name="LLaDA2.1", examples="inclusionAI/LLaDA2.1-mini, -flash",
+        decoding=(("diffusion.strategy", None, "token_editing"), ("diffusion.threshold", "threshold", 0.7),
+                  ("diffusion.editing_threshold", "editing_threshold", 0.5),
+                  ("diffusion.max_post_steps", "max_post_steps", 16)),
+        markers=("llada21",), marker_keys=("editing_threshold", "max_post_steps")),),
+}
+# the range of each decoding value a checkpoint may give (GGUF key -> kind, low, high)
+DECODING_VALUES = {"diffusion.threshold": (float, 1e-6, 1.0), "diffusion.editing_threshold": (float, 0.0, 1.0),
+                   "diffusion.max_post_steps": (int, 0, 4096), "diffusion.steps": (int, 1, 2 ** 31 - 1),
+                   "diffusion.strategy": (str, None, None)}
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
@@ -154,10 +198,63 @@ def _mask_token_id(hf_dir: Path, family: Family, config: dict) -> int:
                           f"files; is this a {family.name} checkpoint?")
 
 
+def _normalized(text) -> str:
+    return "".join(c for c in str(text).lower() if c.isalnum())
+
+
+def _family_of(hf_dir: Path, arch: str, config: dict, generation: dict, name: Optional[str]) -> Family:
+    """The format of a checkpoint: among FAMILIES[arch] and its VARIANTS, the one ``name``
+    names, else the variant whose markers the checkpoint carries, else FAMILIES[arch] (an
+    architectures name that is only a body's, without the markers, is not converted)."""
+    base = (FAMILIES[arch],) if arch in FAMILIES else ()
+    candidates = VARIANTS.get(arch, ()) + base
+    if name is not None:
+        for family in candidates:
+            if _normalized(family.name) == _normalized(name):
+                return family
+        raise ValueError(f"family {name!r} is not a format of {arch} checkpoints; choose one of "
+                         f"{', '.join(f.name for f in candidates)}")
+    names = _normalized(config.get("_name_or_path", "")) + " " + _normalized(hf_dir.resolve().name)
+    for family in VARIANTS.get(arch, ()):
+        if any(m in names for m in family.markers) or any(
+                k in config or k in generation for k in family.marker_keys):
+            return family
+    if base:
+        return base[0]
+    raise UnsupportedModelError(
+        f"{hf_dir}: a {arch} checkpoint without the marks of {' or '.join(f.name for f in candidates)} (a "
+        f"name containing {' / '.join(m for f in candidates for m in f.markers)}, or config keys "
+        f"{' / '.join(k for f in candidates for k in f.marker_keys)}): a plain causal model is not a "
+        "block-diffusion checkpoint; pass family= (--family) if it is one")
+
+
+def _decoding(family: Family, config: dict, generation: dict, where: Path) -> list:
+    """[(GGUF key, value)] of the family's published decoding rule, the checkpoint's values first."""
+    out = []
+    for key, config_key, default in family.decoding:
+        value = default
+        for source, name in ((generation, "generation_config.json"), (config, "config.json")):
+            if config_key is not None and config_key in source:
+                value = source[config_key]
+                kind, low, high = DECODING_VALUES[key]
+                ok = (isinstance(value, str) if kind is str else
+                      not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
+                      and low <= value <= high)
+                if not ok:
+                    raise ConversionError(f"{where / name}: {config_key} = {value!r} is not a "
+                                          f"{'number' if kind is float else kind.__name__} in [{low:g}, {high:g}]")
+                value = kind(value)
+                break
+        out.append((key, value))
+    return out
+
+
 def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str = "f16",
-            block_length: Optional[int] = None, fuse: bool = False) -> Path:
+            block_length: Optional[int] = None, fuse: bool = False, family: Optional[str] = None) -> Path:
     """Convert a block-diffusion checkpoint directory (``FAMILIES``) to a GGUF file; returns
-    its path. ``fuse``: q/k/v and gate/up as one matrix each (``llamadiff.fuse``)."""
+    its path. ``fuse``: q/k/v and gate/up as one matrix each (``llamadiff.fuse``). ``family``:
+    the format by name where two share an ``architectures`` name (``VARIANTS``: "LLaDA2.1"),
+    else it is told from the checkpoint."""
     hf_dir = Path(hf_dir)
     outfile = Path(outfile)
     if not hf_dir.is_dir():
@@ -170,12 +267,15 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
     config = _read_json(config_path)
     archs = config.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
-    if arch not in FAMILIES:
+    if arch not in FAMILIES and arch not in VARIANTS:
         names = ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
         raise UnsupportedModelError(
             f"{hf_dir}: architecture {arch!r} is not a block-diffusion checkpoint llamadiff converts "
             f"(expected one of: {names}); for other models use llama.cpp's convert_hf_to_gguf.py")
-    family = FAMILIES[arch]
+    generation_path = hf_dir / "generation_config.json"
+    generation = _read_json(generation_path) if generation_path.is_file() else {}
+    family = _family_of(hf_dir, arch, config, generation, family)
+    decoding = _decoding(family, config, generation, hf_dir)
     if block_length is None:
         block_length = family.block_length
         for key in family.block_keys:
@@ -197,7 +297,7 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
     env["PYTHONPATH"] = os.pathsep.join([str(_converter_dir())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run([sys.executable, str(script), str(hf_dir), str(outfile), outtype,
                            family.module, family.converter, family.pre_tokenizer, str(block_length),
-                           str(mask_id), "1" if family.shift_logits else "0"],
+                           str(mask_id), "1" if family.shift_logits else "0", json.dumps(decoding)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not outfile.is_file():
         outfile.unlink(missing_ok=True)             # no half-written GGUF left behind
@@ -214,6 +314,7 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
         except BaseException:
             outfile.unlink(missing_ok=True)
             raise
-    logger.info("converted %s (%s) to %s: %s, block length %d, mask token %d%s", hf_dir, family.name,
-                outfile, family.gguf_arch, block_length, mask_id, ", fused" if fuse else "")
+    logger.info("converted %s (%s) to %s: %s, block length %d, mask token %d%s%s", hf_dir, family.name,
+                outfile, family.gguf_arch, block_length, mask_id, ", fused" if fuse else "",
+                "".join(f", {k} {v}" for k, v in decoding))
     return outfile

@@ -79,9 +79,15 @@ cdef class Sequence:
     cdef int max_step_tokens         # most tokens a step puts in the shared batch
     cdef readonly bint started       # bound once: a sequence runs in one scheduler, start to end
     cdef vector[float] work          # policy scratch (StepView.work)
+    # token editing (a policy with edits): rows for every position of the region (rows_full),
+    # the placed tokens the policy sees, what a step filled and edited, steps after the last mask
+    cdef bint edits
+    cdef int n_placed, n_filled, n_edits, n_post
+    cdef vector[int32_t] placed, placed_tokens, placed_x0, edit_chosen
+    cdef vector[float] placed_prob, placed_entropy, placed_margin
 
     # telemetry
-    cdef readonly long n_decode, n_decode_tokens
+    cdef readonly long n_decode, n_decode_tokens, n_edits_total
     cdef readonly double decode_us, sample_us, select_us, prefill_us, prefill_decode_us
     cdef readonly list steps_per_region
 

@@ -54,6 +54,11 @@ cdef int _bad_choice(RemaskPolicy policy, int index, int n_masked) except -1 wit
                      f"view.positions (0..{n_masked - 1})")
 
 
+cdef int _bad_edit(RemaskPolicy policy, int index, int n_placed) except -1 with gil:
+    raise ValueError(f"remasking policy {policy.name!r} edited index {index}: indices go into "
+                     f"view.placed (0..{n_placed - 1})")
+
+
 cdef class Sequence:
     """One generation in a scheduler slot (abstract: ``llamadiff._block.BlockSequence``,
     ``llamadiff._full.FullSequence``).
@@ -110,6 +115,13 @@ cdef class Sequence:
         self.step_positions.reserve(n_rows)
         self.step_tokens.reserve(n_rows)
         self.work.resize(2 * <size_t> n_rows)
+        self.placed.resize(n_rows)
+        self.placed_tokens.resize(n_rows)
+        self.placed_x0.resize(n_rows)
+        self.edit_chosen.resize(n_rows)
+        self.placed_prob.resize(n_rows)
+        self.placed_entropy.resize(n_rows)
+        self.placed_margin.resize(n_rows)
         self.max_out_rows = n_rows
         return 0
 
@@ -196,8 +208,10 @@ cdef class Sequence:
             raise NotImplementedError("Sequence.sample: only for sequences whose rows are not plain")
 
     cdef int score(self) except -1 nogil:
-        """The sampled rows into the step view's arrays."""
-        cdef int i, r
+        """The sampled rows into the step view's arrays (and, for a policy that edits, the
+        placed tokens of the region with what this step predicts there)."""
+        cdef int i, r, k = 0
+        cdef int32_t tok
         if self.skip_commit:
             return 0
         check_rows(self.rows.data(), self.n_rows if self.rows_full else self.n_masked)
@@ -207,37 +221,62 @@ cdef class Sequence:
             self.prob[i] = self.rows[r].prob
             self.entropy[i] = self.rows[r].entropy
             self.margin[i] = self.rows[r].margin
+        if self.edits:
+            # rows_full: row r is position r of the region
+            for r in range(self.region_length):
+                tok = self.x[self.region_start + r]
+                if tok == self.mask_id or self.region_start + r < self.n_prompt:
+                    continue
+                self.placed[k] = r
+                self.placed_tokens[k] = tok
+                self.placed_x0[k] = self.rows[r].token
+                self.placed_prob[k] = self.rows[r].prob
+                self.placed_entropy[k] = self.rows[r].entropy
+                self.placed_margin[k] = self.rows[r].margin
+                k += 1
+        self.n_placed = k
         return 0
 
     cdef int commit(self) except -1 nogil:
-        """The policy picks, the chosen positions are written; returns how many."""
-        cdef int i, j, count, least
+        """The policy picks, the chosen positions are written (then, for a policy that edits,
+        the placed tokens it overwrites); returns how many masks were filled."""
+        cdef int i, j, p, count = 0, least
         cdef StepView view
         if self.skip_commit:
             return 0
         self.step_positions.clear()
         self.step_tokens.clear()
-        if self.force_all:
+        self.n_edits = 0
+        view.n_masked = self.n_masked
+        view.positions = self.positions.data()
+        view.x0 = self.x0.data()
+        view.prob = self.prob.data()
+        view.entropy = self.entropy.data()
+        view.margin = self.margin.data()
+        view.counters = self.counters.data()
+        view.seed = self.sp.seed
+        view.n_transfer = self.n_transfer
+        view.step = self.step
+        view.steps = self.region_steps
+        view.block_index = self.region
+        view.block_length = self.region_length
+        view.region_start = self.region_start
+        view.work = self.work.data()
+        view.n_placed = self.n_placed if self.edits else 0
+        view.placed = self.placed.data()
+        view.placed_tokens = self.placed_tokens.data()
+        view.placed_x0 = self.placed_x0.data()
+        view.placed_prob = self.placed_prob.data()
+        view.placed_entropy = self.placed_entropy.data()
+        view.placed_margin = self.placed_margin.data()
+        if self.n_masked == 0:
+            count = 0           # a step after the region's last mask (token editing)
+        elif self.force_all:
             # the schedule's last step finishes the region, whatever the policy says
             count = self.n_masked
             for i in range(count):
                 self.chosen[i] = i
         else:
-            view.n_masked = self.n_masked
-            view.positions = self.positions.data()
-            view.x0 = self.x0.data()
-            view.prob = self.prob.data()
-            view.entropy = self.entropy.data()
-            view.margin = self.margin.data()
-            view.counters = self.counters.data()
-            view.seed = self.sp.seed
-            view.n_transfer = self.n_transfer
-            view.step = self.step
-            view.steps = self.region_steps
-            view.block_index = self.region
-            view.block_length = self.region_length
-            view.region_start = self.region_start
-            view.work = self.work.data()
             count = self.policy.select(&view, self.chosen.data())
             least = 1 if (self.min_commit > 0 or self.policy.adaptive) else 0
             if count > self.n_masked:
@@ -255,19 +294,46 @@ cdef class Sequence:
             self.x[self.region_start + self.positions[j]] = self.x0[j]
             self.step_positions.push_back(self.region_start + self.positions[j])
             self.step_tokens.push_back(self.x0[j])
-        count = <int> self.step_positions.size()
-        self.committed_log.push_back(count)
-        return count
+        self.n_filled = <int> self.step_positions.size()
+        if view.n_placed > 0:
+            # edits read the step's placed tokens (the view), never the masks filled just now
+            count = self.policy.edit(&view, self.edit_chosen.data())
+            if count > view.n_placed:
+                count = view.n_placed
+            for i in range(count):
+                j = self.edit_chosen[i]
+                if j < 0 or j >= view.n_placed:
+                    _bad_edit(self.policy, j, view.n_placed)
+                p = self.region_start + self.placed[j]
+                if self.x[p] == self.placed_x0[j]:
+                    continue    # the same token (or chosen twice)
+                self.x[p] = self.placed_x0[j]
+                self.step_positions.push_back(p)
+                self.step_tokens.push_back(self.placed_x0[j])
+                self.n_edits += 1
+            self.n_edits_total += self.n_edits
+        self.committed_log.push_back(self.n_filled)
+        return self.n_filled
 
     cdef int end_step(self) except -1:
         """The region bookkeeping after a step: the step's record (``step_region``,
         ``step_index``, ``step_left``), then the region is done when no mask is left in it or,
         for a policy that follows the schedule (not adaptive), when its ``region_steps`` are
         spent. Returns ``region_done``; a subclass extends it (``Sequence.end_step(self)``)."""
-        cdef int left = self.n_masked - <int> self.step_positions.size()
+        cdef int left = self.n_masked - self.n_filled
         self.step_region, self.step_index, self.step_left = self.region, self.step, left
         self.step += 1
         self.region_done = left == 0 or (self.step >= self.region_steps and not self.policy.adaptive)
+        if self.region_done and self.edits and self.policy.post_steps > 0:
+            # token editing: after the last mask, the region steps on until a step changes
+            # nothing or post_steps steps have run
+            if self.n_masked == 0:
+                self.n_post += 1
+                self.region_done = self.n_edits == 0 or self.n_post >= self.policy.post_steps
+            else:
+                self.region_done = False
+        if self.region_done:
+            self.n_post = 0
         if self.region_done:
             self.steps_per_region.append(self.step)
             self.region += 1

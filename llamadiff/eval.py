@@ -6,7 +6,9 @@ Runs the tiny default models (``llamadiff.default_model``) on ``n`` held-out exa
 ``llamadiff.tasks`` and reports, per decoding mode: exact match (the generated text, cut at
 the first stop, equals the answer), tokens committed per forward pass, and wall time per
 example. Block model: the four remasking strategies at block 4, plus fewer steps; full model:
-exact mode, the prefix / dual caches and the parallel modes. ``accuracy()`` is the building
+exact mode, the prefix / dual caches and the parallel modes. Token editing (LLaDA2.1's rule)
+runs on the block model in both published modes, and with editing on at the speed mode's fill
+threshold. ``accuracy()`` is the building
 block (the tests use it on a fixed subset).
 """
 
@@ -29,6 +31,12 @@ BLOCK_MODES = {
     "entropy_bounded 0.35": dict(strategy="entropy_bounded", eb_gamma=0.35),
     "low_confidence_static, 2 steps": dict(strategy="low_confidence_static", steps=2),
     "exact, no cache": dict(strategy="low_confidence_static", steps=4, cache=False),
+    # LLaDA2.1's token editing, its two published modes (docs/GENERATION.md)
+    "token_editing quality: 0.7 / edit 0.5 / 16": dict(strategy="token_editing", threshold=0.7,
+                                                        editing_threshold=0.5, max_post_steps=16),
+    "token_editing speed: 0.5 / edit off": dict(strategy="token_editing", threshold=0.5, editing_threshold=0.0),
+    "token_editing 0.5 / edit 0.5 / 16": dict(strategy="token_editing", threshold=0.5, editing_threshold=0.5,
+                                              max_post_steps=16),
 }
 # the full model: blocks of 8, one token per step in exact mode
 FULL_MODES = {
@@ -52,7 +60,7 @@ def accuracy(gen: Generator, n: int = 200, seed: int = 1, chat: bool = False, **
     examples = tasks.examples(n, split="test", seed=seed)
     full = gen.model.family == "full"
     length = seq_len(gen)
-    correct = committed = steps = 0
+    correct = committed = steps = edits = 0
     per_task = {t: [0, 0] for t in tasks.TASKS}
     t0 = time.perf_counter()
     for i, (prompt, answer) in enumerate(examples):
@@ -75,9 +83,11 @@ def accuracy(gen: Generator, n: int = 200, seed: int = 1, chat: bool = False, **
         per_task[task][0] += ok
         per_task[task][1] += 1
         committed += sum(res.stats["committed_per_step"])
+        edits += res.stats.get("edits", 0)
         steps += len(res.stats["committed_per_step"])
     return {"exact_match": correct / n, "per_task": {t: c / m for t, (c, m) in per_task.items() if m},
-            "tokens_per_forward": committed / max(steps, 1), "ms_per_example": (time.perf_counter() - t0) * 1e3 / n}
+            "tokens_per_forward": committed / max(steps, 1), "edits_per_example": edits / n,
+            "ms_per_example": (time.perf_counter() - t0) * 1e3 / n}
 
 
 def _positive(text: str) -> int:
@@ -102,8 +112,8 @@ def main(argv=None) -> int:
              f"Command: `python -m llamadiff.eval --n {args.n} --model {args.model}"
              f"{' --out ' + args.out if args.out else ''}`. Machine: {machine()}. {args.n} held-out examples "
              f"of {', '.join(tasks.TASKS)} (in rotation), greedy; exact match of the text cut at the first stop.", "",
-             "| model | mode | exact match | per task | tokens / forward | ms / example |",
-             "|---|---|---|---|---|---|"]
+             "| model | mode | exact match | per task | tokens / forward | edits / example | ms / example |",
+             "|---|---|---|---|---|---|---|"]
     print("\n".join(lines[-2:]), flush=True)      # the table's header, then a row per mode as it finishes
     for kind in kinds:
         modes = BLOCK_MODES if kind == "block" else FULL_MODES
@@ -112,7 +122,7 @@ def main(argv=None) -> int:
                 r = accuracy(gen, args.n, **opts)
                 per = ", ".join(f"{t} {100 * v:.0f}" for t, v in r["per_task"].items())
                 line = (f"| {kind} | {name} | {100 * r['exact_match']:.1f}% | {per} | {r['tokens_per_forward']:.2f} "
-                        f"| {r['ms_per_example']:.1f} |")
+                        f"| {r['edits_per_example']:.2f} | {r['ms_per_example']:.1f} |")
                 print(line, flush=True)
                 lines.append(line)
     lines.append("")

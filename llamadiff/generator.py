@@ -385,8 +385,11 @@ class Generator:
             this = "block diffusion" if family == "block" else "full diffusion"
             other = ("full diffusion (LLaDA, Dream, RND1)" if group == "full"
                      else "block diffusion (SDAR and the other causal bodies)")
-            hint = " (full diffusion picks positions with algorithm=..., or takes a RemaskPolicy object)" \
-                if f.name == "strategy" else ""
+            hint = {"strategy": " (full diffusion picks positions with algorithm=..., or takes a RemaskPolicy object)",
+                    "mode": " (autoregressive and speculative decoding need a body that decodes causally; llama.cpp "
+                            "runs this architecture with bidirectional attention only)",
+                    "editing_threshold": " (token editing keeps earlier blocks frozen, which only block "
+                                         "diffusion has)"}.get(f.name, "")
             raise ValueError(f"{f.name} is an option of {other}; this model ({self.model.architecture}) runs "
                              f"{this}, which would ignore it{hint}")
 

@@ -27,6 +27,16 @@ cdef struct StepView:
     int block_length          # positions in the active region
     int region_start          # absolute position of the region's first position
     float * work              # scratch for the policy: room for 2 * n_masked floats
+    # Placed tokens of the region, for a policy that edits (RemaskPolicy.edits): the positions
+    # committed at earlier steps of this region (prompt tokens excluded), what they hold and
+    # what this step's rows predict there. n_placed is 0 for a policy that does not edit.
+    int n_placed
+    const int32_t * placed         # their offsets inside the region, ascending
+    const int32_t * placed_tokens  # the token each one holds now
+    const int32_t * placed_x0      # the token this step predicts there
+    const float * placed_prob      # its p(x0)
+    const float * placed_entropy
+    const float * placed_margin
 
 
 cdef struct Scored:
@@ -48,6 +58,14 @@ cdef class RemaskPolicy:
     # (room for view.n_masked) and return how many. The engine clamps the count to
     # n_masked (and to >= 1 for block diffusion and adaptive policies). Runs without the GIL.
     cdef int select(self, const StepView * view, int32_t * chosen) noexcept nogil
+    # Token editing (LLaDA2.1): a policy with edits = True sees the region's placed tokens in
+    # view.placed_* and may overwrite them: edit() writes the indices (into view.placed) of
+    # the placed positions to set to view.placed_x0 into `chosen` (room for view.n_placed)
+    # and returns how many. After the region's last mask is filled it keeps stepping, up to
+    # post_steps steps, and ends at the first step that changes nothing. Runs without the GIL.
+    cdef readonly bint edits
+    cdef readonly int post_steps
+    cdef int edit(self, const StepView * view, int32_t * chosen) noexcept nogil
 
 
 cdef class Sequential(RemaskPolicy):
@@ -105,6 +123,11 @@ cdef class ParallelThreshold(ParallelPolicy):
 
 cdef class ParallelFactor(ParallelPolicy):
     cdef readonly float factor
+
+
+cdef class TokenEditing(ParallelThreshold):
+    # LLaDA2.1's joint threshold: masks filled as ParallelThreshold, placed tokens edited
+    cdef readonly float editing_threshold
 
 
 cdef int top_by_score(const StepView * view, const float * score, bint ascending, int n,

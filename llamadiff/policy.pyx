@@ -9,6 +9,9 @@
   positions, or a Gumbel-top-k draw with ``alg_temp``) and ``Origin`` (Dream's random transfer).
 - Fast-dLLM's parallel decoding: ``ParallelThreshold``, ``ParallelFactor`` (``ParallelPolicy``;
   adaptive: the region runs until no mask is left).
+- LLaDA2.1's token editing: ``TokenEditing`` (masks filled as ``ParallelThreshold``; placed
+  tokens of the active block overwritten where the prediction changed with enough confidence;
+  ``edit`` is the hook any policy can override).
 
 Any of them drives any family. Ties are broken towards the leftmost position, so results
 are deterministic and match a stable sort: among equal scores the earlier position wins.
@@ -80,6 +83,10 @@ cdef class RemaskPolicy:
         for i in range(view.n_transfer):
             chosen[i] = i
         return view.n_transfer
+
+    cdef int edit(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        # a policy that does not edit (edits = False) is never asked
+        return 0
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r}>"
@@ -284,13 +291,54 @@ cdef class ParallelFactor(ParallelPolicy):
         return prob >= 1.0 - self.factor / (k + 2)
 
 
+cdef class TokenEditing(ParallelThreshold):
+    """LLaDA2.1's decoding rule inside the active block (the paper's M2T + T2T, its "joint
+    threshold"):
+
+    - fill: every masked position with p(x0) > ``threshold`` is committed; if none is, the
+      most confident one;
+    - edit: a placed token of the block (not a prompt token) is overwritten when the prediction
+      there differs from it and its p(x0) > ``editing_threshold``.
+
+    After the block's last mask is filled it keeps stepping, up to ``max_post_steps`` steps,
+    and ends at the first step that changes nothing. ``editing_threshold`` = 0 (or 1) turns
+    editing off: the rule is then ``ParallelThreshold`` (LLaDA2.1's speed mode writes 0.0;
+    docs/GENERATION.md says why 0 means off here)."""
+
+    def __init__(self, float threshold=0.7, float editing_threshold=0.5, int max_post_steps=16):
+        if not (0.0 <= editing_threshold <= 1.0):
+            raise ValueError(f"editing_threshold must be in [0, 1] (0 or 1: editing off), got {editing_threshold}")
+        if max_post_steps < 0:
+            raise ValueError(f"max_post_steps must be >= 0, got {max_post_steps}")
+        ParallelThreshold.__init__(self, threshold)
+        self.name = "token_editing"
+        self.editing_threshold = editing_threshold
+        self.edits = 0.0 < editing_threshold < 1.0
+        self.post_steps = max_post_steps if self.edits else 0
+
+    cdef int edit(self, const StepView * view, int32_t * chosen) noexcept nogil:
+        cdef int i, n = 0
+        for i in range(view.n_placed):
+            if view.placed_x0[i] != view.placed_tokens[i] and view.placed_prob[i] > self.editing_threshold:
+                chosen[n] = i
+                n += 1
+        return n
+
+    def __repr__(self):
+        return (f"<TokenEditing threshold={self.threshold:g} editing_threshold={self.editing_threshold:g} "
+                f"max_post_steps={self.post_steps}>")
+
+
 # The policy of each name: block diffusion's strategies, full diffusion's algorithms (upstream's
 # numbering) and parallel modes. STRATEGIES, ALGORITHMS and PARALLEL_MODES are their names.
+# (a strategy's factory takes the options by name and ignores those of other strategies)
 STRATEGY_POLICIES = {
-    "sequential": lambda threshold, eb_gamma: Sequential(),
-    "low_confidence_static": lambda threshold, eb_gamma: LowConfidenceStatic(),
-    "low_confidence_dynamic": lambda threshold, eb_gamma: LowConfidenceDynamic(threshold),
-    "entropy_bounded": lambda threshold, eb_gamma: EntropyBounded(eb_gamma),
+    "sequential": lambda threshold=0.85, eb_gamma=0.35, **_: Sequential(),
+    "low_confidence_static": lambda threshold=0.85, eb_gamma=0.35, **_: LowConfidenceStatic(),
+    "low_confidence_dynamic": lambda threshold=0.85, eb_gamma=0.35, **_: LowConfidenceDynamic(threshold),
+    "entropy_bounded": lambda threshold=0.85, eb_gamma=0.35, **_: EntropyBounded(eb_gamma),
+    "token_editing": lambda threshold=0.7, eb_gamma=0.35, editing_threshold=0.5, max_post_steps=16, **_:
+        TokenEditing(threshold, editing_threshold, max_post_steps),
 }
 
 ALGORITHM_POLICIES = {
@@ -309,7 +357,7 @@ ALGORITHMS = tuple(ALGORITHM_POLICIES)
 PARALLEL_MODES = tuple(PARALLEL_POLICIES)
 
 
-def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35):
+def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35, editing_threshold=0.5, max_post_steps=16):
     """A policy object from a block strategy name (or an existing RemaskPolicy, returned as is)."""
     if isinstance(strategy, RemaskPolicy):
         return strategy
@@ -318,7 +366,8 @@ def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35):
     except (KeyError, TypeError):
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)} "
                          "or pass a RemaskPolicy") from None
-    return factory(threshold, eb_gamma)
+    return factory(threshold=threshold, eb_gamma=eb_gamma, editing_threshold=editing_threshold,
+                   max_post_steps=max_post_steps)
 
 
 def make_full_policy(algorithm="confidence", *, parallel=None, alg_temp=0.0, threshold=0.9, factor=1.0):

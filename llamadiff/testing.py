@@ -4,7 +4,7 @@ The models written here load in llama.cpp like real converted checkpoints
 but need no download: every weight is drawn from a seeded numpy generator,
 so the same arguments always give a byte-identical file.
 
-Nine architectures are supported, the ones llamadiff runs:
+Ten architectures are supported, the ones llamadiff runs:
 
 * ``qwen3``: a plain Qwen3 GGUF.  Block-diffusion checkpoints (SDAR,
   TraDo, ...) are exactly that, with a ``<|MASK|>`` token in the
@@ -15,8 +15,9 @@ Nine architectures are supported, the ones llamadiff runs:
 * ``qwen2`` (q/k/v biases; Fast-dLLM v2's body), ``llama`` (NORM RoPE) and
   ``bailingmoe2`` (fused QKV, q/k norm, partial RoPE, sigmoid-gated experts
   in groups with a selection bias, a shared expert and leading dense layers;
-  LLaDA2.0's body): the other causal bodies block diffusion runs on, with
-  the same defaults as ``qwen3``.
+  LLaDA2.0's body) and ``mistral3`` (Ministral 3: llama's layout with the
+  llama-4 attention temperature; Nemotron-Labs-Diffusion's body): the other
+  causal bodies block diffusion runs on, with the same defaults as ``qwen3``.
 * ``llada`` and ``dream``: llama.cpp's own diffusion architectures, written
   with the metadata ``convert_hf_to_gguf.py`` gives them (non-causal
   attention, mask token id, ``diffusion.shift_logits`` for LLaDA).
@@ -74,6 +75,7 @@ __all__ = [
     "write_rnd1",
     "write_qwen2",
     "write_llama",
+    "write_mistral3",
     "write_bailingmoe2",
     "read_model",
     "HF_FAMILIES",
@@ -81,13 +83,14 @@ __all__ = [
     "write_sdar_checkpoint",
 ]
 
-ARCHS = ("qwen3", "llada", "dream", "qwen3moe", "llada-moe", "rnd1", "qwen2", "llama", "bailingmoe2")
+ARCHS = ("qwen3", "llada", "dream", "qwen3moe", "llada-moe", "rnd1", "qwen2", "llama", "bailingmoe2",
+         "mistral3")
 
 # How llama.cpp applies RoPE for each architecture (llama_model_rope_type):
 # "neox" rotates pairs (i, i + n_rot/2), "norm" rotates pairs (2i, 2i + 1).
 ROPE_TYPE = {"qwen3": "neox", "dream": "neox", "llada": "norm",
              "qwen3moe": "neox", "llada-moe": "neox", "rnd1": "neox",
-             "qwen2": "neox", "llama": "norm", "bailingmoe2": "neox"}
+             "qwen2": "neox", "llama": "norm", "bailingmoe2": "neox", "mistral3": "norm"}
 
 # Architectures llama.cpp always runs with bidirectional attention (their
 # load_arch_hparams force causal_attn = false, whatever the metadata says);
@@ -95,7 +98,7 @@ ROPE_TYPE = {"qwen3": "neox", "dream": "neox", "llada": "norm",
 DIFFUSION_ARCHS = ("llada", "dream", "llada-moe", "rnd1")
 
 # Causal bodies: block diffusion runs on them (with a mask token in the vocab).
-CAUSAL_ARCHS = ("qwen3", "qwen3moe", "qwen2", "llama", "bailingmoe2")
+CAUSAL_ARCHS = ("qwen3", "qwen3moe", "qwen2", "llama", "bailingmoe2", "mistral3")
 
 # Mixture-of-experts architectures: routed experts instead of a dense FFN.
 # bailingmoe2 adds a shared expert, a selection bias and leading dense layers.
@@ -272,6 +275,10 @@ class ModelShape:
     n_expert_groups: int = 2
     n_group_used: int = 1
     expert_weights_scale: float = 2.5
+    # mistral3 (Ministral 3, Nemotron-Labs-Diffusion's body): llama-4 attention temperature,
+    # q scaled by 1 + beta * log(1 + floor(pos / attn_temp_length)) (beta 0: off)
+    attn_temp_beta: float = 0.1
+    attn_temp_length: int = 8
     n_rot: int | None = None
 
 
@@ -505,6 +512,16 @@ def write_model(
         if shape.n_expert_groups > 1:
             put(f"{arch}.expert_group_count", shape.n_expert_groups, U32)
             put(f"{arch}.expert_group_used_count", shape.n_group_used, U32)
+    if arch == "mistral3":
+        # what Ministral3Model.set_gguf_parameters writes (its YaRN factor 1: plain RoPE)
+        put(f"{arch}.vocab_size", n_vocab, U32)
+        put(f"{arch}.rope.dimension_count", shape.head_dim, U32)
+        if shape.head_dim * shape.n_head != shape.n_embd:
+            put(f"{arch}.attention.key_length", shape.head_dim, U32)
+            put(f"{arch}.attention.value_length", shape.head_dim, U32)
+        if shape.attn_temp_beta:
+            put(f"{arch}.attention.temperature_scale", float(shape.attn_temp_beta), F32)
+            put(f"{arch}.rope.scaling.original_context_length", int(shape.attn_temp_length), U32)
     if arch == "llama":
         put(f"{arch}.vocab_size", n_vocab, U32)
         put(f"{arch}.rope.dimension_count", shape.n_rot or shape.head_dim, U32)
@@ -609,6 +626,12 @@ def write_qwen3moe(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
 def write_qwen2(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
     """:func:`write_model` with ``arch="qwen2"`` (Fast-dLLM v2's body)."""
     return write_model(path, "qwen2", **kw)
+
+
+def write_mistral3(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
+    """:func:`write_model` with ``arch="mistral3"`` (Ministral 3: llama's layout, RoPE over
+    whole heads, llama-4 attention temperature)."""
+    return write_model(path, "mistral3", **kw)
 
 
 def write_llama(path: str | os.PathLike[str], **kw: Any) -> pathlib.Path:
@@ -745,6 +768,9 @@ def read_model(path: str | os.PathLike[str]) -> ModelData:
         "n_expert_groups": int(get("expert_group_count", 0)),
         "n_group_used": int(get("expert_group_used_count", 0)),
         "n_dense_lead": int(get("leading_dense_block_count", 0)),
+        # llama-4 attention temperature (mistral3): beta and the length positions are floored by
+        "attn_temp_beta": float(get("attention.temperature_scale", 0.0)),
+        "attn_temp_length": int(get("rope.scaling.original_context_length", get("context_length"))),
         "metadata": meta,
     }
     return ModelData(arch, hparams, weights, vocab)
@@ -785,12 +811,24 @@ def hf_tensor_name(gguf_name: str, arch: str = "qwen3") -> str:
     return f"model.layers.{layer}.{names[kind]}.{suffix}"
 
 
-def hf_tensors(weights: Mapping[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
+def _hf_rope_order(w: np.ndarray, n_head: int) -> np.ndarray:
+    """A q / k projection from llama.cpp's NORM-RoPE row order (pairs 2i, 2i + 1) back to the
+    Hugging Face order (pairs i, i + d/2): the inverse of llama.cpp's LlamaModel.permute."""
+    out_dim = w.shape[0]
+    return (w.reshape(n_head, out_dim // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
+
+
+def hf_tensors(weights: Mapping[str, np.ndarray], arch: str, n_head: int = 0, n_head_kv: int = 0
+               ) -> dict[str, np.ndarray]:
     """GGUF-named weights (numpy layout) as a Hugging Face checkpoint stores them: float32,
-    HF names, routed experts split into ``mlp.experts.E.{gate,up,down}_proj``."""
+    HF names, routed experts split into ``mlp.experts.E.{gate,up,down}_proj``; for the llama
+    layouts (``llama``, ``mistral3``) q / k rows in Hugging Face's RoPE order (``n_head`` and
+    ``n_head_kv`` needed)."""
     out = {}
     for name, value in weights.items():
         value = np.ascontiguousarray(value, dtype=np.float32)
+        if arch in ("llama", "mistral3") and name.endswith((".attn_q.weight", ".attn_k.weight")):
+            value = np.ascontiguousarray(_hf_rope_order(value, n_head if ".attn_q." in name else n_head_kv))
         _, *rest = name.split(".")
         if len(rest) == 3 and rest[1].endswith("_exps"):
             layer, kind = rest[0], rest[1][len("ffn_"):-len("_exps")]
@@ -804,7 +842,9 @@ def hf_tensors(weights: Mapping[str, np.ndarray], arch: str) -> dict[str, np.nda
 # The published checkpoint formats written by write_hf_checkpoint, by name, and the format
 # (``architectures`` name, llamadiff.convert.FAMILIES) each one is.
 HF_CHECKPOINTS = {"sdar": "SDARForCausalLM", "trado": "SDARForCausalLM", "sdar-moe": "SDARMoeForCausalLM",
-                  "fast-dllm-v2": "Fast_dLLM_QwenForCausalLM", "llada2": "LLaDA2MoeModelLM"}
+                  "fast-dllm-v2": "Fast_dLLM_QwenForCausalLM", "llada2": "LLaDA2MoeModelLM",
+                  "llada2.1": "LLaDA2MoeModelLM", "nemotron-diffusion": "NemotronDiffusionForCausalLM",
+                  "stable-diffcoder": "StableDiffCoderForCausalLM"}
 
 
 def _hf_family(name: str) -> tuple:
@@ -859,6 +899,18 @@ def _hf_config(family: str, shape: ModelShape, vocab: Vocab, block_length: int) 
                       norm_topk_prob=True, moe_router_enable_expert_bias=True, router_dtype="fp32",
                       use_qkv_bias=False, use_bias=False, use_qk_norm=True, norm_head=False,
                       pad_token_id=vocab.eos_id)
+    if arch == "mistral3":
+        # Ministral 3's text config: YaRN (factor 1 here: plain RoPE) carrying the llama-4
+        # attention temperature
+        config.update(head_dim=shape.head_dim, sliding_window=None, mask_token_id=vocab.mask_id,
+                      rope_parameters={"rope_type": "yarn", "rope_theta": shape.rope_theta, "factor": 1.0,
+                                       "original_max_position_embeddings": shape.attn_temp_length,
+                                       "llama_4_scaling_beta": shape.attn_temp_beta, "mscale": 1.0,
+                                       "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0})
+    if arch == "llama":
+        # Seed-Coder's keys (a llama body)
+        config.update(head_dim=shape.head_dim, attention_bias=False, mlp_bias=False, hidden_act="silu",
+                      mask_token_id=vocab.mask_id, pretraining_tp=1)
     if block_key is not None:
         config[block_key] = block_length
     return config
@@ -890,7 +942,7 @@ def write_hf_checkpoint(directory, family: str = "sdar", *, shape: "ModelShape |
     # the weights: those of the equivalent GGUF, renamed
     with tempfile.TemporaryDirectory() as tmp:
         data = read_model(write_model(pathlib.Path(tmp) / "m.gguf", arch, shape=shape, seed=seed))
-    save_file(hf_tensors(data.weights, arch), str(directory / "model.safetensors"))
+    save_file(hf_tensors(data.weights, arch, shape.n_head, shape.n_head_kv), str(directory / "model.safetensors"))
 
     # every token keeps its GGUF id (specials and padding included); specials are then
     # marked special, which keeps their ids since they are already in the vocabulary
@@ -912,6 +964,12 @@ def write_hf_checkpoint(directory, family: str = "sdar", *, shape: "ModelShape |
     }, indent=1))
     config = _hf_config(family, shape, vocab, block_length)
     (directory / "config.json").write_text(json.dumps(config, indent=1))
+    if family == "llada2.1":
+        # LLaDA2.1 ships LLaDA2.0's config; its decoding rule comes with the generation settings
+        # (the keys its model card passes to generate(): assumed, docs/MODELS.md)
+        (directory / "generation_config.json").write_text(json.dumps({
+            "bos_token_id": vocab.eos_id, "eos_token_id": vocab.eos_id, "threshold": 0.7,
+            "editing_threshold": 0.5, "max_post_steps": 16, "block_length": 32}, indent=1))
     return directory
 
 

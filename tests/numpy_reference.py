@@ -33,7 +33,7 @@ output, FFN or output projections even where the loader accepts one.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -205,6 +205,9 @@ def forward(model: ModelData | str | os.PathLike[str], tokens: Any,
             k = _rms_norm(k, w[p + "attn_k_norm.weight"], eps)
         q = _rope(q, pos, hp["n_rot"], hp["rope_theta"], hp["rope_type"])
         k = _rope(k, pos, hp["n_rot"], hp["rope_theta"], hp["rope_type"])
+        if hp.get("attn_temp_beta"):
+            # llama-4 attention temperature (mistral3): q scaled per absolute position
+            q = q * (1.0 + hp["attn_temp_beta"] * np.log1p(np.floor(pos / hp["attn_temp_length"])))[:, None, None]
         # Query head j reads kv head j // group (ggml's broadcast in mul_mat).
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
@@ -295,3 +298,51 @@ def block_diffusion_generate(model, prompt, max_new_tokens: int, block_length: i
             for j in chosen:
                 x[s + masked[j]] = x0[j]
     return x[n_prompt:n_prompt + max_new_tokens]
+
+
+def token_editing_generate(model, prompt, max_new_tokens: int, block_length: int, mask_id: int,
+                           threshold: float, editing_threshold: Optional[float],
+                           max_post_steps: int = 16) -> tuple[list[int], int, int]:
+    """Greedy LLaDA2.1 token editing (the paper's M2T + T2T), recomputed without any cache.
+
+    Inside the active block, each step runs prefix + block block-causally and takes x0 = argmax
+    and its probability at every position. Fill: the masked positions with p > ``threshold``, or
+    the single most confident masked one. Edit (``editing_threshold`` not None): every position
+    placed at an earlier step (prompt tokens excluded) whose argmax differs from it and whose p
+    exceeds ``editing_threshold``. Both apply at once. With editing, a block whose masks are all
+    filled keeps stepping, at most ``max_post_steps`` more steps, and ends at the first step that
+    changes nothing. Returns (tokens, forwards, edits).
+    """
+    if not isinstance(model, ModelData):
+        model = read_model(model)
+    B = block_length
+    n_prompt = len(prompt)
+    n_blocks = -(-(n_prompt + max_new_tokens) // B)
+    x = list(prompt) + [mask_id] * (n_blocks * B - n_prompt)
+    forwards = edits = 0
+    for k in range(n_prompt // B, n_blocks):
+        s = k * B
+        post = 0
+        while True:
+            masked = [i for i in range(B) if x[s + i] == mask_id]
+            if not masked:
+                if editing_threshold is None or post >= max_post_steps:
+                    break
+                post += 1
+            rows = forward(model, x[:s + B], allowed=block_causal_allowed(s + B, B))
+            forwards += 1
+            stats = [_row_stats(rows[s + i], mask_id) for i in range(B)]
+            fill = []
+            if masked:
+                fill = [i for i in masked if stats[i][1] > threshold]
+                fill = fill or [min(masked, key=lambda i: (-stats[i][1], i))]
+            edit = []
+            if editing_threshold is not None:
+                edit = [i for i in range(B) if x[s + i] != mask_id and s + i >= n_prompt
+                        and stats[i][0] != x[s + i] and stats[i][1] > editing_threshold]
+            for i in fill + edit:
+                x[s + i] = stats[i][0]
+            edits += len(edit)
+            if not fill and not edit:
+                break
+    return x[n_prompt:n_prompt + max_new_tokens], forwards, edits

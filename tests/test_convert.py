@@ -13,7 +13,7 @@ pytest.importorskip("safetensors")
 
 from safetensors.numpy import load_file  # noqa: E402
 
-from llamadiff import Context, Generator, Model, testing  # noqa: E402
+from llamadiff import Context, Generator, Model, UnsupportedModelError, testing  # noqa: E402
 from llamadiff.cli import main as cli_main  # noqa: E402
 from llamadiff.convert import FAMILIES, ConversionError, convert  # noqa: E402
 from llamadiff.testing import hf_tensor_name, read_model  # noqa: E402
@@ -83,7 +83,7 @@ def test_not_an_sdar_checkpoint(tmp_path, sdar_dir):
     other = tmp_path / "llama"
     other.mkdir()
     cfg = json.loads((sdar_dir / "config.json").read_text())
-    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["architectures"] = ["GPT2LMHeadModel"]
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="not a block-diffusion checkpoint.*LLaDA2MoeModelLM \\(LLaDA2.0\\)"):
         convert(other, tmp_path / "x.gguf")
@@ -104,6 +104,9 @@ EXPECTED = {
     "sdar-moe": ("SDARMoeForCausalLM", "qwen3moe", 8, False),
     "fast-dllm-v2": ("Fast_dLLM_QwenForCausalLM", "qwen2", 8, True),
     "llada2": ("LLaDA2MoeModelLM", "bailingmoe2", 32, False),     # its configs hold none: 32
+    "llada2.1": ("LLaDA2MoeModelLM", "bailingmoe2", 32, False),
+    "nemotron-diffusion": ("NemotronDiffusionForCausalLM", "mistral3", 8, False),
+    "stable-diffcoder": ("StableDiffCoderForCausalLM", "llama", 8, False),
 }
 
 
@@ -218,3 +221,86 @@ def _config(hf, **changes):
     config = json.loads((hf / "config.json").read_text())
     config.update(changes)
     (hf / "config.json").write_text(json.dumps(config))
+
+
+# --------------------------------------------------------------------------- LLaDA2.1
+
+
+def test_llada21_is_told_from_llada20_and_records_its_rule(tmp_path):
+    """LLaDA2.1 shares LLaDA2.0's architectures name: its generation settings (or its name, or
+    --family) tell it apart, and the GGUF records token editing as the model's default."""
+    hf = testing.write_hf_checkpoint(tmp_path / "checkpoint", "llada2.1", seed=2)
+    out = convert(hf, tmp_path / "a.gguf", outtype="f32")
+    with Model(out) as m:
+        assert m.meta("diffusion.strategy") == "token_editing"
+        assert float(m.meta("diffusion.threshold")) == pytest.approx(0.7)
+        assert float(m.meta("diffusion.editing_threshold")) == pytest.approx(0.5)
+        assert m.meta("diffusion.max_post_steps") == "16"
+    # a checkpoint whose settings name another mode: the speed mode
+    gen_cfg = json.loads((hf / "generation_config.json").read_text())
+    gen_cfg.update(threshold=0.5, editing_threshold=0.0)
+    (hf / "generation_config.json").write_text(json.dumps(gen_cfg))
+    out = convert(hf, tmp_path / "b.gguf", outtype="f32")
+    with Generator(out, n_ctx=256, n_threads=2) as gen:
+        res = gen.generate([104, 101, 108], max_new_tokens=8, stop=[])
+        assert "edits" not in res.stats                     # editing off: the threshold rule
+        assert gen.resolve().strategy == "token_editing"
+        assert gen.resolve().threshold == pytest.approx(0.5)
+    # LLaDA2.0: no settings, no name: its own rule; the same files with the name or --family: 2.1
+    (hf / "generation_config.json").unlink()
+    with Model(convert(hf, tmp_path / "c.gguf", outtype="f32")) as m:
+        assert m.meta("diffusion.strategy") is None
+    named = tmp_path / "LLaDA2.1-mini"
+    hf.rename(named)
+    with Model(convert(named, tmp_path / "d.gguf", outtype="f32")) as m:
+        assert m.meta("diffusion.strategy") == "token_editing"
+    assert cli_main(["convert", str(named), "-o", str(tmp_path / "e.gguf"), "--outtype", "f32",
+                     "--family", "LLaDA2.0"]) == 0
+    with Model(tmp_path / "e.gguf") as m:
+        assert m.meta("diffusion.strategy") is None
+    with pytest.raises(ValueError, match="family 'SDAR' is not a format of LLaDA2MoeModelLM.*LLaDA2.1, LLaDA2.0"):
+        convert(named, tmp_path / "f.gguf", family="SDAR")
+
+
+@pytest.mark.parametrize("key,value", [("editing_threshold", 1.5), ("editing_threshold", "0.5"),
+                                       ("threshold", 0), ("max_post_steps", -1), ("max_post_steps", 2.5),
+                                       ("editing_threshold", True)])
+def test_llada21_bad_decoding_values_name_the_key(tmp_path, key, value):
+    hf = testing.write_hf_checkpoint(tmp_path / "hf", "llada2.1", seed=2)
+    gen_cfg = json.loads((hf / "generation_config.json").read_text())
+    gen_cfg[key] = value
+    (hf / "generation_config.json").write_text(json.dumps(gen_cfg))
+    with pytest.raises(ConversionError, match=f"generation_config.json: {key} = "):
+        convert(hf, tmp_path / "x.gguf")
+
+
+# --------------------------------------------------------------------------- a body's own class
+
+
+@pytest.mark.parametrize("family,body_class", [("nemotron-diffusion", "Ministral3ForCausalLM"),
+                                               ("stable-diffcoder", "LlamaForCausalLM")])
+def test_a_checkpoint_under_its_bodys_class(tmp_path, family, body_class):
+    """Published under the body's own class name, a checkpoint converts when it carries its
+    family's marks (its config's mask token / block keys, or its name); a plain model of that
+    class is refused, and --family names the format outright."""
+    hf = testing.write_hf_checkpoint(tmp_path / "hf", family, seed=3, block_length=8)
+    _config(hf, architectures=[body_class])
+    with Model(convert(hf, tmp_path / "a.gguf", outtype="f32")) as m:
+        assert m.meta("diffusion.block_length") == "8"
+    config = json.loads((hf / "config.json").read_text())
+    for key in ("mask_token_id", "block_length", "block_size"):
+        config.pop(key, None)
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match=f"a {body_class} checkpoint without the marks.*pass family="):
+        convert(hf, tmp_path / "b.gguf")
+    name = FAMILIES[testing.HF_CHECKPOINTS[family]].name
+    with Model(convert(hf, tmp_path / "c.gguf", outtype="f32", family=name)) as m:
+        assert m.family == "block"
+        assert m.meta("diffusion.block_length") == str(FAMILIES[testing.HF_CHECKPOINTS[family]].block_length)
+
+
+def test_stable_diffcoder_records_its_model_cards_rule(tmp_path):
+    hf = testing.write_hf_checkpoint(tmp_path / "hf", "stable-diffcoder", seed=3, block_length=4)
+    with Generator(convert(hf, tmp_path / "s.gguf", outtype="f32"), n_ctx=128, n_threads=2) as gen:
+        cfg = gen.resolve()
+        assert (cfg.block_length, cfg.steps, cfg.strategy) == (4, 4, "low_confidence_static")

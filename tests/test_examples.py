@@ -56,6 +56,20 @@ def test_downstream_cython_policy(tmp_path):
     positions = [p[0] for p in order]
     # prompt "hello" is one token: block 0 holds positions 1..3, then blocks of 4
     assert positions == [3, 2, 1, 7, 6, 5, 4, 11, 10, 9, 8]
+    # the editing policy: every step fills one mask (right to left) and may overwrite one placed
+    # token; the final tokens are the last ones written, and a block ends at most two steps
+    # after its last mask, or at the first step that changes nothing
+    steps = eval(next(l for l in out.splitlines() if l.startswith("revise_one steps")).split(":", 1)[1])
+    edits_line = next(l for l in out.splitlines() if l.startswith("revise_one edits"))
+    edits, tokens = int(edits_line.split()[2]), eval(edits_line.split("tokens:", 1)[1])
+    written, n_edits = {}, 0
+    for step in steps:
+        assert len(step) <= 2
+        for p, t in step:
+            n_edits += p in written
+            written[p] = t
+    assert n_edits == edits > 0, steps
+    assert [written[p] for p in range(1, 9)] == tokens
     # the same policy on LLaDA: the prompt's tokens, then 8 positions right to left
     full_line = next(l for l in out.splitlines() if l.startswith("full diffusion commit order"))
     full = [p[0] for p in eval(full_line.split(":", 1)[1])]

@@ -2,7 +2,6 @@
 semantics of the default mode, the prefix / dual caches of patch 0004, parallel decoding,
 streaming and bad input."""
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 import upstream_port
-from llamadiff import Generator, GenerationConfig, Model, UnsupportedModelError, testing
+from llamadiff import Generator, Model, UnsupportedModelError, testing
 from llamadiff._core import Context
 from llamadiff._full import schedule_regions
 

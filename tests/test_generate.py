@@ -8,7 +8,7 @@ import pytest
 from llamadiff import (Context, GenerationConfig, Generator, UnsupportedModelError,
                        testing)
 from llamadiff._sampling import sample_logits
-from llamadiff import Model, testing
+from llamadiff import Model
 from llamadiff.testing import read_model
 
 from numpy_reference import block_causal_allowed, block_diffusion_generate, forward

@@ -153,3 +153,17 @@ def test_close_with_cancel_answers_requests_that_never_started():
         time.sleep(0.002 * (i % 10))
         batcher.close(cancel=True, timeout=30)
         assert all(r.result(10).stop_reason in ("cancelled", "length") for r in reqs)
+
+
+def test_causal_modes_and_token_editing_through_the_batcher():
+    """Requests of the causal modes share verify passes and get the tokens a Generator gives;
+    a token-editing request batches with plain block-diffusion ones."""
+    opts = [dict(mode="speculative"), dict(mode="autoregressive"), dict(mode="speculative", block_length=2),
+            dict(strategy="token_editing", editing_threshold=0.5), dict()]
+    with Generator(default_model("block"), n_ctx=256, **EXACT) as gen:
+        solo = [gen.generate(p, max_new_tokens=12, stop=[], **o).tokens for p, o in zip(PROMPTS, opts)]
+    with Engine(default_model("block"), n_parallel=6, n_ctx=256, **EXACT) as engine:
+        requests = [engine.submit(p, max_new_tokens=12, stop=[], **o) for p, o in zip(PROMPTS, opts)]
+        results = [r.result(timeout=120) for r in requests]
+    assert [r.tokens for r in results] == solo
+    assert results[0].stats["verify_passes"] >= 1 and "edits" in results[3].stats

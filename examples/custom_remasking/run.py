@@ -26,7 +26,7 @@ def main(argv):
         import right_to_left  # noqa: F401
     except ImportError:
         build()
-    from right_to_left import RightToLeft
+    from right_to_left import ReviseOne, RightToLeft
 
     from llamadiff import Generator, testing
 
@@ -37,6 +37,12 @@ def main(argv):
                            callback=lambda info: order.append(info.positions), stop=[])
         print("commit order (absolute positions):", order)
         print("tokens:", out.tokens)
+        # a policy that edits: a position written twice is an edit
+        steps = []
+        out = gen.generate("hello", max_new_tokens=8, block_length=4, steps=4, strategy=ReviseOne(),
+                           callback=lambda info: steps.append(list(zip(info.positions, info.tokens))), stop=[])
+        print("revise_one steps (position, token):", steps)
+        print("revise_one edits:", out.stats["edits"], "tokens:", out.tokens)
     # the same policy drives full diffusion (LLaDA blocks of 8, one position per step)
     full = testing.write_model(Path(tempfile.mkdtemp()) / "llada.gguf", "llada")
     with Generator(full, n_ctx=512) as gen:

@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional
 
 from llamadiff.config import MAX_INT_OPTION, GenerationConfig
 
-__all__ = ["Family", "ContextShape", "ModelDefaults", "Setup", "model_flag", "model_int"]
+__all__ = ["Family", "ContextShape", "ModelDefaults", "Setup", "model_choice", "model_flag", "model_float",
+           "model_int"]
 
 
 class ContextShape(NamedTuple):
@@ -35,6 +36,22 @@ def model_int(model, key: str) -> Optional[int]:
     return value if 0 < value <= MAX_INT_OPTION else None
 
 
+def model_float(model, key: str, low: float, high: float) -> Optional[float]:
+    """A float GGUF value in [low, high] of a model's defaults, or None when absent or not such a
+    number (a corrupt value falls back to the built-in default)."""
+    try:
+        value = float(model.meta(key))
+    except (TypeError, ValueError):
+        return None
+    return value if low <= value <= high else None
+
+
+def model_choice(model, key: str, choices) -> Optional[str]:
+    """A GGUF string of a model's defaults that names one of ``choices``, or None."""
+    value = model.meta(key)
+    return value if isinstance(value, str) and value in choices else None
+
+
 def model_flag(model, key: str, default: bool) -> bool:
     """A boolean GGUF value of a model's defaults (``diffusion.*``); ``default`` when absent."""
     meta = model.meta(key)
@@ -48,11 +65,24 @@ class ModelDefaults(NamedTuple):
     steps: Optional[int]
     gen_length: Optional[int]
     seq_length: Optional[int]
+    # the decoding rule a checkpoint was published with (LLaDA2.1: token_editing and its thresholds)
+    strategy: Optional[str] = None
+    threshold: Optional[float] = None
+    editing_threshold: Optional[float] = None
+    max_post_steps: Optional[int] = None
 
     @classmethod
     def read(cls, model) -> "ModelDefaults":
+        from llamadiff.policy import STRATEGIES
+        post = model_int(model, "diffusion.max_post_steps")
+        if post is None and model.meta("diffusion.max_post_steps") in (0, "0"):
+            post = 0
         return cls(model_int(model, "diffusion.block_length"), model_int(model, "diffusion.steps"),
-                   model_int(model, "diffusion.gen_length"), model_int(model, "diffusion.seq_length"))
+                   model_int(model, "diffusion.gen_length"), model_int(model, "diffusion.seq_length"),
+                   model_choice(model, "diffusion.strategy", STRATEGIES),
+                   model_float(model, "diffusion.threshold", 1e-6, 1.0),
+                   model_float(model, "diffusion.editing_threshold", 0.0, 1.0),
+                   post if post is None or post <= 4096 else None)
 
 
 class Setup(NamedTuple):

@@ -4,9 +4,10 @@ rules, the positions and contexts a sequence needs. The sequence itself is Cytho
 
 from __future__ import annotations
 
-from llamadiff._block import FIXED_SHAPE_NEEDS, BlockSequence
+from llamadiff._block import EDITS_NEED_UNSHIFTED, FIXED_SHAPE_NEEDS, BlockSequence
+from llamadiff._causal import SPECULATION_GREEDY, CausalSequence
 from llamadiff.families.base import ContextShape, Family, Setup, model_flag
-from llamadiff.policy import make_policy
+from llamadiff.policy import RemaskPolicy, make_policy
 
 __all__ = ["BlockFamily"]
 
@@ -16,8 +17,14 @@ class BlockFamily(Family):
     # a single sequence may sample on the device (sampler="device" / "backend": only its own rows)
     device_sampling = True
 
+    # options only the diffusion mode reads (causal modes refuse them when given)
+    DIFFUSION_ONLY = ("strategy", "threshold", "eb_gamma", "editing_threshold", "max_post_steps", "steps",
+                      "fixed_step_shape")
+
     def resolve(self, setup: Setup, cfg):
         """The block length (the model's trained one by default), steps, cache and threshold."""
+        if cfg.mode != "diffusion":
+            return self._resolve_causal(setup, cfg)
         block = cfg.block_length or setup.defaults.block_length or 4
         if 2 * block > setup.n_ctx:
             raise ValueError(f"block_length={block} needs n_ctx >= {2 * block} (a step decodes the "
@@ -37,17 +44,79 @@ class BlockFamily(Family):
         if cfg.eps is not None:
             raise ValueError("eps (a timestep schedule) is for full-diffusion models; "
                              "block diffusion uses block_length")
-        threshold = 0.85 if cfg.threshold is None else cfg.threshold
         shift = cfg.shift_logits
         if shift is None:
             # block-diffusion checkpoints predict each position from its own row (SDAR) unless
             # the GGUF says otherwise (Fast-dLLM v2 conversions write diffusion.shift_logits)
             shift = model_flag(setup.model, "diffusion.shift_logits", False)
+        rule = self._rule(setup, cfg, shift)
         # None is decided per context (BlockSequence.bind): on for one sequence on a GPU
         if cfg.fixed_step_shape and (not cache or shift):
             raise ValueError(FIXED_SHAPE_NEEDS)
-        return cfg.replace(block_length=block, steps=steps, cache=cache, threshold=threshold,
-                           shift_logits=shift)
+        return cfg.replace(block_length=block, steps=steps, cache=cache, shift_logits=shift, **rule)
+
+    def _resolve_causal(self, setup: Setup, cfg):
+        """mode="autoregressive" / "speculative": the block length (the draft's window and a
+        stream's chunk; the model's by default); what only diffusion reads is refused."""
+        import dataclasses
+        from llamadiff.config import GenerationConfig
+        defaults = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
+        for name in self.DIFFUSION_ONLY:
+            if getattr(cfg, name) != defaults[name]:
+                raise ValueError(f"{name} is a setting of diffusion decoding; mode={cfg.mode!r} decodes "
+                                 "causally and would ignore it")
+        if cfg.cache is False or (cfg.cache is not None and not isinstance(cfg.cache, bool)):
+            raise ValueError(f"mode={cfg.mode!r} decodes with the KV cache: cache={cfg.cache!r} is refused")
+        if cfg.mode == "speculative" and (cfg.temperature != 0 or cfg.top_k != 0 or cfg.top_p != 1.0):
+            raise ValueError(SPECULATION_GREEDY)
+        if cfg.mode == "speculative" and cfg.seed != 0:
+            raise ValueError("seed: speculative decoding is greedy and draws nothing; leave seed unset")
+        if cfg.eps is not None:
+            raise ValueError("eps (a timestep schedule) is for full-diffusion models")
+        block = cfg.block_length or setup.defaults.block_length or 4
+        if cfg.mode == "speculative" and block < 2:
+            raise ValueError("speculative decoding drafts the rest of a block: block_length must be >= 2")
+        shift = cfg.shift_logits
+        if shift is None:
+            shift = model_flag(setup.model, "diffusion.shift_logits", False)
+        return cfg.replace(block_length=block, cache=True, shift_logits=shift)
+
+    @staticmethod
+    def _rule(setup: Setup, cfg, shift: bool) -> dict:
+        """The strategy and its settings: the call's, else the model's (diffusion.strategy and its
+        thresholds: a LLaDA2.1 conversion writes token_editing), else low_confidence_dynamic.
+        The token-editing settings are refused where nothing would read them."""
+        d = setup.defaults
+        strategy = cfg.strategy
+        if strategy is None:
+            strategy = d.strategy or "low_confidence_dynamic"
+            if strategy == "token_editing" and shift:
+                strategy = "low_confidence_dynamic"     # no model value makes a default call fail
+        editing = strategy == "token_editing"
+        if not editing:
+            for name in ("editing_threshold", "max_post_steps"):
+                if getattr(cfg, name) is not None:
+                    where = ("set it on the policy object" if isinstance(strategy, RemaskPolicy)
+                             else f"strategy={strategy!r} would ignore it")
+                    raise ValueError(f"{name} is a setting of strategy='token_editing' (LLaDA2.1's token "
+                                     f"editing); {where}")
+            threshold = cfg.threshold if cfg.threshold is not None else (d.threshold or 0.85)
+            return dict(strategy=strategy, threshold=threshold)
+        threshold = cfg.threshold if cfg.threshold is not None else (d.threshold or 0.7)
+        edit = cfg.editing_threshold
+        if edit is None:
+            edit = d.editing_threshold if d.editing_threshold is not None else 0.5
+        on = 0.0 < edit < 1.0
+        if on and shift:
+            raise ValueError(EDITS_NEED_UNSHIFTED)
+        post = cfg.max_post_steps
+        if post is not None and not on:
+            raise ValueError(f"max_post_steps counts the steps a block takes after its last mask while "
+                             f"token editing is on; editing_threshold={edit:g} turns editing off, so none "
+                             "are taken: leave max_post_steps unset")
+        if post is None:
+            post = d.max_post_steps if d.max_post_steps is not None else 16
+        return dict(strategy=strategy, threshold=threshold, editing_threshold=edit, max_post_steps=post)
 
     def positions(self, cfg, n_prompt: int) -> int:
         """Positions a sequence occupies: whole blocks."""
@@ -62,9 +131,17 @@ class BlockFamily(Family):
                              f"n_ctx={setup.n_ctx}" + ("" if single else " (the bound per sequence)"))
 
     def policy(self, cfg):
-        return make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma)
+        if cfg.mode != "diffusion":
+            return None
+        editing = {} if cfg.editing_threshold is None else dict(
+            editing_threshold=cfg.editing_threshold, max_post_steps=cfg.max_post_steps)
+        return make_policy(cfg.strategy, threshold=cfg.threshold, eb_gamma=cfg.eb_gamma, **editing)
 
     def sequence(self, model, ids, cfg, policy):
+        if cfg.mode != "diffusion":
+            return CausalSequence(model, ids, cfg.max_new_tokens, cfg.block_length,
+                                  speculative=cfg.mode == "speculative", temperature=cfg.temperature,
+                                  top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, shift_logits=cfg.shift_logits)
         return BlockSequence(model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps, policy,
                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                              seed=cfg.seed, cache=cfg.cache, shift_logits=cfg.shift_logits,
@@ -86,9 +163,27 @@ class BlockFamily(Family):
         return 1 << 30
 
     def step_tokens(self, cfg, n_prompt: int) -> int:
-        """A store pass and a block."""
+        """A store pass and a block; a causal mode: the pending token (and a block of drafts)."""
+        if cfg.mode == "autoregressive":
+            return 1
+        if cfg.mode == "speculative":
+            return cfg.block_length + 1
         return 2 * cfg.block_length
 
+    def stats(self, seq, cfg) -> dict:
+        """Token editing: how many placed tokens the policy overwrote. Speculation: its verify
+        passes, the drafts made and kept, and the tokens kept per verify pass."""
+        if isinstance(seq, CausalSequence):
+            out = {"mode": cfg.mode}
+            if seq.speculative:
+                out.update(verify_passes=seq.n_verify, drafted=seq.n_drafted, accepted=seq.n_accepted,
+                           acceptance_length=seq.acceptance_length, draft_ms=seq.draft_us / 1e3)
+            return out
+        return {"edits": seq.n_edits_total} if seq.policy.edits else {}
+
     def batch_key(self, cfg) -> tuple:
-        """One block-causal mask per context: one block length, one cache mode."""
+        """One block-causal mask per context: one block length, one cache mode. The causal modes
+        share one (causal attention; the drafts switch it for their own passes)."""
+        if cfg.mode != "diffusion":
+            return ("causal",)
         return ("block", cfg.block_length, bool(cfg.cache))
