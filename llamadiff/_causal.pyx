@@ -25,7 +25,11 @@ attention, the row of position p - 1 predicts p).
 Every kept token is the causal argmax given the kept tokens before it, and the KV the verify
 pass wrote for them is causal, so the output is token for token the model's greedy
 autoregressive output (the mask token excluded from the argmax, as a diffusion checkpoint never
-emits it) -- tests/test_causal.py checks it against llama_decode run one token at a time.
+emits it) -- tests/test_causal.py checks it against llama_decode run one token at a time, on the
+CPU with F32 weights and KV. One caveat holds for every speculative decoder: the verify pass
+computes its rows in a batch, and where batched and one-token kernels round differently
+(GPU mat-mat against mat-vec kernels, quantized weights) a near-tie between two tokens can
+fall the other way than in one-token decoding.
 
 Invariant between steps: positions ``< frontier`` are committed, and the KV cache holds the
 causal KV of every committed position but the last one (``frontier - 1``, "pending"): the next
@@ -125,6 +129,9 @@ cdef class CausalSequence(Sequence):
         if self.n_total > ctx.n_ctx:
             raise ValueError(f"prompt ({self.n_prompt}) + generation ({self.n_total - self.n_prompt} "
                              f"positions) exceeds n_ctx={ctx.n_ctx}")
+        if self.speculative and ctx.causal:
+            raise ValueError("speculative decoding drafts with block-causal attention, which a causal context "
+                             "cannot give: make the context with causal=False (the Generator's are)")
         if self.speculative and ctx.n_ubatch < self.block_length + 1:
             raise ValueError(f"n_ubatch ({ctx.n_ubatch}) must be at least block_length + 1 for speculative "
                              "decoding (a verify pass decodes the pending token and a block of drafts)")

@@ -40,6 +40,13 @@ def main(argv):
             self.gguf_writer.add_uint32("diffusion.block_length", block_length)
             if shift:
                 self.gguf_writer.add_diffusion_shift_logits(True)
+            rope = self.hparams.get("rope_parameters") or {}
+            if (module == "mistral3" and self.hparams.get("model_type") != "ministral3"
+                    and "llama_4_scaling_beta" in rope):
+                # Ministral 3's llama-4 attention temperature, which llama.cpp's converter writes
+                # for model_type "ministral3" only: a diffusion checkpoint may name another type
+                self.gguf_writer.add_rope_scaling_yarn_log_mul(rope.get("mscale_all_dim", 1.0))
+                self.gguf_writer.add_attn_temperature_scale(rope["llama_4_scaling_beta"])
             for key, value in decoding:
                 if isinstance(value, str):
                     self.gguf_writer.add_string(key, value)

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,9 @@ class Family:
     # defaults"): (GGUF key, config key or None, default); a value in the checkpoint's
     # config.json or generation_config.json under the config key wins
     decoding: tuple = ()
-    # how to tell this format from another of the same ``architectures`` name: fragments of its
-    # name (in config.json's _name_or_path or the directory's name, compared without case and
-    # punctuation), and config keys only it holds
+    # how to tell this format from another of the same ``architectures`` name: regular expressions
+    # of its name (searched, without case, in config.json's _name_or_path and in every part of the
+    # directory's path), and config keys only it holds
     markers: tuple = ()
     marker_keys: tuple = ()
 
@@ -88,7 +89,7 @@ FAMILIES = {
         "Nemotron-Labs-Diffusion", "nvidia/Nemotron-Labs-Diffusion-3B, -8B, -14B", "mistral3",
         "Mistral3Model.Ministral3Model", "mistral3", 32, ("block_length", "block_size", "bd_size"),
         ("<|mask|>", "<mask>", "[MASK]"), False, "tekken", "ministral3", "modeling_nemotron_diffusion",
-        "block_length", markers=("nemotronlabsdiffusion", "nemotrondiffusion"),
+        "block_length", markers=(r"nemotron[-_. ]?(labs[-_. ]?)?diffusion",),
         marker_keys=("block_length", "mask_token_id")),
     # Stable-DiffCoder (ByteDance Seed, 8B, from Seed-Coder: a llama body); architectures name and
     # mask token assumed; its model card decodes blocks of 4, one token per step, lowest confidence
@@ -98,7 +99,7 @@ FAMILIES = {
         "llama", 4, ("block_size", "block_length"), ("<[MASK]>", "<|mask|>", "[MASK]"), False, "llama-bpe",
         "stable_diffcoder", "modeling_stable_diffcoder", "block_size",
         decoding=(("diffusion.strategy", None, "low_confidence_static"),),
-        markers=("stablediffcoder",), marker_keys=("block_size", "mask_token_id")),
+        markers=(r"stable[-_. ]?diff[-_. ]?coder",), marker_keys=("block_size", "mask_token_id")),
 }
 # Formats that share an ``architectures`` name with one of FAMILIES, told apart by ``markers``
 # / ``marker_keys`` (or named with convert(family=...)). LLaDA2.1 ships LLaDA2.0's modeling
@@ -112,12 +113,11 @@ VARIANTS = {
         decoding=(("diffusion.strategy", None, "token_editing"), ("diffusion.threshold", "threshold", 0.7),
                   ("diffusion.editing_threshold", "editing_threshold", 0.5),
                   ("diffusion.max_post_steps", "max_post_steps", 16)),
-        markers=("llada21",), marker_keys=("editing_threshold", "max_post_steps")),),
+        markers=(r"llada[-_. ]?2[-_. ]1(?!\d)",), marker_keys=("editing_threshold", "max_post_steps")),),
 }
 # the range of each decoding value a checkpoint may give (GGUF key -> kind, low, high)
 DECODING_VALUES = {"diffusion.threshold": (float, 1e-6, 1.0), "diffusion.editing_threshold": (float, 0.0, 1.0),
-                   "diffusion.max_post_steps": (int, 0, 4096), "diffusion.steps": (int, 1, 2 ** 31 - 1),
-                   "diffusion.strategy": (str, None, None)}
+                   "diffusion.max_post_steps": (int, 0, 4096), "diffusion.strategy": (str, None, None)}
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
@@ -198,10 +198,6 @@ def _mask_token_id(hf_dir: Path, family: Family, config: dict) -> int:
                           f"files; is this a {family.name} checkpoint?")
 
 
-def _normalized(text) -> str:
-    return "".join(c for c in str(text).lower() if c.isalnum())
-
-
 def _family_of(hf_dir: Path, arch: str, config: dict, generation: dict, name: Optional[str]) -> Family:
     """The format of a checkpoint: among FAMILIES[arch] and its VARIANTS, the one ``name``
     names, else the variant whose markers the checkpoint carries, else FAMILIES[arch] (an
@@ -210,16 +206,19 @@ def _family_of(hf_dir: Path, arch: str, config: dict, generation: dict, name: Op
     candidates = VARIANTS.get(arch, ()) + base
     if name is not None:
         for family in candidates:
-            if _normalized(family.name) == _normalized(name):
+            if family.name.lower() == str(name).lower():
                 return family
         raise ValueError(f"family {name!r} is not a format of {arch} checkpoints; choose one of "
                          f"{', '.join(f.name for f in candidates)}")
-    names = _normalized(config.get("_name_or_path", "")) + " " + _normalized(hf_dir.resolve().name)
+    names = [str(config.get("_name_or_path", ""))] + list(hf_dir.resolve().parts)
     for family in VARIANTS.get(arch, ()):
-        if any(m in names for m in family.markers) or any(
-                k in config or k in generation for k in family.marker_keys):
+        if any(re.search(m, n, re.IGNORECASE) for m in family.markers for n in names) or any(
+                config.get(k) is not None or generation.get(k) is not None for k in family.marker_keys):
             return family
     if base:
+        if VARIANTS.get(arch):
+            logger.warning("%s: converted as %s (no marks of %s); pass family= (--family) if it is one", hf_dir,
+                           base[0].name, " or ".join(f.name for f in VARIANTS[arch]))
         return base[0]
     raise UnsupportedModelError(
         f"{hf_dir}: a {arch} checkpoint without the marks of {' or '.join(f.name for f in candidates)} (a "
@@ -234,15 +233,16 @@ def _decoding(family: Family, config: dict, generation: dict, where: Path) -> li
     for key, config_key, default in family.decoding:
         value = default
         for source, name in ((generation, "generation_config.json"), (config, "config.json")):
-            if config_key is not None and config_key in source:
+            if config_key is not None and source.get(config_key) is not None:    # null: not given
                 value = source[config_key]
                 kind, low, high = DECODING_VALUES[key]
                 ok = (isinstance(value, str) if kind is str else
                       not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
                       and low <= value <= high)
                 if not ok:
-                    raise ConversionError(f"{where / name}: {config_key} = {value!r} is not a "
-                                          f"{'number' if kind is float else kind.__name__} in [{low:g}, {high:g}]")
+                    what = "a string" if kind is str else (
+                        f"{'a number' if kind is float else 'an int'} in [{low:g}, {high:g}]")
+                    raise ConversionError(f"{where / name}: {config_key} = {value!r} is not {what}")
                 value = kind(value)
                 break
         out.append((key, value))
@@ -272,8 +272,10 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
         raise UnsupportedModelError(
             f"{hf_dir}: architecture {arch!r} is not a block-diffusion checkpoint llamadiff converts "
             f"(expected one of: {names}); for other models use llama.cpp's convert_hf_to_gguf.py")
+    # generation settings: read only for the formats they can tell apart or configure
     generation_path = hf_dir / "generation_config.json"
-    generation = _read_json(generation_path) if generation_path.is_file() else {}
+    reads = VARIANTS.get(arch) or any(f.decoding for f in (FAMILIES.get(arch),) if f is not None)
+    generation = _read_json(generation_path) if reads and generation_path.is_file() else {}
     family = _family_of(hf_dir, arch, config, generation, family)
     decoding = _decoding(family, config, generation, hf_dir)
     if block_length is None:

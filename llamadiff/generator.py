@@ -484,13 +484,17 @@ class Generator:
         the time spent making the context (0.0 when reused)."""
         family, setup = self._family, self.setup
         alone = single or family.runs_alone(cfg)
+        # a device-side route samples one sequence's rows: single prompts only, and only where the
+        # sequence reads no host rows itself (speculation's drafts do). The backend route's context
+        # computes no host rows at all: such a sequence runs on the shared context instead
+        own = single and family.device_sampling and (self.sampler.uses_host_logits
+                                                     or not family.needs_host_logits(cfg))
         if alone:
             shape = family.context(setup, cfg, 1, setup.n_ctx if capacity is None else capacity)
-            if shape.n_seq == 1:
+            if shape.n_seq == 1 and (own or self.sampler.uses_host_logits):
                 ctx, ms = self.contexts.get(ContextCache.SINGLE, shape._replace(
                     n_ctx=self.n_ctx, n_ubatch=min(shape.n_ubatch, self.n_ctx)))
-                # a device-side route samples one sequence's rows: single prompts only
-                sampler = self.sampler if single and family.device_sampling else self._batch_sampler
+                sampler = self.sampler if own else self._batch_sampler
                 return RunningBatch(self.model, family, Scheduler(ctx, sampler), ms), 1
             slots = 1
         if capacity is None:

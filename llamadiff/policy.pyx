@@ -308,8 +308,8 @@ cdef class TokenEditing(ParallelThreshold):
     def __init__(self, float threshold=0.7, float editing_threshold=0.5, int max_post_steps=16):
         if not (0.0 <= editing_threshold <= 1.0):
             raise ValueError(f"editing_threshold must be in [0, 1] (0 or 1: editing off), got {editing_threshold}")
-        if max_post_steps < 0:
-            raise ValueError(f"max_post_steps must be >= 0, got {max_post_steps}")
+        if not 0 <= max_post_steps <= 4096:
+            raise ValueError(f"max_post_steps must be in [0, 4096], got {max_post_steps}")
         ParallelThreshold.__init__(self, threshold)
         self.name = "token_editing"
         self.editing_threshold = editing_threshold
@@ -357,8 +357,9 @@ ALGORITHMS = tuple(ALGORITHM_POLICIES)
 PARALLEL_MODES = tuple(PARALLEL_POLICIES)
 
 
-def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35, editing_threshold=0.5, max_post_steps=16):
-    """A policy object from a block strategy name (or an existing RemaskPolicy, returned as is)."""
+def make_policy(strategy, *, threshold=None, eb_gamma=0.35, editing_threshold=0.5, max_post_steps=16):
+    """A policy object from a block strategy name (or an existing RemaskPolicy, returned as is);
+    ``threshold`` None: the strategy's own default (low_confidence_dynamic 0.85, token_editing 0.7)."""
     if isinstance(strategy, RemaskPolicy):
         return strategy
     try:
@@ -366,8 +367,10 @@ def make_policy(strategy, *, threshold=0.85, eb_gamma=0.35, editing_threshold=0.
     except (KeyError, TypeError):
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)} "
                          "or pass a RemaskPolicy") from None
-    return factory(threshold=threshold, eb_gamma=eb_gamma, editing_threshold=editing_threshold,
-                   max_post_steps=max_post_steps)
+    settings = dict(eb_gamma=eb_gamma, editing_threshold=editing_threshold, max_post_steps=max_post_steps)
+    if threshold is not None:
+        settings["threshold"] = threshold
+    return factory(**settings)
 
 
 def make_full_policy(algorithm="confidence", *, parallel=None, alg_temp=0.0, threshold=0.9, factor=1.0):

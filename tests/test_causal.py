@@ -77,10 +77,10 @@ def test_speculation_is_lossless_on_the_shipped_block_model():
 def test_batched_speculation_equals_single(bodies):
     prompts = [PROMPT, [50, 51, 52], list(range(60, 75))]
     with Generator(bodies["qwen3"], n_ctx=256, n_threads=2, **EXACT) as gen:
-        for mode in ("speculative", "autoregressive"):
-            alone = [gen.generate(p, max_new_tokens=12, mode=mode, block_length=4, stop=[]).tokens for p in prompts]
-            together = [r.tokens for r in gen.generate(prompts, max_new_tokens=12, mode=mode, block_length=4,
-                                                       stop=[], n_parallel=3)]
+        for mode, extra in (("speculative", dict(block_length=4)), ("autoregressive", {})):
+            alone = [gen.generate(p, max_new_tokens=12, mode=mode, stop=[], **extra).tokens for p in prompts]
+            together = [r.tokens for r in gen.generate(prompts, max_new_tokens=12, mode=mode, stop=[],
+                                                       n_parallel=3, **extra)]
             assert together == alone
             assert alone[0] == llama_cpp_greedy(bodies["qwen3"], PROMPT, 12)
 
@@ -91,6 +91,28 @@ def test_streaming_yields_each_block(bodies):
         whole = gen.generate(PROMPT, max_new_tokens=10, mode="speculative", block_length=4, stop=[])
     assert [t for c in chunks for t in c.tokens] == whole.tokens
     assert len(chunks) >= 3          # positions 7..16: blocks [4, 8), [8, 12), [12, 16), [16, 20)
+
+
+def test_autoregressive_streams_token_by_token_and_stops_at_once(bodies):
+    """mode="autoregressive" yields each token as it comes and sees a stop at the token."""
+    with Generator(bodies["qwen3"], n_ctx=256, n_threads=2, **EXACT) as gen:
+        whole = gen.generate(PROMPT, max_new_tokens=12, mode="autoregressive", stop=[])
+        chunks = list(gen.stream(PROMPT, max_new_tokens=12, mode="autoregressive", stop=[]))
+        assert [len(c.tokens) for c in chunks] == [1] * 12
+        stopped = gen.generate(PROMPT, max_new_tokens=12, mode="autoregressive", stop=[whole.tokens[3]])
+    assert stopped.tokens == whole.tokens[:whole.tokens.index(whole.tokens[3])]      # cut before the stop
+    assert stopped.stats["decode_calls"] <= whole.tokens.index(whole.tokens[3]) + 2
+
+
+def test_speculation_backend_route_falls_back_for_its_drafts():
+    """sampler="backend" computes no host rows, which the draft pass reads: the CPU route
+    samples a speculative call instead (drafts are kept, as with the CPU route)."""
+    with Generator(default_model("block"), n_ctx=256, n_threads=2, sampler="backend") as gen:
+        backend = gen.generate("sort 93715=", max_new_tokens=24, mode="speculative", stop=[])
+    with Generator(default_model("block"), n_ctx=256, n_threads=2, sampler="cpu") as gen:
+        cpu = gen.generate("sort 93715=", max_new_tokens=24, mode="speculative", stop=[])
+    assert backend.tokens == cpu.tokens
+    assert backend.stats["accepted"] == cpu.stats["accepted"] > 0
 
 
 def test_autoregressive_sampling_is_seeded(bodies):
@@ -110,6 +132,8 @@ def test_autoregressive_sampling_is_seeded(bodies):
     (dict(mode="speculative", steps=2), "steps is a setting of diffusion decoding"),
     (dict(mode="speculative", threshold=0.5), "threshold is a setting of diffusion decoding"),
     (dict(mode="autoregressive", cache=False), "decodes with the KV cache"),
+    (dict(mode="autoregressive", block_length=4), "block_length is a setting of diffusion decoding"),
+    (dict(mode="autoregressive", shift_logits=True), "shift_logits is a setting of diffusion decoding"),
     (dict(mode="beam"), "unknown mode 'beam'"),
 ])
 def test_causal_modes_refuse_what_they_ignore(bodies, opts, match):

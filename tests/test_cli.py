@@ -91,14 +91,14 @@ def test_generate_in_every_mode_and_with_token_editing(qwen3_path, qwen3_model, 
     from llamadiff import Generator
 
     gen = Generator(qwen3_model, n_ctx=4096)
-    for extra, opts in ((["--mode", "speculative"], dict(mode="speculative")),
+    for extra, opts in ((["-b", "4", "--mode", "speculative"], dict(mode="speculative", block_length=4)),
                         (["--mode", "autoregressive"], dict(mode="autoregressive")),
                         (["--strategy", "token_editing", "--editing-threshold", "0.01", "--max-post-steps", "3",
                           "--threshold", "0.02"],
                          dict(strategy="token_editing", editing_threshold=0.01, max_post_steps=3, threshold=0.02))):
-        assert main(["generate", "-m", str(qwen3_path), "-p", "hello", "-n", "8", "-b", "4", "--json"] + extra) == 0
+        assert main(["generate", "-m", str(qwen3_path), "-p", "hello", "-n", "8", "--json"] + extra) == 0
         data = json.loads(capsys.readouterr().out)
-        assert data["tokens"] == gen.generate("hello", max_new_tokens=8, block_length=4, **opts).tokens
+        assert data["tokens"] == gen.generate("hello", max_new_tokens=8, **opts).tokens
     assert main(["generate", "-m", str(qwen3_path), "-p", "hello", "-n", "8", "--mode", "speculative",
                  "--temperature", "0.5"]) != 0
     assert "lossless against greedy decoding" in capsys.readouterr().err

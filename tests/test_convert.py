@@ -304,3 +304,18 @@ def test_stable_diffcoder_records_its_model_cards_rule(tmp_path):
     with Generator(convert(hf, tmp_path / "s.gguf", outtype="f32"), n_ctx=128, n_threads=2) as gen:
         cfg = gen.resolve()
         assert (cfg.block_length, cfg.steps, cfg.strategy) == (4, 4, "low_confidence_static")
+
+
+def test_variant_marks_are_read_with_care(tmp_path):
+    """The name is searched in every part of the path (a Hugging Face cache snapshot is named by
+    its commit), a name that only resembles another version is not taken for it, null values
+    count as absent, and formats without generation settings never read generation_config.json."""
+    from llamadiff.convert import _family_of
+    assert _family_of(tmp_path / "models--inclusionAI--LLaDA2.1-mini" / "snapshots" / "0f3a9c",
+                      "LLaDA2MoeModelLM", {}, {}, None).name == "LLaDA2.1"
+    assert _family_of(tmp_path / "llada2-16b", "LLaDA2MoeModelLM", {}, {}, None).name == "LLaDA2.0"
+    assert _family_of(tmp_path / "x", "LLaDA2MoeModelLM", {"editing_threshold": None}, {}, None).name == "LLaDA2.0"
+    hf = testing.write_hf_checkpoint(tmp_path / "sdar", "sdar", seed=1)
+    (hf / "generation_config.json").write_text("{not json")        # SDAR reads none: not an error
+    with Model(convert(hf, tmp_path / "s.gguf", outtype="f32")) as m:
+        assert m.family == "block"

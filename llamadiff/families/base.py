@@ -153,3 +153,8 @@ class Family:
     def stats(self, seq, cfg: GenerationConfig) -> dict:
         """The family's entries in a result's ``stats``."""
         return {}
+
+    def needs_host_logits(self, cfg: GenerationConfig) -> bool:
+        """Whether a sequence of these options reads logits rows itself, in host memory (then a
+        sampler route that computes no host rows, ``sampler="backend"``, gives way to the CPU's)."""
+        return False

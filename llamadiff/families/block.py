@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from llamadiff._block import EDITS_NEED_UNSHIFTED, FIXED_SHAPE_NEEDS, BlockSequence
 from llamadiff._causal import SPECULATION_GREEDY, CausalSequence
+from llamadiff.config import GenerationConfig
 from llamadiff.families.base import ContextShape, Family, Setup, model_flag
 from llamadiff.policy import RemaskPolicy, make_policy
 
@@ -59,7 +60,6 @@ class BlockFamily(Family):
         """mode="autoregressive" / "speculative": the block length (the draft's window and a
         stream's chunk; the model's by default); what only diffusion reads is refused."""
         import dataclasses
-        from llamadiff.config import GenerationConfig
         defaults = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
         for name in self.DIFFUSION_ONLY:
             if getattr(cfg, name) != defaults[name]:
@@ -73,9 +73,20 @@ class BlockFamily(Family):
             raise ValueError("seed: speculative decoding is greedy and draws nothing; leave seed unset")
         if cfg.eps is not None:
             raise ValueError("eps (a timestep schedule) is for full-diffusion models")
+        if cfg.mode == "autoregressive":
+            # one token per step, each its own chunk of a stream (stops are seen at every token)
+            for name in ("block_length", "shift_logits"):
+                if getattr(cfg, name) is not None:
+                    raise ValueError(f"{name} is a setting of diffusion decoding and of speculation's "
+                                     "drafts; mode='autoregressive' decodes one causal token at a time "
+                                     "and would ignore it")
+            return cfg.replace(block_length=1, cache=True, shift_logits=False)
         block = cfg.block_length or setup.defaults.block_length or 4
-        if cfg.mode == "speculative" and block < 2:
+        if block < 2:
             raise ValueError("speculative decoding drafts the rest of a block: block_length must be >= 2")
+        if 2 * block > setup.n_ctx:
+            raise ValueError(f"block_length={block} needs n_ctx >= {2 * block}; this Generator has "
+                             f"n_ctx={setup.n_ctx}")
         shift = cfg.shift_logits
         if shift is None:
             shift = model_flag(setup.model, "diffusion.shift_logits", False)
@@ -93,6 +104,12 @@ class BlockFamily(Family):
             if strategy == "token_editing" and shift:
                 strategy = "low_confidence_dynamic"     # no model value makes a default call fail
         editing = strategy == "token_editing"
+        named = strategy if isinstance(strategy, str) else None
+        if cfg.threshold is not None and named not in ("low_confidence_dynamic", "token_editing"):
+            raise ValueError(f"threshold is a setting of low_confidence_dynamic and token_editing (and of full "
+                             f"diffusion's parallel modes); strategy={strategy!r} would ignore it")
+        if cfg.eb_gamma != GenerationConfig.eb_gamma and named != "entropy_bounded":
+            raise ValueError(f"eb_gamma is a setting of entropy_bounded; strategy={strategy!r} would ignore it")
         if not editing:
             for name in ("editing_threshold", "max_post_steps"):
                 if getattr(cfg, name) is not None:
@@ -119,7 +136,9 @@ class BlockFamily(Family):
         return dict(strategy=strategy, threshold=threshold, editing_threshold=edit, max_post_steps=post)
 
     def positions(self, cfg, n_prompt: int) -> int:
-        """Positions a sequence occupies: whole blocks."""
+        """Positions a sequence occupies: whole blocks (the causal modes: what they decode)."""
+        if cfg.mode != "diffusion":
+            return n_prompt + cfg.max_new_tokens
         B = cfg.block_length
         return (n_prompt + cfg.max_new_tokens + B - 1) // B * B
 
@@ -170,6 +189,10 @@ class BlockFamily(Family):
             return cfg.block_length + 1
         return 2 * cfg.block_length
 
+    def needs_host_logits(self, cfg) -> bool:
+        """Speculation's draft pass reads its rows on the host (its argmax is the draft)."""
+        return cfg.mode == "speculative"
+
     def stats(self, seq, cfg) -> dict:
         """Token editing: how many placed tokens the policy overwrote. Speculation: its verify
         passes, the drafts made and kept, and the tokens kept per verify pass."""
@@ -185,5 +208,5 @@ class BlockFamily(Family):
         """One block-causal mask per context: one block length, one cache mode. The causal modes
         share one (causal attention; the drafts switch it for their own passes)."""
         if cfg.mode != "diffusion":
-            return ("causal",)
+            return ("causal", cfg.block_length)
         return ("block", cfg.block_length, bool(cfg.cache))

@@ -132,6 +132,9 @@ class FullFamily(Family):
         budget = max(BATCH_TOKENS, _per_request(cfg) * _rounded(setup.n_ctx))
         return ContextShape(budget, budget, slots * _per_request(cfg), cfg.rng != "llama.cpp")
 
+    def needs_host_logits(self, cfg) -> bool:
+        return False        # its batches sample on the CPU route anyway (device_sampling is False)
+
     def stats(self, seq, cfg) -> dict:
         return dict(schedule="block" if cfg.block_length else "timestep", eps=cfg.eps,
                     algorithm=cfg.algorithm, cache=cfg.cache, parallel=cfg.parallel,
