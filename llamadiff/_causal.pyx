@@ -14,7 +14,8 @@ attention, the row of position p - 1 predicts p).
 
 1. **drafts** the rest of the active block: one block-diffusion pass over the pending token
    and masks up to the block's end (block-causal attention, as the model was trained), every
-   mask's argmax a draft token; the pass's KV is dropped again;
+   mask's argmax a draft token; the pass's KV is dropped again. The scheduler decodes the
+   drafts of all its speculative sequences in one pass (``Sequence.fill_draft``);
 2. **verifies** them in one causal pass of the pending token and the drafts (the engine's
    shared decode of the step): the row before each draft position is the model's greedy
    autoregressive prediction there;
@@ -78,6 +79,8 @@ cdef class CausalSequence(Sequence):
     cdef readonly long n_verify, n_drafted, n_accepted   # verify passes, drafts made, drafts kept
     cdef readonly long n_kept                            # tokens the verify passes kept
     cdef readonly double draft_us
+    cdef int64_t draft_t0
+    cdef bint drafted_now             # this step's draft pass wrote KV cells (drop_draft removes them)
 
     def __init__(self, Model model not None, prompt, int n_generate, int block_length, *,
                  bint speculative=False, float temperature=0.0, int top_k=0, float top_p=1.0,
@@ -101,6 +104,8 @@ cdef class CausalSequence(Sequence):
         self.region = n_prompt // block_length
         self.n_regions = (n_prompt + n_generate + block_length - 1) // block_length
         self.block_causal = 1             # the shared pass is causal (block-causal with blocks of 1)
+        self.drafts = speculative
+        self.draft_attention = block_length
         self.frontier = n_prompt
         self.draft.resize(block_length)
         self._size_scratch(block_length + 1)
@@ -150,48 +155,53 @@ cdef class CausalSequence(Sequence):
         self.prefill_decode_us = self.decode_us
         return 0
 
-    cdef int prepare(self) except -1:
-        """The draft (speculative): one block-diffusion pass over the pending token and masks up
-        to the block's end; each mask's argmax becomes a draft, and the pass's KV is dropped."""
+    cdef int fill_draft(self, int n) except -1 nogil:
+        """The draft (speculative), in the scheduler's shared draft pass: the pending token and
+        masks up to the block's end, block-causally; each mask's row gives a draft."""
         cdef int p = self.frontier
-        cdef int D, i, tok
-        cdef int V = self.n_vocab
-        cdef const float * row
-        cdef int64_t t0
-        cdef int device = -1
+        cdef int D = self._region_end() - p
+        cdef int i
         self.n_draft = 0
-        if not self.speculative:
-            return 0
-        D = self._region_end() - p
-        if D <= 0:
-            return 0
-        t0 = C.llama_time_us()
+        self.n_draft_rows = 0
+        self.drafted_now = False
+        if not self.speculative or D <= 0:
+            return n
+        self.draft_t0 = C.llama_time_us()
         # rows: with shifted rows the pending token's row and the masks' but the last, else the
         # masks' own; row i predicts position p + i either way
-        self.put(0, p - 1, self.x[p - 1], self.shift)
+        self.put(n, p - 1, self.x[p - 1], self.shift)
         for i in range(D):
-            self.put(1 + i, p + i, self.mask_id, (not self.shift) or i < D - 1)
-        self.ctx.set_block_causal(self.block_length)
-        try:
-            self.decode_own(D + 1)
-            for i in range(D):
-                row = self.ctx.logits_row(i)
-                if row == NULL:
-                    self.ctx.step_logits(False, &device)   # raises with the reason
-                    raise RuntimeError("the draft pass's logits cannot be read")
-                with nogil:
-                    tok = _argmax(row, V, self.mask_id)
-                if tok < 0:
-                    from llamadiff.errors import DecodeError
-                    raise DecodeError("the draft pass produced no finite logits (NaN in every entry of a "
-                                      "row): broken weights or an unsupported back end")
-                self.draft[i] = tok
-        finally:
-            # the pending token goes back to pending: its causal KV comes with the verify pass
-            C.llama_memory_seq_rm(self.ctx.mem, self.slot, p - 1, -1)
-            self.ctx.set_block_causal(1)
-        self.n_draft = D
-        self.draft_us += C.llama_time_us() - t0
+            self.put(n + 1 + i, p + i, self.mask_id, (not self.shift) or i < D - 1)
+        self.n_draft_rows = D
+        self.drafted_now = True
+        return n + D + 1
+
+    cdef int read_draft(self) except -1:
+        cdef int i, tok
+        cdef int V = self.n_vocab
+        cdef int device = -1
+        cdef const float * row
+        for i in range(self.n_draft_rows):
+            row = self.ctx.logits_row(self.draft_row_start + i)
+            if row == NULL:
+                self.ctx.step_logits(False, &device)       # raises with the reason
+                raise RuntimeError("the draft pass's logits cannot be read")
+            with nogil:
+                tok = _argmax(row, V, self.mask_id)
+            if tok < 0:
+                from llamadiff.errors import DecodeError
+                raise DecodeError("the draft pass produced no finite logits (NaN in every entry of a row): "
+                                  "broken weights or an unsupported back end")
+            self.draft[i] = tok
+        self.n_draft = self.n_draft_rows
+        self.draft_us += C.llama_time_us() - self.draft_t0
+        return 0
+
+    cdef int drop_draft(self) except -1 nogil:
+        # the pass's KV goes: the pending token's causal KV comes with the verify pass
+        if self.drafted_now:
+            C.llama_memory_seq_rm(self.ctx.mem, self.slot, self.frontier - 1, -1)
+            self.drafted_now = False
         return 0
 
     cdef int fill(self, int n) except -1 nogil:

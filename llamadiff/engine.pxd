@@ -102,6 +102,15 @@ cdef class Sequence:
     # hooks (see the module doc)
     cdef int bind(self, Context ctx, int slot, int companion) except -1
     cdef int prepare(self) except -1
+    # a pass before the step's decode, shared by the sequences that take part in it (speculation's
+    # drafts): fill_draft writes its tokens into the shared batch (rows from draft_row_start),
+    # read_draft reads its rows after the decode (with the GIL), under block-causal attention of
+    # draft_attention positions; drop_draft removes what the pass left in the KV cache
+    cdef bint drafts
+    cdef int draft_attention, draft_row_start, n_draft_rows
+    cdef int fill_draft(self, int n) except -1 nogil
+    cdef int read_draft(self) except -1
+    cdef int drop_draft(self) except -1 nogil
     cdef int fill(self, int n) except -1 nogil
     cdef int after_decode(self) except -1 nogil
     cdef int sample(self, const float * logits, int device, RowSampler sampler) except -1 nogil
@@ -130,4 +139,5 @@ cdef class Scheduler:
 
     cdef _free(self, Sequence seq)
     cdef _refresh_active(self)
+    cdef int _draft_pass(self, PyObject ** active, size_t m) except -1
     cdef tuple _step(self, PyObject ** active, size_t m, bint in_place)

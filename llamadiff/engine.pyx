@@ -194,6 +194,16 @@ cdef class Sequence:
     cdef int prepare(self) except -1:
         return 0
 
+    cdef int fill_draft(self, int n) except -1 nogil:
+        self.n_draft_rows = 0
+        return n
+
+    cdef int read_draft(self) except -1:
+        return 0
+
+    cdef int drop_draft(self) except -1 nogil:
+        return 0
+
     cdef int fill(self, int n) except -1 nogil:
         with gil:
             raise NotImplementedError("Sequence.fill")
@@ -514,6 +524,62 @@ cdef class Scheduler:
             # set keep_logits_on_device itself)
             self.ctx.set_logits_on_device(caller_on_device)
 
+    cdef int _draft_pass(self, PyObject ** active, size_t m) except -1:
+        """One decode of every drafting sequence's draft (speculation), under the block-causal
+        attention they share, logits on the host; each reads its rows, and what the pass wrote
+        to the KV cache is dropped again (also when it fails)."""
+        cdef Sequence seq
+        cdef size_t i
+        cdef int n = 0, rows = 0, attention = 0, k
+        cdef int32_t rc
+        cdef int64_t t0, t1
+        for i in range(m):
+            seq = <Sequence> active[i]
+            if not seq.drafts:
+                continue
+            seq.draft_row_start = rows
+            k = n
+            with nogil:
+                n = seq.fill_draft(n)
+            seq.n_step_tokens = n - k
+            rows += seq.n_draft_rows
+            if n > k:
+                if attention and seq.draft_attention != attention:
+                    raise ValueError("sequences that draft in one pass need one block length")
+                attention = seq.draft_attention
+        if n == 0:
+            return 0
+        if n > self.ctx.n_ubatch:
+            raise ValueError(f"this step's drafts decode {n} tokens: the context needs n_ubatch >= {n} "
+                             f"(it has {self.ctx.n_ubatch})")
+        cdef int before = self.ctx.block_causal
+        try:
+            self.ctx.set_block_causal(attention)
+            t0 = C.llama_time_us()
+            with nogil:
+                self.ctx.set_logits_on_device(False)
+                rc = self.ctx.decode_batch(n)
+            t1 = C.llama_time_us()
+            self.n_decode += 1
+            self.n_decode_tokens += n
+            self.decode_us += t1 - t0
+            for i in range(m):
+                seq = <Sequence> active[i]
+                if seq.drafts and seq.n_step_tokens:
+                    seq.account_decode(seq.n_step_tokens, t1 - t0)
+            self.ctx.raise_for_decode(rc, n)
+            for i in range(m):
+                seq = <Sequence> active[i]
+                if seq.drafts and seq.n_step_tokens:
+                    seq.read_draft()
+        finally:
+            for i in range(m):
+                seq = <Sequence> active[i]
+                if seq.drafts:
+                    seq.drop_draft()
+            self.ctx.set_block_causal(before)
+        return 0
+
     cdef tuple _step(self, PyObject ** active, size_t m, bint in_place):
         cdef Sequence seq, first, other
         cdef int n = 0, rows = 0, total, k
@@ -533,6 +599,7 @@ cdef class Scheduler:
             self.n_decode += seq.n_decode - n_decode
             self.n_decode_tokens += seq.n_decode_tokens - tokens
             self.decode_us += seq.decode_us - decode_us
+        self._draft_pass(active, m)
         for i in range(m):
             seq = <Sequence> active[i]
             seq.row_start = rows

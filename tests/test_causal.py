@@ -147,3 +147,32 @@ def test_speculation_on_a_body_that_cannot_decode_causally(tmp_path):
     with Generator(full, n_ctx=128, n_threads=2) as gen:
         with pytest.raises(ValueError, match="mode is an option of block diffusion.*decodes causally"):
             gen.generate(PROMPT, max_new_tokens=8, mode="speculative")
+
+
+def test_drafts_of_a_batch_share_one_pass(bodies):
+    """A step of several speculative sequences is two decodes: one for all of their drafts,
+    one verify pass for all of them; the context is causal again after it, and a causal context
+    is refused (its drafts could not attend block-causally)."""
+    from llamadiff._causal import CausalSequence
+    from llamadiff._sampling import CpuRowSampler
+    from llamadiff.engine import Scheduler
+
+    model = Model(bodies["qwen3"])
+    prompts = [PROMPT, [50, 51, 52], list(range(60, 71))]
+    with Context(model, n_ctx=384, n_batch=64, n_ubatch=64, n_seq_max=3, kv_unified=True, causal=False,
+                 **EXACT) as ctx:
+        sched = Scheduler(ctx, CpuRowSampler(1))
+        seqs = [CausalSequence(model, p, 12, 4, speculative=True) for p in prompts]
+        for seq in seqs:
+            sched.add(seq)
+        before = sched.n_decode
+        sched.step()
+        assert sched.n_decode - before == 2
+        assert ctx.block_causal == 1
+        while not all(s.done for s in seqs):
+            sched.step()
+        for seq, prompt in zip(seqs, prompts):
+            assert seq.tokens[len(prompt):] == llama_cpp_greedy(bodies["qwen3"], prompt, 12)
+    with Context(model, n_ctx=128, causal=True, **EXACT) as ctx:
+        with pytest.raises(ValueError, match="causal=False"):
+            Scheduler(ctx, CpuRowSampler(1)).add(CausalSequence(model, PROMPT, 8, 4, speculative=True))
