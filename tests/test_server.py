@@ -100,6 +100,21 @@ def test_completion_answers_and_counts(client):
     assert res.choices[0].text == "85"
 
 
+def test_decoding_modes_and_token_editing_over_http(client, server):
+    """mode and the token-editing settings are request fields; speculation gives the
+    autoregressive answer, and a setting the mode would ignore is a 400 naming it."""
+    texts = {}
+    for mode in ("autoregressive", "speculative"):
+        res = client.completions.create(model="m", prompt="sort 93715=", max_tokens=12, extra_body={"mode": mode})
+        texts[mode] = res.choices[0].text
+    assert texts["speculative"] == texts["autoregressive"]
+    res = client.completions.create(model="m", prompt="sort 93715=", max_tokens=16,
+                                    extra_body={"strategy": "token_editing", "editing_threshold": 0})
+    assert res.choices[0].text == "13579"
+    bad = server.post("/v1/completions", {"prompt": "47+38=", "mode": "speculative", "temperature": 0.8})
+    assert bad.status_code == 400 and "greedy" in bad.json()["error"]["message"]
+
+
 def test_streaming_in_openai_chunks(client, server):
     stream = client.completions.create(model="m", prompt="sort 93715=", max_tokens=16, stream=True,
                                        stream_options={"include_usage": True})
