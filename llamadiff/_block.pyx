@@ -104,7 +104,6 @@ cdef class BlockSequence(Sequence):
 
     cdef int bind(self, Context ctx, int slot, int companion) except -1:
         cdef int B = self.block_length
-        cdef int n, pos = 0
         cdef int n_full = self.region * B
         if not ctx.has_memory:
             raise ValueError("block diffusion needs a context with a KV cache")
@@ -133,12 +132,7 @@ cdef class BlockSequence(Sequence):
         C.llama_memory_seq_rm(ctx.mem, slot, -1, -1)
         ctx.set_block_causal(B)
         if self.use_cache:
-            while pos < n_full:
-                n = min(n_full - pos, self.chunk)
-                for i in range(n):
-                    self.put(i, pos + i, self.x[pos + i], False)
-                self.decode_own(n)
-                pos += n
+            self.prefill_range(0, n_full, self.chunk)
         self.prefill_us = C.llama_time_us() - t0
         self.prefill_decode_us = self.decode_us
         self.store_pending = False

@@ -127,7 +127,6 @@ cdef class CausalSequence(Sequence):
         return end if end < self.n_total else self.n_total
 
     cdef int bind(self, Context ctx, int slot, int companion) except -1:
-        cdef int n, i, pos = 0
         cdef int n_cached = self.n_prompt - 1          # the last prompt token stays pending
         if not ctx.has_memory:
             raise ValueError("causal decoding needs a context with a KV cache")
@@ -145,12 +144,7 @@ cdef class CausalSequence(Sequence):
         cdef int64_t t0 = C.llama_time_us()
         C.llama_memory_seq_rm(ctx.mem, slot, -1, -1)
         ctx.set_block_causal(1)
-        while pos < n_cached:
-            n = min(n_cached - pos, ctx.n_ubatch)
-            for i in range(n):
-                self.put(i, pos + i, self.x[pos + i], False)
-            self.decode_own(n)
-            pos += n
+        self.prefill_range(0, n_cached, ctx.n_ubatch)
         self.prefill_us = C.llama_time_us() - t0
         self.prefill_decode_us = self.decode_us
         return 0

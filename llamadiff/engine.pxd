@@ -97,6 +97,7 @@ cdef class Sequence:
     cdef void put(self, int b, int32_t pos, int32_t token, bint want_logits) noexcept nogil
     cdef void put_seq(self, int b, int32_t pos, int32_t token, bint want_logits, int seq_id) noexcept nogil
     cdef int decode_own(self, int n) except -1
+    cdef int prefill_range(self, int start, int end, int chunk) except -1
     cdef int account_decode(self, int n, double us) noexcept nogil
 
     # hooks (see the module doc)
@@ -139,5 +140,6 @@ cdef class Scheduler:
 
     cdef _free(self, Sequence seq)
     cdef _refresh_active(self)
+    cdef int _decode_shared(self, PyObject ** active, size_t m, int n, bint on_device, bint drafting) except -1
     cdef int _draft_pass(self, PyObject ** active, size_t m) except -1
     cdef tuple _step(self, PyObject ** active, size_t m, bint in_place)

@@ -182,6 +182,18 @@ cdef class Sequence:
         self.ctx.raise_for_decode(rc, n)
         return 0
 
+    cdef int prefill_range(self, int start, int end, int chunk) except -1:
+        """Decode positions [start, end) of this sequence into its KV cache, no logits, in
+        decodes of at most ``chunk`` tokens (a prefill; the context's attention as it is set)."""
+        cdef int i, n, pos = start
+        while pos < end:
+            n = min(end - pos, chunk)
+            for i in range(n):
+                self.put(i, pos + i, self.x[pos + i], False)
+            self.decode_own(n)
+            pos += n
+        return 0
+
     # -- hooks ------------------------------------------------------------------------------
 
     cdef int bind(self, Context ctx, int slot, int companion) except -1:
@@ -524,6 +536,28 @@ cdef class Scheduler:
             # set keep_logits_on_device itself)
             self.ctx.set_logits_on_device(caller_on_device)
 
+    cdef int _decode_shared(self, PyObject ** active, size_t m, int n, bint on_device, bint drafting) except -1:
+        """One llama_decode of the shared batch's ``n`` tokens (the logits left on the device when
+        ``on_device``), timed and counted for the scheduler and for each sequence in it (``drafting``:
+        those that put draft tokens in)."""
+        cdef Sequence seq
+        cdef size_t i
+        cdef int32_t rc
+        cdef int64_t t0 = C.llama_time_us(), t1
+        with nogil:
+            self.ctx.set_logits_on_device(on_device)
+            rc = self.ctx.decode_batch(n)
+        t1 = C.llama_time_us()
+        self.n_decode += 1
+        self.n_decode_tokens += n
+        self.decode_us += t1 - t0
+        for i in range(m):
+            seq = <Sequence> active[i]
+            if not drafting or (seq.drafts and seq.n_step_tokens):
+                seq.account_decode(seq.n_step_tokens, t1 - t0)
+        self.ctx.raise_for_decode(rc, n)
+        return 0
+
     cdef int _draft_pass(self, PyObject ** active, size_t m) except -1:
         """One decode of every drafting sequence's draft (speculation), under the block-causal
         attention they share, logits on the host; each reads its rows, and what the pass wrote
@@ -555,19 +589,7 @@ cdef class Scheduler:
         cdef int before = self.ctx.block_causal
         try:
             self.ctx.set_block_causal(attention)
-            t0 = C.llama_time_us()
-            with nogil:
-                self.ctx.set_logits_on_device(False)
-                rc = self.ctx.decode_batch(n)
-            t1 = C.llama_time_us()
-            self.n_decode += 1
-            self.n_decode_tokens += n
-            self.decode_us += t1 - t0
-            for i in range(m):
-                seq = <Sequence> active[i]
-                if seq.drafts and seq.n_step_tokens:
-                    seq.account_decode(seq.n_step_tokens, t1 - t0)
-            self.ctx.raise_for_decode(rc, n)
+            self._decode_shared(active, m, n, False, True)     # the rows on the host: read_draft reads them
             for i in range(m):
                 seq = <Sequence> active[i]
                 if seq.drafts and seq.n_step_tokens:
@@ -616,18 +638,8 @@ cdef class Scheduler:
                              f"(it has {self.ctx.n_ubatch})")
         if kv > self.kv_tokens_peak:
             self.kv_tokens_peak = kv
-        t0 = C.llama_time_us()
-        with nogil:
-            self.ctx.set_logits_on_device(in_place)
-            rc = self.ctx.decode_batch(n)
-        t1 = C.llama_time_us()
-        self.n_decode += 1
-        self.n_decode_tokens += n
-        self.decode_us += t1 - t0
         self.n_steps += 1
-        for i in range(m):
-            (<Sequence> active[i]).account_decode((<Sequence> active[i]).n_step_tokens, t1 - t0)
-        self.ctx.raise_for_decode(rc, n)
+        self._decode_shared(active, m, n, in_place, False)
 
         # sample: runs of plain sequences with equal settings in one call, the rest alone
         t0 = C.llama_time_us()
