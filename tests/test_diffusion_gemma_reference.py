@@ -35,6 +35,9 @@ import math
 import numpy as np
 import pytest
 
+# transformers' imports use torch.jit.script_method, which torch 2.14 deprecates: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers.models.diffusion_gemma", reason="transformers without DiffusionGemma")
 
