@@ -11,13 +11,14 @@ The core objects:
 
 from llamadiff.errors import (LlamaDiffError, ModelLoadError, UnsupportedModelError,
                               ContextError, DecodeError, DecodeAborted, CudaError,
-                              CudaUnavailableError, ChatTemplateError, GeneratorClosedError)
+                              CudaUnavailableError, ChatTemplateError, GeneratorClosedError,
+                              ModelDefaultWarning, TrainedLengthWarning)
 from llamadiff._core import (Model, Context, set_log_level, llama_cpp_version, system_info,
                              supports_gpu_offload, devices, quantize, MASK_TOKEN_TEXTS)
 from llamadiff.paths import default_model, get_include, get_library_dir
 from llamadiff.policy import (RemaskPolicy, Sequential, LowConfidenceStatic, LowConfidenceDynamic,
                               EntropyBounded, Ranked, Confidence, LowEntropy, Margin, RandomOrder,
-                              Origin, ParallelPolicy, ParallelThreshold, ParallelFactor)
+                              Origin, ParallelPolicy, ParallelThreshold, ParallelFactor, TokenEditing)
 from llamadiff.serving import (Batcher, Request, QueueFullError, BatcherClosedError,
                                Engine, EngineClosedError)
 from llamadiff.generator import (Generator, GenerationConfig, GenerationResult, StreamChunk,
@@ -30,10 +31,11 @@ __all__ = [
     "Batcher", "Request", "QueueFullError", "BatcherClosedError", "Engine", "EngineClosedError",
     "RemaskPolicy", "Sequential", "LowConfidenceStatic", "LowConfidenceDynamic", "EntropyBounded",
     "Ranked", "Confidence", "LowEntropy", "Margin", "RandomOrder", "Origin", "ParallelPolicy",
-    "ParallelThreshold", "ParallelFactor",
+    "ParallelThreshold", "ParallelFactor", "TokenEditing",
     "Model", "Context", "set_log_level", "llama_cpp_version", "system_info",
     "supports_gpu_offload", "devices", "quantize", "default_model", "get_include", "get_library_dir",
     "MASK_TOKEN_TEXTS", "LlamaDiffError", "ModelLoadError",
     "UnsupportedModelError", "ContextError", "DecodeError", "DecodeAborted", "CudaError",
-    "CudaUnavailableError", "ChatTemplateError", "GeneratorClosedError",
+    "CudaUnavailableError", "ChatTemplateError", "GeneratorClosedError", "ModelDefaultWarning",
+    "TrainedLengthWarning",
 ]

@@ -49,6 +49,11 @@ class GeneratorClosedError(LlamaDiffError, RuntimeError):
     ``stream()`` being iterated) in another thread when ``close()`` was called."""
 
 
+class ModelDefaultWarning(UserWarning):
+    """A default the model's GGUF gives (``diffusion.*``) that this Generator cannot use -- a
+    block length its context cannot hold -- is left out, and the built-in default applies."""
+
+
 class TrainedLengthWarning(UserWarning):
     """A generation longer than the model was trained on (its context length, or for a
     full-diffusion model the sequence length it learned to denoise): it runs, but the output is

@@ -29,7 +29,7 @@ from llamadiff.chat import check_template
 from llamadiff.config import MAX_THREADS, GenerationConfig, _int_argument, _suggest, length_given
 from llamadiff.contexts import ContextCache
 from llamadiff.engine import Scheduler, StepInfo
-from llamadiff.errors import DecodeAborted, GeneratorClosedError, TrainedLengthWarning
+from llamadiff.errors import DecodeAborted, GeneratorClosedError, ModelDefaultWarning, TrainedLengthWarning
 from llamadiff.families import FAMILIES, Family, ModelDefaults, Setup, check_runnable
 from llamadiff.families.base import model_flag
 from llamadiff.paths import default_model
@@ -224,6 +224,14 @@ class Generator:
         self.chat_template = chat_template if chat_template is not None else self.model.chat_template
         # the model's own defaults (GGUF diffusion.*; see docs/GENERATION.md, "Model defaults")
         self.defaults = ModelDefaults.read(self.model)
+        if self.defaults.block_length is not None and 2 * self.defaults.block_length > self.n_ctx:
+            # no model value may make a call with default options fail
+            warnings.warn(f"this model's diffusion.block_length ({self.defaults.block_length}) needs n_ctx >= "
+                          f"{2 * self.defaults.block_length} (a step decodes the finished block and the next "
+                          f"one); this Generator has n_ctx={self.n_ctx}, so the built-in block length 4 applies "
+                          "unless a call gives block_length (or make the Generator with a larger n_ctx)",
+                          ModelDefaultWarning, stacklevel=2)
+            self.defaults = self.defaults._replace(block_length=None)
         self.default_block_length = self.defaults.block_length or 4
         self.default_steps = self.defaults.steps
         self._setup = Setup(self.model, self.defaults, self.n_ctx, self.n_batch)

@@ -30,9 +30,10 @@ __all__ = ["check", "problems"]
 # Architectures whose attention and expert structure is checked in full (the others get the
 # value checks that hold for every architecture: finite floats, norm epsilon, RoPE).
 STRUCTURED_ARCHS = frozenset({"qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1",
-                              "qwen2", "llama", "bailingmoe2"})
+                              "qwen2", "llama", "bailingmoe2", "mistral3"})
 MOE_ARCHS = frozenset({"qwen3moe", "llada-moe", "rnd1", "bailingmoe2"})
-MAYBE_MOE_ARCHS = frozenset({"llama"})      # llama.cpp runs Mixtral-style MoE as "llama"
+# llama.cpp runs Mixtral-style MoE as "llama"; mistral3's graph has the same optional experts
+MAYBE_MOE_ARCHS = frozenset({"llama", "mistral3"})
 # RoPE on the first rope.dimension_count dims of each head only (Ling 2.0's partial rotary)
 PARTIAL_ROPE_ARCHS = frozenset({"bailingmoe2"})
 # experts routed in groups (DeepSeek-V3 style), with a gating function read from the file and

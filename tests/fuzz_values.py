@@ -30,7 +30,7 @@ from pathlib import Path
 
 from gguf import GGUFValueType as T
 
-ARCHS = ("qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1", "qwen2", "llama", "bailingmoe2")
+ARCHS = ("qwen3", "qwen3moe", "llada", "llada-moe", "dream", "rnd1", "qwen2", "llama", "bailingmoe2", "mistral3")
 F32_VALUES = (0.0, -1.0, math.nan, math.inf, -math.inf, 3.0e38, 1e-40)
 U32_VALUES = (0, 2 ** 32 - 1, 2 ** 31, 65536)
 # type confusion: an integer key written as a negative int32 or a NaN float32
@@ -39,9 +39,13 @@ CASE_TIMEOUT = 60.0      # seconds one case may take before it counts as a hang
 
 
 def extra_keys(arch: str) -> dict:
-    """Keys a real file may carry that the test writers leave out: RoPE scaling, experts."""
+    """Keys a real file may carry that the test writers leave out: RoPE scaling, experts, the
+    llama-4 attention temperature, and the model defaults of generation (``diffusion.*``)."""
     A = arch + "."
-    return {A + "rope.scaling.factor": T.FLOAT32, A + "rope.scaling.attn_factor": T.FLOAT32,
+    return {"diffusion.block_length": T.UINT32, "diffusion.steps": T.UINT32, "diffusion.gen_length": T.UINT32,
+            "diffusion.threshold": T.FLOAT32, "diffusion.editing_threshold": T.FLOAT32,
+            "diffusion.max_post_steps": T.UINT32, A + "attention.temperature_scale": T.FLOAT32,
+            A + "rope.scaling.factor": T.FLOAT32, A + "rope.scaling.attn_factor": T.FLOAT32,
             A + "rope.scale_linear": T.FLOAT32, A + "rope.scaling.original_context_length": T.UINT32,
             A + "attention.layer_norm_epsilon": T.FLOAT32, A + "expert_group_count": T.UINT32,
             A + "expert_group_used_count": T.UINT32, A + "rope.dimension_count": T.UINT32,

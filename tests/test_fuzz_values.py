@@ -1,7 +1,8 @@
 """Hostile hyper-parameter values never abort, crash or hang the process (tests/fuzz_values.py).
 
-Every numeric metadata key of the nine test architectures (qwen3, qwen3moe, llada, llada-moe,
-dream, rnd1, qwen2, llama, bailingmoe2), the RoPE-scaling keys and per-layer arrays, set to 0,
+Every numeric metadata key of the ten test architectures (qwen3, qwen3moe, llada, llada-moe,
+dream, rnd1, qwen2, llama, bailingmoe2, mistral3), the RoPE-scaling keys, the model defaults of
+generation (diffusion.*) and per-layer arrays, set to 0,
 -1, NaN, +-inf and huge values: each case loads and generates in a worker process. About
 1,700 cases. The
 same for every generation option and Generator argument (about 1,100 more).
