@@ -319,3 +319,13 @@ def test_variant_marks_are_read_with_care(tmp_path):
     (hf / "generation_config.json").write_text("{not json")        # SDAR reads none: not an error
     with Model(convert(hf, tmp_path / "s.gguf", outtype="f32")) as m:
         assert m.family == "block"
+
+
+def test_a_malformed_nemotron_config_names_its_key(tmp_path):
+    hf = testing.write_hf_checkpoint(tmp_path / "hf", "nemotron-diffusion", seed=3, block_length=8)
+    config = json.loads((hf / "config.json").read_text())
+    config["rope_parameters"]["rope_type"] = "linear"
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="rope_type"):
+        convert(hf, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
