@@ -112,6 +112,16 @@ def test_full_model_answers_with_its_own_generation_length(tmp_path):
         assert gen.generate("47+38=", max_new_tokens=5).stats["generated_tokens"] <= 5
 
 
+def test_the_readme_decoding_modes_snippet_as_written():
+    from llamadiff import default_model as shipped
+    gen = Generator(shipped("block"))
+    spec = gen.generate("sort 93715=", mode="speculative", max_new_tokens=8, stop=[])
+    ar = gen.generate("sort 93715=", mode="autoregressive", max_new_tokens=8, stop=[])
+    assert spec.tokens == ar.tokens and spec.stats["verify_passes"] < 8      # the README shows 7
+    out = gen.generate("sort 93715=", strategy="token_editing", threshold=0.5, editing_threshold=0)
+    assert out.text == "13579"
+
+
 def test_gen_length_key(tmp_path):
     from llamadiff import testing
     path = testing.write_model(tmp_path / "llada.gguf", "llada", metadata={"diffusion.gen_length": 7})
