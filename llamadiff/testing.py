@@ -456,7 +456,7 @@ def write_model(
         shape.n_rot = shape.head_dim // 2
     if shape.n_rot is not None and (shape.n_rot % 2 or not 0 < shape.n_rot <= shape.head_dim):
         raise ValueError("n_rot must be even and in [2, head_dim]")
-    if shape.n_rot not in (None, shape.head_dim) and arch not in ("llama", "bailingmoe2"):
+    if shape.n_rot not in (None, shape.head_dim) and arch not in ("llama", "bailingmoe2"):   # the rest: whole heads
         raise ValueError(f"{arch} rotates whole heads: n_rot must be None or head_dim")
     if mask_id_in_metadata is None:
         mask_id_in_metadata = arch not in CAUSAL_ARCHS
@@ -512,28 +512,17 @@ def write_model(
         if shape.n_expert_groups > 1:
             put(f"{arch}.expert_group_count", shape.n_expert_groups, U32)
             put(f"{arch}.expert_group_used_count", shape.n_group_used, U32)
-    if arch == "mistral3":
-        # what Ministral3Model.set_gguf_parameters writes (its YaRN factor 1: plain RoPE)
-        put(f"{arch}.vocab_size", n_vocab, U32)
-        put(f"{arch}.rope.dimension_count", shape.head_dim, U32)
-        if shape.head_dim * shape.n_head != shape.n_embd:
-            put(f"{arch}.attention.key_length", shape.head_dim, U32)
-            put(f"{arch}.attention.value_length", shape.head_dim, U32)
-        if shape.attn_temp_beta:
-            put(f"{arch}.attention.temperature_scale", float(shape.attn_temp_beta), F32)
-            put(f"{arch}.rope.scaling.original_context_length", int(shape.attn_temp_length), U32)
-    if arch == "llama":
+    if arch in ("llama", "mistral3", "llada"):
+        # llama's layout (mistral3: what Ministral3Model.set_gguf_parameters writes, its YaRN
+        # factor 1 being plain RoPE); only llama rotates part of a head
         put(f"{arch}.vocab_size", n_vocab, U32)
         put(f"{arch}.rope.dimension_count", shape.n_rot or shape.head_dim, U32)
         if shape.head_dim * shape.n_head != shape.n_embd:
             put(f"{arch}.attention.key_length", shape.head_dim, U32)
             put(f"{arch}.attention.value_length", shape.head_dim, U32)
-    if arch == "llada":
-        put(f"{arch}.vocab_size", n_vocab, U32)
-        put(f"{arch}.rope.dimension_count", shape.head_dim, U32)
-        if shape.head_dim * shape.n_head != shape.n_embd:
-            put(f"{arch}.attention.key_length", shape.head_dim, U32)
-            put(f"{arch}.attention.value_length", shape.head_dim, U32)
+    if arch == "mistral3" and shape.attn_temp_beta:
+        put(f"{arch}.attention.temperature_scale", float(shape.attn_temp_beta), F32)
+        put(f"{arch}.rope.scaling.original_context_length", int(shape.attn_temp_length), U32)
     if arch in DIFFUSION_ARCHS:
         put(f"{arch}.attention.causal", False, BOOL)
     if arch in ("llada", "llada-moe"):

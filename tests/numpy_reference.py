@@ -242,6 +242,15 @@ def _row_stats(logits_row: np.ndarray, mask_id: int) -> tuple[int, float, float]
     return x0, float(p[x0]), float(-(nz * np.log(nz)).sum())
 
 
+def _masked_canvas(model, prompt, max_new_tokens: int, block_length: int, mask_id: int) -> tuple:
+    """(model data, the prompt followed by masks up to whole blocks, prompt length, blocks)."""
+    if not isinstance(model, ModelData):
+        model = read_model(model)
+    n_prompt = len(prompt)
+    n_blocks = -(-(n_prompt + max_new_tokens) // block_length)
+    return model, list(prompt) + [mask_id] * (n_blocks * block_length - n_prompt), n_prompt, n_blocks
+
+
 def block_diffusion_generate(model, prompt, max_new_tokens: int, block_length: int, steps: int,
                              strategy: str, mask_id: int, threshold: float = 0.85,
                              eb_gamma: float = 0.35, shift: bool = False) -> list[int]:
@@ -253,12 +262,8 @@ def block_diffusion_generate(model, prompt, max_new_tokens: int, block_length: i
     Ties between equal scores go to the leftmost position.  ``shift``: position p is
     predicted by the row of p - 1 (Fast-dLLM v2).
     """
-    if not isinstance(model, ModelData):
-        model = read_model(model)
+    model, x, n_prompt, n_blocks = _masked_canvas(model, prompt, max_new_tokens, block_length, mask_id)
     B = block_length
-    n_prompt = len(prompt)
-    n_blocks = -(-(n_prompt + max_new_tokens) // B)
-    x = list(prompt) + [mask_id] * (n_blocks * B - n_prompt)
     for k in range(n_prompt // B, n_blocks):
         s = k * B
         for step in range(steps):
@@ -313,12 +318,8 @@ def token_editing_generate(model, prompt, max_new_tokens: int, block_length: int
     filled keeps stepping, at most ``max_post_steps`` more steps, and ends at the first step that
     changes nothing. Returns (tokens, forwards, edits).
     """
-    if not isinstance(model, ModelData):
-        model = read_model(model)
+    model, x, n_prompt, n_blocks = _masked_canvas(model, prompt, max_new_tokens, block_length, mask_id)
     B = block_length
-    n_prompt = len(prompt)
-    n_blocks = -(-(n_prompt + max_new_tokens) // B)
-    x = list(prompt) + [mask_id] * (n_blocks * B - n_prompt)
     forwards = edits = 0
     for k in range(n_prompt // B, n_blocks):
         s = k * B

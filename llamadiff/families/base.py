@@ -26,14 +26,14 @@ class ContextShape(NamedTuple):
     diffusion_kv: bool
 
 
-def model_int(model, key: str) -> Optional[int]:
-    """A positive int GGUF value of a model's defaults (``diffusion.*``), or None when absent or
-    not a sensible number (a corrupt value falls back to the built-in default)."""
+def model_int(model, key: str, low: int = 1, high: int = MAX_INT_OPTION) -> Optional[int]:
+    """An int GGUF value in [low, high] of a model's defaults (``diffusion.*``), or None when
+    absent or not such a number (a corrupt value falls back to the built-in default)."""
     try:
         value = int(model.meta(key))
     except (TypeError, ValueError):
         return None
-    return value if 0 < value <= MAX_INT_OPTION else None
+    return value if low <= value <= high else None
 
 
 def model_float(model, key: str, low: float, high: float) -> Optional[float]:
@@ -74,15 +74,12 @@ class ModelDefaults(NamedTuple):
     @classmethod
     def read(cls, model) -> "ModelDefaults":
         from llamadiff.policy import STRATEGIES
-        post = model_int(model, "diffusion.max_post_steps")
-        if post is None and model.meta("diffusion.max_post_steps") in (0, "0"):
-            post = 0
         return cls(model_int(model, "diffusion.block_length"), model_int(model, "diffusion.steps"),
                    model_int(model, "diffusion.gen_length"), model_int(model, "diffusion.seq_length"),
                    model_choice(model, "diffusion.strategy", STRATEGIES),
                    model_float(model, "diffusion.threshold", 1e-6, 1.0),
                    model_float(model, "diffusion.editing_threshold", 0.0, 1.0),
-                   post if post is None or post <= 4096 else None)
+                   model_int(model, "diffusion.max_post_steps", 0, 4096))
 
 
 class Setup(NamedTuple):

@@ -4,6 +4,8 @@ rules, the positions and contexts a sequence needs. The sequence itself is Cytho
 
 from __future__ import annotations
 
+import dataclasses
+
 from llamadiff._block import EDITS_NEED_UNSHIFTED, FIXED_SHAPE_NEEDS, BlockSequence
 from llamadiff._causal import SPECULATION_GREEDY, CausalSequence
 from llamadiff.config import GenerationConfig
@@ -11,6 +13,8 @@ from llamadiff.families.base import ContextShape, Family, Setup, model_flag
 from llamadiff.policy import RemaskPolicy, make_policy
 
 __all__ = ["BlockFamily"]
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
 
 
 class BlockFamily(Family):
@@ -59,10 +63,8 @@ class BlockFamily(Family):
     def _resolve_causal(self, setup: Setup, cfg):
         """mode="autoregressive" / "speculative": the block length (the draft's window and a
         stream's chunk; the model's by default); what only diffusion reads is refused."""
-        import dataclasses
-        defaults = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
         for name in self.DIFFUSION_ONLY:
-            if getattr(cfg, name) != defaults[name]:
+            if getattr(cfg, name) != _DEFAULTS[name]:
                 raise ValueError(f"{name} is a setting of diffusion decoding; mode={cfg.mode!r} decodes "
                                  "causally and would ignore it")
         if cfg.cache is False or (cfg.cache is not None and not isinstance(cfg.cache, bool)):
@@ -108,7 +110,7 @@ class BlockFamily(Family):
         if cfg.threshold is not None and named not in ("low_confidence_dynamic", "token_editing"):
             raise ValueError(f"threshold is a setting of low_confidence_dynamic and token_editing (and of full "
                              f"diffusion's parallel modes); strategy={strategy!r} would ignore it")
-        if cfg.eb_gamma != GenerationConfig.eb_gamma and named != "entropy_bounded":
+        if cfg.eb_gamma != _DEFAULTS["eb_gamma"] and named != "entropy_bounded":
             raise ValueError(f"eb_gamma is a setting of entropy_bounded; strategy={strategy!r} would ignore it")
         if not editing:
             for name in ("editing_threshold", "max_post_steps"):
