@@ -780,7 +780,7 @@ def cython_extensions(names: list[str]) -> list[Extension]:
 
 # The Cython extension modules of the package, in build order: the one list (scripts/make_stubs.py
 # reads it from here); cuda._sampler joins them in a CUDA build.
-EXTENSIONS = ("_core", "_sampling", "policy", "engine", "_block", "_full", "_causal", "_backend")
+EXTENSIONS = ("_core", "_sampling", "policy", "engine", "_block", "_full", "_causal", "_canvas", "_backend")
 
 
 setup(

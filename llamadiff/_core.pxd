@@ -56,6 +56,12 @@ cdef class Context(_Resource):
     cdef vector[float] _logits_stage      # host copy of such logits for a reader that needs one
     cdef bint _stage_valid                # _logits_stage holds the last decode's rows
     cdef readonly bint kv_unified         # one KV stream shared by all sequences
+    # diffusion-gemma's decoder (vendor/patches/0012): the next decode's self-conditioning rows
+    # (one per batch token) and inverse temperatures (one per output row), written by the
+    # sequences' fill() and handed to llama.cpp by decode_batch when sc_pending
+    cdef vector[float] sc_embd
+    cdef vector[float] sc_inv_temp
+    cdef bint sc_pending
 
     cdef int _check_open(self) except -1
     cdef int check_batch_size(self, int n_tokens) except -1

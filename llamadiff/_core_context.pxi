@@ -281,6 +281,9 @@ cdef class Context(_Resource):
         if self.mem == NULL:
             # without memory llama_decode runs llama_encode, which outputs every row
             n_out = n_tokens
+        if self.sc_pending:
+            C.llama_set_self_conditioning(self.ptr, self.sc_embd.data(), n_tokens, self.sc_inv_temp.data(), n_out)
+            self.sc_pending = False
         self._abort_flag = 0
         ld_interrupt_clear()            # from now on Ctrl-C cuts this decode short (interrupt.h)
         rc = C.llama_decode(self.ptr, self.batch)

@@ -27,6 +27,9 @@ NO_MEMORY_ARCHS = frozenset({"bert", "modern-bert", "nomic-bert", "nomic-bert-mo
 OWN_CACHE_ARCHS = frozenset({"minimax-m3", "glm-dsa", "deepseek32", "glm5-next", "hy_v4",
                              "dots3note", "deepseek4", "dflash"})
 
+# canvas diffusion (DiffusionGemma: the Gemma 4 body in two phases, vendor/patches/0012)
+CANVAS_ARCH = "diffusion-gemma"
+
 # full-diffusion architectures trained with Dream's timestep schedule (the others: LLaDA's blocks)
 TIMESTEP_ARCHS = ("dream", "rnd1")
 # named in messages (llama.cpp's llama_model_is_diffusion decides)
@@ -79,6 +82,8 @@ def family_of(model) -> Optional[str]:
     ``None`` for other models."""
     if model.is_diffusion:
         return "full"
+    if model.architecture == CANVAS_ARCH:
+        return "canvas"     # uniform-noise canvases, no mask token (DiffusionGemma)
     if model.mask_token_id is not None and block_diffusion_problem(model) is None:
         return "block"
     return None
@@ -96,6 +101,8 @@ def check_runnable(model) -> str:
             "causal-architecture model with a mask token (SDAR-style), full diffusion a diffusion "
             f"architecture ({', '.join(FULL_DIFFUSION_ARCHS)}) with a mask token")
     mask = model.mask_token_id
+    if family == "canvas":
+        return family
     if family == "full" and mask is None:
         raise UnsupportedModelError(
             f"this {model.architecture} model has no mask token (tokenizer.ggml.mask_token_id): "

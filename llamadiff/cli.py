@@ -95,7 +95,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
     groups = {"generation": p.add_argument_group("generation"),
               "block": p.add_argument_group("block diffusion (SDAR, ...)"),
-              "full": p.add_argument_group("full diffusion (LLaDA, Dream)")}
+              "full": p.add_argument_group("full diffusion (LLaDA, Dream)"),
+              "canvas": p.add_argument_group("canvas diffusion (DiffusionGemma)")}
     for f in option_fields():
         meta = f.metadata
         flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)

@@ -160,7 +160,8 @@ class GenerationConfig:
         flags=("-b", "--block-length", "--diffusion-block-length"), minimum=1)
     steps: Optional[int] = _option(
         None, "block diffusion: steps per block (default: block length); full diffusion: total steps "
-        "(default: one per new token)", flags=("-s", "--steps", "--diffusion-steps"), minimum=1)
+        "(default: one per new token); canvas diffusion: most steps per canvas (default: the model's, else 48)",
+        flags=("-s", "--steps", "--diffusion-steps"), minimum=1)
     mode: str = _option(
         "diffusion", "how a block-diffusion checkpoint decodes: diffusion (blocks denoised); autoregressive "
         "(one token per step, causal); speculative (the rest of each block drafted by one diffusion pass, "
@@ -183,6 +184,24 @@ class GenerationConfig:
         "at the first that changes nothing; default: the model's, else 16)", minimum=0, maximum=4096,
         group="block")
     eb_gamma: float = _option(0.35, "entropy bound (entropy_bounded)", bounds=(0.0, None, "("), group="block")
+    # canvas diffusion only (DiffusionGemma); None: the model's (its GGUF's diffusion.eb_*), else the
+    # published defaults
+    t_min: Optional[float] = _option(
+        None, "canvas diffusion: the temperature the schedule runs down to (default: the model's, else 0.4); "
+        "step k of N samples at t_min + (t_max - t_min) (N - k) / N", bounds=(0.0, None, "("), group="canvas")
+    t_max: Optional[float] = _option(
+        None, "canvas diffusion: the first step's temperature (default: the model's, else 0.8)",
+        bounds=(0.0, None, "("), group="canvas")
+    entropy_bound: Optional[float] = _option(
+        None, "canvas diffusion: a step accepts positions by ascending entropy while the entropies before "
+        "one sum to at most this (default: the model's, else 0.1)", bounds=(0.0, None, "["), group="canvas")
+    stability: Optional[int] = _option(
+        None, "canvas diffusion: a canvas stops when its argmax equals the last this many steps' (and its "
+        "mean entropy is below --confidence; default: the model's, else 1)", minimum=0, maximum=64,
+        group="canvas")
+    confidence: Optional[float] = _option(
+        None, "canvas diffusion: the mean entropy below which a stable canvas stops (default: the model's, "
+        "else 0.005)", bounds=(0.0, None, "["), group="canvas")
     temperature: float = _option(0.0, "0 = greedy", flags=("--temperature", "--temp"), bounds=(0.0, None, "["))
     top_k: int = _option(0, "keep the k most likely tokens (0: off)", minimum=0)
     top_p: float = _option(1.0, "nucleus sampling mass (1: off)", bounds=(0.0, 1.0, "(]"))
@@ -263,7 +282,8 @@ def options_table() -> str:
     rows = ["| option | for | default | command line | what it does |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(GenerationConfig):
         meta = f.metadata
-        family = {"block": "block diffusion", "full": "full diffusion"}.get(meta["group"], "both")
+        family = {"block": "block diffusion", "full": "full diffusion",
+                  "canvas": "canvas diffusion"}.get(meta["group"], "both")
         default = "`None`" if f.default is None else f"`{f.default!r}`"
         if meta["cli"] is None:
             flags = "(API only)"

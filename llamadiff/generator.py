@@ -386,14 +386,17 @@ class Generator:
         for f in dataclasses.fields(cfg):
             group = f.metadata.get("group")
             value = getattr(cfg, f.name)
-            if group not in ("block", "full") or group == family or value == f.default:
+            if group not in ("block", "full", "canvas") or group == family or value == f.default:
                 continue
-            if f.name == "strategy" and isinstance(value, RemaskPolicy):
+            if f.name == "strategy" and isinstance(value, RemaskPolicy) and family != "canvas":
                 continue
-            this = "block diffusion" if family == "block" else "full diffusion"
-            other = ("full diffusion (LLaDA, Dream, RND1)" if group == "full"
-                     else "block diffusion (SDAR and the other causal bodies)")
-            hint = {"strategy": " (full diffusion picks positions with algorithm=..., or takes a RemaskPolicy object)",
+            this = {"block": "block diffusion", "full": "full diffusion",
+                    "canvas": "canvas diffusion (DiffusionGemma)"}[family]
+            other = {"full": "full diffusion (LLaDA, Dream, RND1)",
+                     "block": "block diffusion (SDAR and the other causal bodies)",
+                     "canvas": "canvas diffusion (DiffusionGemma)"}[group]
+            hint = {"strategy": (" (full diffusion picks positions with algorithm=..., or takes a RemaskPolicy object)"
+                                 if family == "full" else " (a canvas accepts positions by entropy_bound)"),
                     "mode": " (autoregressive and speculative decoding need a body that decodes causally; llama.cpp "
                             "runs this architecture with bidirectional attention only)",
                     "editing_threshold": " (token editing keeps earlier blocks frozen, which only block "

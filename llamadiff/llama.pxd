@@ -343,6 +343,12 @@ cdef extern from "llama.h" nogil:
     void llama_set_block_causal_attn(llama_context * ctx, int32_t n_block)
     void llama_set_logits_on_device(llama_context * ctx, cbool on)           # patch 0008
     ggml_tensor * llama_get_logits_tensor(llama_context * ctx)              # patch 0008
+    # added by vendor/patches/0012: diffusion-gemma's decoder inputs (self-conditioning rows of
+    # the next decode's tokens, the inverse temperature of each output row)
+    void llama_set_self_conditioning(llama_context * ctx, const float * embd, int32_t n_rows,
+                                     const float * inv_temp, int32_t n_out)
+    void llama_set_embeddings(llama_context * ctx, cbool embeddings)
+    float * llama_get_embeddings(llama_context * ctx)
     void llama_set_abort_callback(llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data)
     void llama_synchronize(llama_context * ctx)
 

@@ -966,3 +966,207 @@ def write_sdar_checkpoint(directory, *, shape: "ModelShape | None" = None, seed:
                           block_length: int = 4) -> pathlib.Path:
     """:func:`write_hf_checkpoint` of an SDAR checkpoint (the weights of ``write_qwen3``)."""
     return write_hf_checkpoint(directory, "sdar", shape=shape, seed=seed, block_length=block_length)
+
+
+# --------------------------------------------------------------------------
+# DiffusionGemma (arch diffusion-gemma, vendor/patches/0012)
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CanvasShape:
+    """A tiny DiffusionGemma: the Gemma 4 body (sliding and full layers, dense GeGLU plus MoE in
+    every layer, V = K on full layers, proportional RoPE there), two sets of layer scalars and
+    the self-conditioning MLP. Defaults: 4 layers (sliding, full, sliding, full), the test vocab."""
+
+    n_embd: int = 32
+    n_ff: int = 48
+    n_head: int = 4
+    n_head_kv: int = 2             # sliding layers
+    head_dim: int = 8              # sliding layers
+    n_head_kv_full: int = 1
+    head_dim_full: int = 16
+    layer_types: tuple = ("sliding_attention", "full_attention", "sliding_attention", "full_attention")
+    sliding_window: int = 5
+    n_expert: int = 4
+    n_expert_used: int = 2
+    n_ff_exp: int = 24
+    rope_theta: float = 1e6        # full layers (proportional)
+    rope_theta_swa: float = 1e4
+    partial_rotary_factor: float = 0.25
+    rms_eps: float = 1e-3
+    softcap: float = 30.0
+    canvas_length: int = 16
+    n_ctx_train: int = 4096
+
+
+# HF name (after model.decoder. / model.encoder.language_model.) -> GGUF name of a layer tensor
+_CANVAS_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm", "post_attention_layernorm.weight": "post_attention_norm",
+    "pre_feedforward_layernorm.weight": "ffn_norm", "post_feedforward_layernorm.weight": "post_ffw_norm",
+    "post_feedforward_layernorm_1.weight": "post_ffw_norm_1", "post_feedforward_layernorm_2.weight": "post_ffw_norm_2",
+    "pre_feedforward_layernorm_2.weight": "pre_ffw_norm_2", "self_attn.q_proj.weight": "attn_q",
+    "self_attn.k_proj.weight": "attn_k", "self_attn.v_proj.weight": "attn_v", "self_attn.o_proj.weight": "attn_output",
+    "self_attn.q_norm.weight": "attn_q_norm", "self_attn.k_norm.weight": "attn_k_norm",
+    "mlp.gate_proj.weight": "ffn_gate", "mlp.up_proj.weight": "ffn_up", "mlp.down_proj.weight": "ffn_down",
+    "router.scale": "ffn_gate_inp.scale", "router.per_expert_scale": "ffn_down_exps.scale",
+    "router.proj.weight": "ffn_gate_inp", "experts.gate_up_proj": "ffn_gate_up_exps",
+    "experts.down_proj": "ffn_down_exps",
+}
+
+
+def canvas_config(shape: CanvasShape, vocab: "Vocab | None" = None) -> dict:
+    """The checkpoint's config.json (DiffusionGemmaConfig.to_dict()'s text part and the root
+    ``canvas_length``), as tests/diffusion_gemma_reference.load_params reads it."""
+    vocab = vocab or byte_vocab()
+    text = dict(vocab_size=vocab.n_tokens, hidden_size=shape.n_embd, intermediate_size=shape.n_ff,
+                num_hidden_layers=len(shape.layer_types), num_attention_heads=shape.n_head,
+                num_key_value_heads=shape.n_head_kv, head_dim=shape.head_dim, global_head_dim=shape.head_dim_full,
+                num_global_key_value_heads=shape.n_head_kv_full, sliding_window=shape.sliding_window,
+                layer_types=list(shape.layer_types), num_experts=shape.n_expert, top_k_experts=shape.n_expert_used,
+                moe_intermediate_size=shape.n_ff_exp, max_position_embeddings=shape.n_ctx_train,
+                rms_norm_eps=shape.rms_eps, final_logit_softcapping=shape.softcap,
+                rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": shape.rope_theta_swa},
+                                 "full_attention": {"rope_type": "proportional", "rope_theta": shape.rope_theta,
+                                                    "partial_rotary_factor": shape.partial_rotary_factor}},
+                eos_token_id=vocab.eos_id, pad_token_id=vocab.eos_id, bos_token_id=vocab.eos_id,
+                model_type="diffusion_gemma_text")
+    return {"architectures": ["DiffusionGemmaForBlockDiffusion"], "model_type": "diffusion_gemma",
+            "text_config": text, "canvas_length": shape.canvas_length, "tie_word_embeddings": True}
+
+
+def canvas_weights(shape: CanvasShape, seed: int = 0, std: float = 0.04, vocab: "Vocab | None" = None) -> dict:
+    """Random float32 weights under the checkpoint's names (the decoder's; the encoder holds only
+    its own ``layer_scalar``): matrices ~ N(0, std^2), embedding N(0, 0.3^2), norm weights and
+    router scales 1 + N(0, 0.3^2), layer scalars U(0.5, 1.5)."""
+    vocab = vocab or byte_vocab()
+    rng = np.random.default_rng(seed)
+    d, V, E = shape.n_embd, vocab.n_tokens, shape.n_expert
+    out: dict = {}
+
+    def mat(*dims):
+        return (std * rng.standard_normal(dims)).astype(np.float32)
+
+    def norm(n):
+        return (1 + 0.3 * rng.standard_normal(n)).astype(np.float32)
+
+    dec, enc = "model.decoder.", "model.encoder.language_model."
+    out[dec + "embed_tokens.weight"] = (0.3 * rng.standard_normal((V, d))).astype(np.float32)
+    out[dec + "norm.weight"] = norm(d)
+    for k, dims in (("pre_norm", None), ("gate_proj", (shape.n_ff, d)), ("up_proj", (shape.n_ff, d)),
+                    ("down_proj", (d, shape.n_ff))):
+        out[f"{dec}self_conditioning.{k}.weight"] = norm(d) if dims is None else mat(*dims)
+    for i, kind in enumerate(shape.layer_types):
+        full = kind == "full_attention"
+        hd, hkv = (shape.head_dim_full, shape.n_head_kv_full) if full else (shape.head_dim, shape.n_head_kv)
+        p = f"{dec}layers.{i}."
+        for key in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                    "post_feedforward_layernorm", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2",
+                    "pre_feedforward_layernorm_2"):
+            out[p + key + ".weight"] = norm(d)
+        out[p + "self_attn.q_proj.weight"] = mat(shape.n_head * hd, d)
+        out[p + "self_attn.k_proj.weight"] = mat(hkv * hd, d)
+        if not full:
+            out[p + "self_attn.v_proj.weight"] = mat(hkv * hd, d)
+        out[p + "self_attn.o_proj.weight"] = mat(d, shape.n_head * hd)
+        out[p + "self_attn.q_norm.weight"] = norm(hd)
+        out[p + "self_attn.k_norm.weight"] = norm(hd)
+        out[p + "mlp.gate_proj.weight"] = mat(shape.n_ff, d)
+        out[p + "mlp.up_proj.weight"] = mat(shape.n_ff, d)
+        out[p + "mlp.down_proj.weight"] = mat(d, shape.n_ff)
+        out[p + "router.scale"] = norm(d)
+        out[p + "router.per_expert_scale"] = norm(E)
+        out[p + "router.proj.weight"] = mat(E, d)
+        out[p + "experts.gate_up_proj"] = mat(E, 2 * shape.n_ff_exp, d)
+        out[p + "experts.down_proj"] = mat(E, d, shape.n_ff_exp)
+        out[p + "layer_scalar"] = (0.5 + rng.random(1)).astype(np.float32)
+        out[f"{enc}layers.{i}.layer_scalar"] = (0.5 + rng.random(1)).astype(np.float32)
+    return out
+
+
+def canvas_gguf_tensors(weights: Mapping[str, np.ndarray], shape: CanvasShape) -> dict:
+    """The checkpoint's weights under the GGUF names llama.cpp's diffusion-gemma loader reads
+    (the published GGUFs' names), numpy layout; plus ``rope_freqs`` (1 for the rotated pairs of
+    full layers, 1e30 -- not rotated -- for the rest, as llama.cpp's Gemma 4 converter writes)."""
+    dec, enc = "model.decoder.", "model.encoder.language_model."
+    out = {"token_embd.weight": weights[dec + "embed_tokens.weight"], "output_norm.weight": weights[dec + "norm.weight"]}
+    for k, name in (("pre_norm", "self_cond_pre_norm"), ("gate_proj", "self_cond_gate"), ("up_proj", "self_cond_up"),
+                    ("down_proj", "self_cond_down")):
+        out[name + ".weight"] = weights[f"{dec}self_conditioning.{k}.weight"]
+    n_rot = int(shape.head_dim_full * shape.partial_rotary_factor / 2)
+    out["rope_freqs.weight"] = np.array([1.0] * n_rot + [1e30] * (shape.head_dim_full // 2 - n_rot), np.float32)
+    for i in range(len(shape.layer_types)):
+        for key, name in _CANVAS_LAYER_NAMES.items():
+            w = weights.get(f"{dec}layers.{i}.{key}")
+            if w is not None:
+                out[f"blk.{i}.{name}" + ("" if name.endswith(".scale") else ".weight")] = w
+        out[f"blk.{i}.layer_output_scale.weight"] = weights[f"{dec}layers.{i}.layer_scalar"]
+        out[f"blk.{i}.enc_layer_output_scale.weight"] = weights[f"{enc}layers.{i}.layer_scalar"]
+    return out
+
+
+def write_diffusion_gemma(path: str | os.PathLike[str], *, shape: CanvasShape | None = None, seed: int = 0,
+                          std: float = 0.04, dtype: str = "f32", metadata: Mapping[str, Any] | None = None,
+                          weights: Mapping[str, np.ndarray] | None = None) -> pathlib.Path:
+    """A tiny DiffusionGemma GGUF (arch ``diffusion-gemma``, what ``llamadiff convert`` writes for
+    the published format) from ``weights`` (``canvas_weights``'s names; default: random ones of
+    ``seed``). ``dtype`` is the type of the 2-D matrices (the MoE's 3-D ones too); ``metadata``
+    adds or replaces keys as in ``write_model`` (None removes one)."""
+    shape = shape or CanvasShape()
+    vocab = byte_vocab()
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
+    weights = canvas_weights(shape, seed, std, vocab) if weights is None else weights
+    tensors = canvas_gguf_tensors(weights, shape)
+    arch = "diffusion-gemma"
+    swa = [t == "sliding_attention" for t in shape.layer_types]
+    kv = {
+        "general.name": f"llamadiff-test-{arch}", f"{arch}.context_length": shape.n_ctx_train,
+        f"{arch}.embedding_length": shape.n_embd, f"{arch}.block_count": len(shape.layer_types),
+        f"{arch}.feed_forward_length": shape.n_ff, f"{arch}.attention.head_count": shape.n_head,
+        f"{arch}.attention.head_count_kv": ([shape.n_head_kv if s else shape.n_head_kv_full for s in swa],
+                                            GGUFValueType.ARRAY),
+        f"{arch}.rope.freq_base": float(shape.rope_theta), f"{arch}.rope.freq_base_swa": float(shape.rope_theta_swa),
+        f"{arch}.attention.layer_norm_rms_epsilon": float(shape.rms_eps),
+        f"{arch}.attention.key_length": shape.head_dim_full, f"{arch}.attention.value_length": shape.head_dim_full,
+        f"{arch}.attention.key_length_swa": shape.head_dim, f"{arch}.attention.value_length_swa": shape.head_dim,
+        f"{arch}.rope.dimension_count": shape.head_dim_full, f"{arch}.rope.dimension_count_swa": shape.head_dim,
+        f"{arch}.attention.sliding_window": shape.sliding_window,
+        f"{arch}.attention.sliding_window_pattern": (swa, GGUFValueType.ARRAY),
+        f"{arch}.expert_count": shape.n_expert, f"{arch}.expert_used_count": shape.n_expert_used,
+        f"{arch}.expert_feed_forward_length": shape.n_ff_exp,
+        f"{arch}.final_logit_softcapping": float(shape.softcap),
+        f"{arch}.embedding_length_per_layer_input": 0, f"{arch}.attention.shared_kv_layers": 0,
+        f"{arch}.attention.causal": False,
+        "diffusion.canvas_length": shape.canvas_length,
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.tokens": vocab.tokens,
+        "tokenizer.ggml.merges": vocab.merges, "tokenizer.ggml.bos_token_id": vocab.eos_id,
+        "tokenizer.ggml.eos_token_id": vocab.eos_id, "tokenizer.ggml.eot_token_id": vocab.eot_id,
+        "tokenizer.ggml.padding_token_id": vocab.eos_id, "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.chat_template": QWEN_CHAT_TEMPLATE,
+    }
+    for key, value in (metadata or {}).items():
+        if value is None:
+            kv.pop(key, None)
+        else:
+            kv[key] = value
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, arch)
+    for key, value in kv.items():
+        value, vtype, sub = _infer_value(key, value)
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+    writer.add_key_value("tokenizer.ggml.token_type", vocab.token_types, GGUFValueType.ARRAY,
+                         sub_type=GGUFValueType.INT32)
+    wtype = np.dtype(np.float32 if dtype == "f32" else np.float16)
+    stored = {}
+    for name, w in tensors.items():
+        matrix = w.ndim >= 2 and "ffn_gate_inp" not in name     # the router stays F32, as converted
+        stored[name] = np.ascontiguousarray(w, dtype=wtype if matrix else np.float32)
+        writer.add_tensor(name, stored[name])
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path

@@ -450,12 +450,19 @@ def generate(P, prompt, draws, *, max_new_tokens=256, max_denoising_steps=48, en
     out, cache, steps, pending = list(prompt), None, [], prompt
     for b in range(math.ceil(max_new_tokens / C)):
         _, _, cache = encoder_forward(P, pending, cache)
+        if hasattr(draws, "begin_block"):     # a source keyed by position (llamadiff's counter RNG)
+            draws.begin_block(len(out))
         canvas, sc, stop = draws.randint(V, C), None, StopRule(stability_threshold, confidence_threshold)
         argmax, n = canvas, 0
         for cur_step in range(max_denoising_steps, 0, -1):
             n += 1
-            z = decoder_forward(P, canvas, cache, sc) / temperature(cur_step, max_denoising_steps, t_min, t_max)
-            sample = sample_categorical(softmax(z), draws.exponential((C, V)))
+            logits = decoder_forward(P, canvas, cache, sc)
+            T = temperature(cur_step, max_denoising_steps, t_min, t_max)
+            z = logits / T
+            if hasattr(draws, "categorical"):    # a source with its own draw from softmax(logits / T)
+                sample = draws.categorical(logits, T)
+            else:
+                sample = sample_categorical(softmax(z), draws.exponential((C, V)))
             argmax = np.argmax(z, -1)
             accepted = entropy_bound_accept(z, entropy_bound)
             canvas = renoise(accepted, sample, draws.randint(V, C))

@@ -9,11 +9,12 @@ family is one Cython sequence module, one module here and an entry in ``FAMILIES
 
 from llamadiff.families.base import ContextShape, Family, ModelDefaults, Setup
 from llamadiff.families.block import BlockFamily
+from llamadiff.families.canvas import CanvasFamily
 from llamadiff.families.full import FullFamily
 from llamadiff.bodies import block_diffusion_problem, check_runnable, family_of
 
-__all__ = ["FAMILIES", "Family", "ContextShape", "ModelDefaults", "Setup", "BlockFamily", "FullFamily",
+__all__ = ["FAMILIES", "Family", "ContextShape", "ModelDefaults", "Setup", "BlockFamily", "FullFamily", "CanvasFamily",
            "block_diffusion_problem", "check_runnable", "family_of"]
 
 #: by ``Model.family``
-FAMILIES = {family.name: family for family in (BlockFamily(), FullFamily())}
+FAMILIES = {family.name: family for family in (BlockFamily(), FullFamily(), CanvasFamily())}
