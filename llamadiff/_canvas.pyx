@@ -80,7 +80,7 @@ cdef class CanvasSequence(Sequence):
     of ``canvas_length`` (the last block is not cut), at most ``steps`` steps per canvas."""
     cdef readonly int canvas_length, steps, stability
     cdef readonly float t_min, t_max, entropy_bound, confidence
-    cdef readonly long n_accepted_total
+    cdef readonly long n_accepted     # positions the entropy bound accepted, over all steps
     cdef int n_embd, start
     cdef bint greedy, filtered, commit_pending, sc_valid, stopped
     cdef float inv_temp
@@ -89,7 +89,7 @@ cdef class CanvasSequence(Sequence):
     cdef vector[Ranked] ranked
     cdef vector[float] sc
     cdef vector[Candidate] scratch
-    cdef int n_history, n_accepted
+    cdef int n_history, n_step_accepted
 
     def __init__(self, Model model not None, prompt, int n_generate, int canvas_length, int steps, *,
                  float t_min=0.4, float t_max=0.8, float entropy_bound=0.1, int stability=1,
@@ -155,11 +155,6 @@ cdef class CanvasSequence(Sequence):
         self.skip_commit = True
         self.host_logits = True
         self._new_block()
-
-    @property
-    def n_accepted(self):
-        """Positions accepted by the entropy bound, over all steps."""
-        return self.n_accepted_total
 
     def region_bounds(self, int r):
         cdef int s = self.n_prompt + r * self.canvas_length
@@ -278,11 +273,12 @@ cdef class CanvasSequence(Sequence):
         sp.temperature = 1.0 / s
         for j in range(Cn):
             row = logits + <size_t> (self.row_start + j) * V
-            check_logits(row, V)
             ld_row_argmax(row, V, -1, &m, &arg)
             ld_row_softmax_stats(row, V, -1, m, s, &z, &e)
             self.argmax[j] = <int32_t> arg
             self.row_entropy[j] = log(z) - e / z
+            if not (self.row_entropy[j] - self.row_entropy[j] == 0.0):
+                check_logits(row, V)    # NaN or inf among the logits: a DecodeError naming it
             mean += self.row_entropy[j]
             counter = (<uint64_t> (self.start + j) << 16) | <uint64_t> (2 * self.step)
             if self.greedy:
@@ -298,18 +294,18 @@ cdef class CanvasSequence(Sequence):
         # accept by ascending entropy while the entropies before a position sum to <= the bound
         sort(self.ranked.begin(), self.ranked.end(), _lower)
         acc = 0.0
-        self.n_accepted = 0
+        self.n_step_accepted = 0
         for i in range(Cn):
             if acc > self.entropy_bound:
                 break
             acc += self.ranked[i].entropy
-            self.n_accepted += 1
+            self.n_step_accepted += 1
         for j in range(Cn):
             self.canvas[j] = _uniform_token(sp.seed, self.start + j, 2 * self.step + 3, V)
-        for i in range(self.n_accepted):
+        for i in range(self.n_step_accepted):
             j = self.ranked[i].index
             self.canvas[j] = self.draw[j]
-        self.n_accepted_total += self.n_accepted
+        self.n_accepted += self.n_step_accepted
         # the stop rule: the argmax equal to each of the last `stability` ones, low mean entropy
         stable = self.n_history == self.stability
         i = 0
@@ -334,14 +330,14 @@ cdef class CanvasSequence(Sequence):
 
     cdef int end_step(self) except -1:
         cdef int j, Cn = self.canvas_length
-        self.step_region, self.step_index, self.step_left = self.region, self.step, Cn - self.n_accepted
+        self.step_region, self.step_index, self.step_left = self.region, self.step, Cn - self.n_step_accepted
         # what a step "commits" (StepInfo, --visual): the canvas's argmax as it settles
         self.step_positions.clear()
         self.step_tokens.clear()
         for j in range(Cn):
             self.step_positions.push_back(self.start + j)
             self.step_tokens.push_back(self.argmax[j])
-        self.committed_log.push_back(self.n_accepted)
+        self.committed_log.push_back(self.n_step_accepted)
         self.step += 1
         self.region_done = self.stopped or self.step >= self.steps
         if not self.region_done:

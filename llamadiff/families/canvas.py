@@ -8,6 +8,7 @@ import dataclasses
 
 from llamadiff._canvas import MAX_CANVAS_STEPS, CanvasSequence
 from llamadiff.bodies import CANVAS_ARCH
+from llamadiff.errors import UnsupportedModelError
 from llamadiff.config import GenerationConfig
 from llamadiff.families.base import ContextShape, Family, Setup, model_float, model_int
 
@@ -26,19 +27,12 @@ MODEL_SETTINGS = {
     "confidence": ("diffusion.eb_confidence_threshold", float, 0.0, 1e4, 0.005),
 }
 
-# options of the other families, which a canvas would ignore (refused when given)
+# options of every family that a canvas would ignore (refused when given; the options of the
+# block and full families are refused by name before, Generator._check_family_options)
 IGNORED = {
-    "strategy": "positions are accepted by the entropy bound (entropy_bound)",
     "threshold": "positions are accepted by the entropy bound (entropy_bound)",
-    "editing_threshold": "it is LLaDA2.1's token editing",
-    "max_post_steps": "it is LLaDA2.1's token editing",
-    "eb_gamma": "the canvas's bound is entropy_bound",
     "temperature": "the temperature follows the schedule from t_max down to t_min (set those)",
-    "eps": "it is a full-diffusion schedule",
-    "algorithm": "it is full diffusion's", "alg_temp": "it is full diffusion's",
-    "cfg_scale": "it is full diffusion's", "add_gumbel_noise": "it is full diffusion's",
-    "shift_logits": "it is block and full diffusion's", "fixed_step_shape": "every step decodes one canvas",
-    "parallel": "it is full diffusion's", "factor": "it is full diffusion's", "rng": "it is full diffusion's",
+    "shift_logits": "every position is predicted from its own row",
 }
 
 
@@ -46,7 +40,6 @@ def canvas_length(model) -> int:
     """The model's canvas (``diffusion.canvas_length``, which a conversion must write)."""
     value = model_int(model, "diffusion.canvas_length", 1, 65536)
     if value is None:
-        from llamadiff.errors import UnsupportedModelError
         raise UnsupportedModelError(
             f"this {CANVAS_ARCH} model has no usable diffusion.canvas_length (a positive number of "
             f"positions, got {model.meta('diffusion.canvas_length')!r}): convert it again with llamadiff convert")
@@ -58,13 +51,10 @@ class CanvasFamily(Family):
 
     def resolve(self, setup: Setup, cfg):
         """The canvas length (the model's), steps and the sampler's settings: the call's, else the
-        model's GGUF values, else the published defaults; what other families read is refused."""
+        model's GGUF values, else the published defaults; what a canvas would ignore is refused."""
         for name, why in IGNORED.items():
             if getattr(cfg, name) != _DEFAULTS[name]:
                 raise ValueError(f"{name} is not a setting of canvas diffusion (DiffusionGemma): {why}")
-        if cfg.mode != "diffusion":
-            raise ValueError(f"mode={cfg.mode!r} is for block-diffusion checkpoints; a DiffusionGemma canvas "
-                             "is decoded by diffusion only")
         if cfg.cache not in (None, True):
             raise ValueError(f"cache={cfg.cache!r}: canvas diffusion always keeps the exact prefix cache")
         C = canvas_length(setup.model)
