@@ -155,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true",
                       help="one JSON object, numbers as numbers (for scripts)")
 
-    conv = sub.add_parser("convert", help="convert a block-diffusion Hugging Face checkpoint (SDAR, SDAR-MoE, "
+    conv = sub.add_parser("convert", help="convert a diffusion Hugging Face checkpoint (SDAR, SDAR-MoE, "
                                          "TraDo, Fast-dLLM v2, LLaDA2.0 / 2.1, Nemotron-Labs-Diffusion, "
-                                         "Stable-DiffCoder) to GGUF")
+                                         "Stable-DiffCoder, DiffusionGemma) to GGUF")
     conv.add_argument("hf_dir", help="checkpoint directory (config.json, safetensors, tokenizer files)")
     conv.add_argument("-o", "--outfile", required=True, help="output .gguf path")
     conv.add_argument("--outtype", default="f16", choices=OUTTYPES,

@@ -15,6 +15,11 @@ what that converter writes we record what a block-diffusion runtime needs:
 config.json; docs/MODELS.md says, per family, what the GGUF holds and how llamadiff's
 generation differs from the reference implementation.
 
+DiffusionGemma (``CANVAS_ARCHITECTURES``) converts with llama.cpp's Gemma 4 converter into
+GGUF arch ``diffusion-gemma`` (vendor/patches/0012): the decoder's weights as the body, the
+encoder's layer scalars, the self-conditioning MLP, ``diffusion.canvas_length`` and the sampler's
+settings (``CANVAS_SETTINGS``), under the names of the published GGUFs.
+
 Needs the optional extra: ``pip install llamadiff[convert]`` (torch, transformers,
 safetensors).
 """
@@ -119,6 +124,20 @@ VARIANTS = {
 DECODING_VALUES = {"diffusion.threshold": (float, 1e-6, 1.0), "diffusion.editing_threshold": (float, 0.0, 1.0),
                    "diffusion.max_post_steps": (int, 0, 4096), "diffusion.strategy": (str, None, None)}
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+# DiffusionGemma (canvas diffusion, GGUF arch diffusion-gemma): config.json ``architectures``
+# names (the second: the pre-release name the published GGUFs' converter also registers)
+CANVAS_ARCHITECTURES = ("DiffusionGemmaForBlockDiffusion", "DiffusionGemma4ModelForBlockDiffusion")
+# its sampler's settings written as the GGUF's defaults: GGUF key -> (generation_config.json key,
+# kind, low, high); entropy_bound may sit in sampler_config
+CANVAS_SETTINGS = {
+    "diffusion.eb_max_steps": ("max_denoising_steps", int, 1, 4096),
+    "diffusion.eb_t_min": ("t_min", float, 1e-6, 1e4),
+    "diffusion.eb_t_max": ("t_max", float, 1e-6, 1e4),
+    "diffusion.eb_entropy_bound": ("entropy_bound", float, 0.0, 1e4),
+    "diffusion.eb_stability_threshold": ("stability_threshold", int, 0, 64),
+    "diffusion.eb_confidence_threshold": ("confidence_threshold", float, 0.0, 1e4),
+}
 
 
 class ConversionError(LlamaDiffError, ValueError):
@@ -236,17 +255,66 @@ def _decoding(family: Family, config: dict, generation: dict, where: Path) -> li
             if config_key is not None and source.get(config_key) is not None:    # null: not given
                 value = source[config_key]
                 kind, low, high = DECODING_VALUES[key]
-                ok = (isinstance(value, str) if kind is str else
-                      not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
-                      and low <= value <= high)
-                if not ok:
-                    what = "a string" if kind is str else (
-                        f"{'a number' if kind is float else 'an int'} in [{low:g}, {high:g}]")
-                    raise ConversionError(f"{where / name}: {config_key} = {value!r} is not {what}")
-                value = kind(value)
+                if kind is not str:
+                    value = _checked(value, kind, low, high, f"{where / name}: {config_key}")
+                elif not isinstance(value, str):
+                    raise ConversionError(f"{where / name}: {config_key} = {value!r} is not a string")
                 break
         out.append((key, value))
     return out
+
+
+def _checked(value, kind, low, high, where: str):
+    """A number of the checkpoint's settings within [low, high], or a ConversionError."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int) \
+        and low <= value <= high
+    if not ok:
+        raise ConversionError(f"{where} = {value!r} is not {'a number' if kind is float else 'an int'} "
+                              f"in [{low:g}, {high:g}]")
+    return kind(value)
+
+
+def _run_child(args: list, hf_dir: Path, outfile: Path, what: str) -> None:
+    """llama.cpp's converter (with llamadiff's additions, _hf_convert_child.py) in a child process;
+    a ConversionError with its last error line when it fails (no half-written GGUF left behind)."""
+    _check_dependencies()
+    outfile.parent.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().parent / "_hf_convert_child.py"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(_converter_dir())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run([sys.executable, str(script)] + args, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not outfile.is_file():
+        outfile.unlink(missing_ok=True)
+        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+               else f"exit status {proc.returncode}")
+        raise ConversionError(f"llama.cpp's converter failed on {hf_dir} ({what}; {how}): "
+                              + ((errors or lines)[-1] if lines else "no output"))
+
+
+def _convert_canvas(hf_dir: Path, outfile: Path, outtype: str, config: dict) -> Path:
+    """A DiffusionGemma checkpoint -> GGUF arch diffusion-gemma: the Gemma 4 body, both phases'
+    layer scalars, the self-conditioning MLP, ``diffusion.canvas_length`` (config.json's, required)
+    and the sampler's settings of generation_config.json (``CANVAS_SETTINGS``)."""
+    C = config.get("canvas_length")
+    if isinstance(C, bool) or not isinstance(C, int) or not 1 <= C <= 65536:
+        raise ConversionError(f"{hf_dir / 'config.json'}: canvas_length = {C!r} is not a canvas length "
+                              "(an int in [1, 65536]); is this a DiffusionGemma checkpoint?")
+    generation_path = hf_dir / "generation_config.json"
+    generation = _read_json(generation_path) if generation_path.is_file() else {}
+    sampler = generation.get("sampler_config")
+    sampler = sampler if isinstance(sampler, dict) else {}
+    settings = []
+    for key, (name, kind, low, high) in CANVAS_SETTINGS.items():
+        value = generation.get(name, sampler.get(name))
+        if value is not None:
+            settings.append((key, _checked(value, kind, low, high, f"{generation_path}: {name}")))
+    _run_child(["--canvas", str(hf_dir), str(outfile), outtype, str(C), json.dumps(settings)],
+               hf_dir, outfile, "DiffusionGemma")
+    logger.info("converted %s (DiffusionGemma) to %s: diffusion-gemma, canvas %d%s", hf_dir, outfile, C,
+                "".join(f", {k} {v}" for k, v in settings))
+    return outfile
 
 
 def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str = "f16",
@@ -267,8 +335,17 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
     config = _read_json(config_path)
     archs = config.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if arch in CANVAS_ARCHITECTURES:
+        for name, value in (("block_length", block_length), ("family", family)):
+            if value is not None:
+                raise ValueError(f"{name} is not a setting of a DiffusionGemma conversion (its canvas "
+                                 "length is the checkpoint's canvas_length)")
+        if fuse:
+            raise ValueError("fuse=True (--fuse) covers the block-diffusion bodies; DiffusionGemma's Gemma 4 "
+                             "body is converted as published")
+        return _convert_canvas(hf_dir, outfile, outtype, config)
     if arch not in FAMILIES and arch not in VARIANTS:
-        names = ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
+        names = ", ".join([f"{a} ({f.name})" for a, f in FAMILIES.items()] + [f"{CANVAS_ARCHITECTURES[0]} (DiffusionGemma)"])
         raise UnsupportedModelError(
             f"{hf_dir}: architecture {arch!r} is not a block-diffusion checkpoint llamadiff converts "
             f"(expected one of: {names}); for other models use llama.cpp's convert_hf_to_gguf.py")
@@ -292,23 +369,9 @@ def convert(hf_dir: Union[str, Path], outfile: Union[str, Path], *, outtype: str
         raise ValueError(f"block_length must be an int >= 1, got {block_length!r}")
     mask_id = _mask_token_id(hf_dir, family, config)
 
-    _check_dependencies()
-    outfile.parent.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).resolve().parent / "_hf_convert_child.py"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(_converter_dir())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    proc = subprocess.run([sys.executable, str(script), str(hf_dir), str(outfile), outtype,
-                           family.module, family.converter, family.pre_tokenizer, str(block_length),
-                           str(mask_id), "1" if family.shift_logits else "0", json.dumps(decoding)],
-                          env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not outfile.is_file():
-        outfile.unlink(missing_ok=True)             # no half-written GGUF left behind
-        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-               else f"exit status {proc.returncode}")
-        raise ConversionError(f"llama.cpp's converter failed on {hf_dir} ({family.name}; {how}): "
-                              + ((errors or lines)[-1] if lines else "no output"))
+    _run_child([str(hf_dir), str(outfile), outtype, family.module, family.converter, family.pre_tokenizer,
+                str(block_length), str(mask_id), "1" if family.shift_logits else "0", json.dumps(decoding)],
+               hf_dir, outfile, family.name)
     if fuse:
         from llamadiff.fuse import fuse_gguf
         try:

@@ -1170,3 +1170,71 @@ def write_diffusion_gemma(path: str | os.PathLike[str], *, shape: CanvasShape | 
     finally:
         writer.close()
     return path
+
+
+class _CanvasVocab(NamedTuple):
+    """The tiny DiffusionGemma checkpoint's tokenizer: Gemma's special tokens first (pad 0, eos 1,
+    bos 2, unk 3, mask 4), byte fallback, then a few merged pieces; 276 tokens like ``byte_vocab``."""
+    tokens: list
+    merges: list
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def eos_id(self) -> int:
+        return 1
+
+
+def canvas_vocab() -> _CanvasVocab:
+    pieces = ["▁", "e", "t", "a", "o", "i", "n", "s", "r", "h", "▁t", "▁a", "th", "he", "▁th"]
+    merges = ["▁ t", "▁ a", "t h", "h e", "▁t h"]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    return _CanvasVocab(tokens, merges)
+
+
+def write_canvas_checkpoint(directory, *, shape: CanvasShape | None = None, seed: int = 0, std: float = 0.04,
+                            generation: Mapping[str, Any] | None = None, encoder_names: bool = False) -> pathlib.Path:
+    """A tiny DiffusionGemma checkpoint in the published Hugging Face format (config.json of
+    ``DiffusionGemmaForBlockDiffusion`` with ``canvas_length``, model.safetensors under the
+    model's names -- the decoder's weights, the encoder's layer scalars, the self-conditioning
+    MLP --, a byte-fallback BPE tokenizer.json with Gemma's special tokens, tokenizer_config.json
+    with a chat template, generation_config.json with the sampler's settings). The weights are
+    ``canvas_weights(shape, seed, std)`` of a 276-token vocabulary, so the conversion of this
+    directory holds the tensors ``write_diffusion_gemma(weights=...)`` writes. ``encoder_names``:
+    store the tied weights under the encoder's names instead (transformers may save either).
+    Needs ``safetensors`` and ``tokenizers`` (the ``convert`` extra)."""
+    from safetensors.numpy import save_file
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    shape = shape or CanvasShape()
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = canvas_vocab()
+    weights = canvas_weights(shape, seed, std, vocab)
+    if encoder_names:
+        enc = "model.encoder.language_model."
+        weights = {(enc + k[len("model.decoder."):] if k.startswith("model.decoder.layers.")
+                    and not k.endswith("layer_scalar") else k): v for k, v in weights.items()}
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(directory / "model.safetensors"))
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(vocab.tokens)}, merges=[tuple(m.split(" ")) for m in vocab.merges],
+                     byte_fallback=True, unk_token="<unk>", fuse_unk=True)
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in vocab.tokens[:5]])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "<eos>",
+        "bos_token": "<bos>", "unk_token": "<unk>", "mask_token": "<mask>", "chat_template": QWEN_CHAT_TEMPLATE,
+        "added_tokens_decoder": {str(i): {"content": t, "special": True} for i, t in enumerate(vocab.tokens[:5])},
+    }, indent=1))
+    config = canvas_config(shape, vocab)
+    config["text_config"].update(bos_token_id=2, pad_token_id=0)
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    gen = {"max_denoising_steps": 48, "t_min": 0.4, "t_max": 0.8, "stability_threshold": 1,
+           "confidence_threshold": 0.005, "sampler_config": {"entropy_bound": 0.1}, "eos_token_id": [1]}
+    gen.update(generation or {})
+    (directory / "generation_config.json").write_text(json.dumps(gen, indent=1))
+    return directory

@@ -329,3 +329,57 @@ def test_a_malformed_nemotron_config_names_its_key(tmp_path):
     with pytest.raises(ConversionError, match="rope_type"):
         convert(hf, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+# -- DiffusionGemma (canvas diffusion) ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def canvas_dir(tmp_path_factory):
+    return testing.write_canvas_checkpoint(tmp_path_factory.mktemp("dg") / "hf", seed=1)
+
+
+@pytest.mark.parametrize("encoder_names", [False, True])
+def test_diffusion_gemma_converts_to_the_writers_tensors_and_keys(canvas_dir, tmp_path, encoder_names):
+    """The converted file holds exactly the tensors, and the same model keys, as the tiny GGUF
+    writer's file of the same weights (test_canvas.py checks that one against the reference),
+    whichever name the tied weights are stored under; the sampler's settings become the model's
+    defaults."""
+    src = canvas_dir if not encoder_names else testing.write_canvas_checkpoint(tmp_path / "enc", seed=1,
+                                                                                encoder_names=True)
+    out = convert(src, tmp_path / "c.gguf", outtype="f32")
+    weights = testing.canvas_weights(testing.CanvasShape(), 1, 0.04, testing.canvas_vocab())
+    ref = read_model(testing.write_diffusion_gemma(tmp_path / "w.gguf", weights=weights))
+    got = read_model(out)
+    assert got.arch == ref.arch == "diffusion-gemma"
+    assert sorted(got.weights) == sorted(ref.weights)
+    for name, value in ref.weights.items():
+        assert np.array_equal(got.weights[name], value), name
+    def model_keys(data):
+        return {k: v for k, v in data.hparams["metadata"].items()
+                if k.startswith("diffusion-gemma.") or k == "diffusion.canvas_length"}
+    assert model_keys(got) == model_keys(ref) and len(model_keys(ref)) > 20
+    with Model(str(out)) as model:
+        assert model.family == "canvas" and model.mask_token_id == 4 and model.eog_token_ids == [1]
+        assert model.meta("diffusion.eb_max_steps") is not None
+
+
+def test_diffusion_gemma_conversion_through_the_cli_generates(canvas_dir, tmp_path):
+    out = tmp_path / "cli.gguf"
+    assert cli_main(["convert", str(canvas_dir), "-o", str(out), "--outtype", "f16"]) == 0
+    with Generator(str(out), n_ctx=256) as g:
+        r = g.generate("the heat", max_new_tokens=16, steps=4, seed=1)
+        assert r.tokens and r.stats["steps_per_block"]
+
+
+def test_diffusion_gemma_checkpoints_with_bad_values_are_refused(tmp_path):
+    bad = testing.write_canvas_checkpoint(tmp_path / "b", seed=1, generation={"t_min": "hot"})
+    with pytest.raises(ConversionError, match="t_min"):
+        convert(bad, tmp_path / "b.gguf")
+    config = json.loads((bad / "config.json").read_text())
+    config["canvas_length"] = 0
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="canvas_length"):
+        convert(bad, tmp_path / "b.gguf")
+    with pytest.raises(ValueError, match="block_length"):
+        convert(bad, tmp_path / "b.gguf", block_length=4)
+    assert not (tmp_path / "b.gguf").exists()
