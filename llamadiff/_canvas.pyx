@@ -22,6 +22,8 @@ The block's output is its last argmax. It is committed by the encoder phase (cau
 KV cache) before the next block's first step; generation ends after a block holding an
 end-of-generation token. The decoder's cells are dropped after each decode, so the KV cache holds
 the prompt and the committed blocks only: a step costs the canvas, never the prefix.
+``cache=False`` is the reference behaviour without the cache: every step encodes the prefix
+(prompt and committed blocks) again from an empty memory; both give the same tokens.
 
 The phase is llama.cpp's causal-attention switch (vendor/patches/0012). The self-conditioning
 input ``softmax(z / T) @ E * sqrt(d)`` is computed in the graph next to the logits and comes back
@@ -83,6 +85,7 @@ cdef class CanvasSequence(Sequence):
     cdef readonly long n_accepted     # positions the entropy bound accepted, over all steps
     cdef int n_embd, start
     cdef bint greedy, filtered, commit_pending, sc_valid, stopped
+    cdef readonly bint use_cache
     cdef float inv_temp
     cdef vector[int32_t] canvas, argmax, draw, history, eog
     cdef vector[double] row_entropy
@@ -94,7 +97,7 @@ cdef class CanvasSequence(Sequence):
     def __init__(self, Model model not None, prompt, int n_generate, int canvas_length, int steps, *,
                  float t_min=0.4, float t_max=0.8, float entropy_bound=0.1, int stability=1,
                  float confidence=0.005, int top_k=0, float top_p=1.0, unsigned long long seed=0,
-                 eog_tokens=()):
+                 eog_tokens=(), bint cache=True):
         cdef int i
         if canvas_length < 1 or n_generate < 1:
             raise ValueError("canvas_length and n_generate must be >= 1")
@@ -127,6 +130,7 @@ cdef class CanvasSequence(Sequence):
         self.canvas_length, self.steps, self.stability = canvas_length, steps, stability
         self.t_min, self.t_max, self.entropy_bound, self.confidence = t_min, t_max, entropy_bound, confidence
         self.greedy = top_k == 1
+        self.use_cache = cache
         self.filtered = not self.greedy and ((0 < top_k < self.n_vocab) or top_p < 1.0)
         self.sp.temperature = 1.0
         self.sp.top_k = top_k
@@ -204,7 +208,8 @@ cdef class CanvasSequence(Sequence):
         ctx.set_block_causal(0)
         self._set_phase(True)
         try:
-            self.prefill_range(0, self.n_prompt, ctx.n_batch)
+            if self.use_cache:
+                self.prefill_range(0, self.n_prompt, ctx.n_batch)
         finally:
             self._set_phase(False)
         self.prefill_us = C.llama_time_us() - t0
@@ -213,11 +218,15 @@ cdef class CanvasSequence(Sequence):
         return 0
 
     cdef int prepare(self) except -1:
-        # the finished block's commit pass (the encoder over its argmax), then back to the decoder
-        if self.commit_pending:
+        # the finished block's commit pass (the encoder over its argmax), or without the cache the
+        # whole prefix from an empty memory; then back to the decoder
+        if self.commit_pending or not self.use_cache:
+            if not self.use_cache:
+                C.llama_memory_seq_rm(self.ctx.mem, self.slot, -1, -1)
             self._set_phase(True)
             try:
-                self.prefill_range(self.start - self.canvas_length, self.start, self.ctx.n_batch)
+                self.prefill_range(self.start - self.canvas_length if self.use_cache else 0, self.start,
+                                   self.ctx.n_batch)
             finally:
                 self._set_phase(False)
             self.commit_pending = False

@@ -83,6 +83,11 @@ def canvas(argv):
             prefix = "model.decoder." if name.startswith("model.decoder.") else enc
             if prefix is not None:
                 name = "model." + name[len(prefix):]
+            if name == "model.embed_tokens.weight" and "self_cond_embd_t.weight" not in written:
+                # the embedding transposed too: the self-conditioning product as a matrix product
+                # (vendor/patches/0012; the published GGUFs lack it and take out_prod)
+                written.add("self_cond_embd_t.weight")
+                yield ("self_cond_embd_t.weight", data_torch.t().contiguous())
             for out in super().modify_tensors(data_torch, name, bid):
                 if out[0] not in written:                # a tied weight stored under both names
                     written.add(out[0])

@@ -997,6 +997,7 @@ class CanvasShape:
     softcap: float = 30.0
     canvas_length: int = 16
     n_ctx_train: int = 4096
+    n_vocab_pad: int = 0           # fillers after the test vocabulary (a published-size vocabulary)
 
 
 # HF name (after model.decoder. / model.encoder.language_model.) -> GGUF name of a layer tensor
@@ -1034,23 +1035,29 @@ def canvas_config(shape: CanvasShape, vocab: "Vocab | None" = None) -> dict:
             "text_config": text, "canvas_length": shape.canvas_length, "tie_word_embeddings": True}
 
 
-def canvas_weights(shape: CanvasShape, seed: int = 0, std: float = 0.04, vocab: "Vocab | None" = None) -> dict:
+def canvas_weights(shape: CanvasShape, seed: int = 0, std: float = 0.04, vocab: "Vocab | None" = None,
+                   tiled: bool = False) -> dict:
     """Random float32 weights under the checkpoint's names (the decoder's; the encoder holds only
     its own ``layer_scalar``): matrices ~ N(0, std^2), embedding N(0, 0.3^2), norm weights and
-    router scales 1 + N(0, 0.3^2), layer scalars U(0.5, 1.5)."""
-    vocab = vocab or byte_vocab()
+    router scales 1 + N(0, 0.3^2), layer scalars U(0.5, 1.5). ``tiled``: matrices repeat one
+    random block of 4096 values (for timing models of published size, quick to make)."""
+    vocab = vocab or byte_vocab(shape.n_vocab_pad)
     rng = np.random.default_rng(seed)
     d, V, E = shape.n_embd, vocab.n_tokens, shape.n_expert
     out: dict = {}
+    block = rng.standard_normal(4096).astype(np.float32)
 
     def mat(*dims):
+        if tiled:
+            return np.resize(block, dims) * np.float32(std)
         return (std * rng.standard_normal(dims)).astype(np.float32)
 
     def norm(n):
         return (1 + 0.3 * rng.standard_normal(n)).astype(np.float32)
 
     dec, enc = "model.decoder.", "model.encoder.language_model."
-    out[dec + "embed_tokens.weight"] = (0.3 * rng.standard_normal((V, d))).astype(np.float32)
+    out[dec + "embed_tokens.weight"] = (mat(V, d) * np.float32(0.3 / std) if tiled else
+                                        (0.3 * rng.standard_normal((V, d))).astype(np.float32))
     out[dec + "norm.weight"] = norm(d)
     for k, dims in (("pre_norm", None), ("gate_proj", (shape.n_ff, d)), ("up_proj", (shape.n_ff, d)),
                     ("down_proj", (d, shape.n_ff))):
@@ -1083,12 +1090,16 @@ def canvas_weights(shape: CanvasShape, seed: int = 0, std: float = 0.04, vocab: 
     return out
 
 
-def canvas_gguf_tensors(weights: Mapping[str, np.ndarray], shape: CanvasShape) -> dict:
+def canvas_gguf_tensors(weights: Mapping[str, np.ndarray], shape: CanvasShape, embd_t: bool = True) -> dict:
     """The checkpoint's weights under the GGUF names llama.cpp's diffusion-gemma loader reads
     (the published GGUFs' names), numpy layout; plus ``rope_freqs`` (1 for the rotated pairs of
-    full layers, 1e30 -- not rotated -- for the rest, as llama.cpp's Gemma 4 converter writes)."""
+    full layers, 1e30 -- not rotated -- for the rest, as llama.cpp's Gemma 4 converter writes) and,
+    with ``embd_t``, ``self_cond_embd_t`` (the embedding transposed, which llamadiff's conversions
+    add: the self-conditioning product as a matrix product; the published GGUFs lack it)."""
     dec, enc = "model.decoder.", "model.encoder.language_model."
     out = {"token_embd.weight": weights[dec + "embed_tokens.weight"], "output_norm.weight": weights[dec + "norm.weight"]}
+    if embd_t:
+        out["self_cond_embd_t.weight"] = np.ascontiguousarray(weights[dec + "embed_tokens.weight"].T)
     for k, name in (("pre_norm", "self_cond_pre_norm"), ("gate_proj", "self_cond_gate"), ("up_proj", "self_cond_up"),
                     ("down_proj", "self_cond_down")):
         out[name + ".weight"] = weights[f"{dec}self_conditioning.{k}.weight"]
@@ -1106,17 +1117,19 @@ def canvas_gguf_tensors(weights: Mapping[str, np.ndarray], shape: CanvasShape) -
 
 def write_diffusion_gemma(path: str | os.PathLike[str], *, shape: CanvasShape | None = None, seed: int = 0,
                           std: float = 0.04, dtype: str = "f32", metadata: Mapping[str, Any] | None = None,
-                          weights: Mapping[str, np.ndarray] | None = None) -> pathlib.Path:
+                          weights: Mapping[str, np.ndarray] | None = None, tiled: bool = False,
+                          embd_t: bool = True) -> pathlib.Path:
     """A tiny DiffusionGemma GGUF (arch ``diffusion-gemma``, what ``llamadiff convert`` writes for
     the published format) from ``weights`` (``canvas_weights``'s names; default: random ones of
     ``seed``). ``dtype`` is the type of the 2-D matrices (the MoE's 3-D ones too); ``metadata``
-    adds or replaces keys as in ``write_model`` (None removes one)."""
+    adds or replaces keys as in ``write_model`` (None removes one); ``tiled`` as in ``canvas_weights``,
+    ``embd_t`` as in ``canvas_gguf_tensors`` (False: as the published GGUFs)."""
     shape = shape or CanvasShape()
-    vocab = byte_vocab()
+    vocab = byte_vocab(shape.n_vocab_pad)
     if dtype not in ("f32", "f16"):
         raise ValueError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
-    weights = canvas_weights(shape, seed, std, vocab) if weights is None else weights
-    tensors = canvas_gguf_tensors(weights, shape)
+    weights = canvas_weights(shape, seed, std, vocab, tiled) if weights is None else weights
+    tensors = canvas_gguf_tensors(weights, shape, embd_t)
     arch = "diffusion-gemma"
     swa = [t == "sliding_attention" for t in shape.layer_types]
     kv = {

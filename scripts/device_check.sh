@@ -15,6 +15,7 @@
 #   the earlier timings instead (sampler alone, decode per route, blocks 4 / 8 / 16, the
 #   no-cache mode, upstream llama-diffusion-cli, batch scaling): scripts/device_check.sh classic
 #   where a block step's time goes, instead:       scripts/device_check.sh profile
+#   the DiffusionGemma-shaped case, instead:       scripts/device_check.sh canvas
 #   (rehearsed with:                               scripts/device_check.sh rehearse [classic|profile])
 #
 # Budget: one call of under 8 minutes. Installing the packed wheel takes seconds; without it
@@ -97,6 +98,12 @@ if [ "${1:-}" = "profile" ] || [ "${2:-}" = "profile" ]; then
 fi
 if [ "${1:-}" = "classic" ] || [ "${2:-}" = "classic" ]; then
     CLASSIC=1
+fi
+CANVAS=0
+if [ "${1:-}" = "canvas" ] || [ "${2:-}" = "canvas" ]; then
+    # instead of the tests and timings: the DiffusionGemma-shaped case (benchmarks/canvas_device.py:
+    # published layer shapes and vocabulary, 6 layers, F16 / Q8_0 / Q4_K_M, prompt 1024, one canvas)
+    CANVAS=1
 fi
 
 BUDGET=${DEVICE_CHECK_BUDGET_S:-470}
@@ -200,6 +207,16 @@ if [ $PROFILE = 1 ]; then
             (cd /tmp && $PY $P ncu-report "$OUT/ncu$rows.csv")
         done
     fi
+    echo "== total $(( $(date +%s) - START )) s"
+    exit 0
+fi
+
+if [ $CANVAS = 1 ]; then
+    CD="$ROOT/benchmarks/canvas_device.py"; J="$OUT/canvas.jsonl"
+    echo "== DiffusionGemma-shaped model ($(left) s left)"
+    (cd /tmp && timeout $(( $(left) - 120 )) $PY "$CD" write --dir /tmp/dg --device $DEVICE --json "$J")
+    echo "== DiffusionGemma-shaped timings ($(left) s left)"
+    (cd /tmp && timeout $(( $(left) - 10 )) $PY "$CD" run --dir /tmp/dg --device $DEVICE --json "$J")
     echo "== total $(( $(date +%s) - START )) s"
     exit 0
 fi

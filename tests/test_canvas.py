@@ -54,9 +54,9 @@ class CounterDraws:
         return np.array(tokens)
 
 
-def _tiny(directory, std: float):
+def _tiny(directory, std: float, embd_t: bool = True):
     weights = T.canvas_weights(SHAPE, seed=1, std=std)
-    path = T.write_diffusion_gemma(directory / f"dg-{std}.gguf", shape=SHAPE, weights=weights)
+    path = T.write_diffusion_gemma(directory / f"dg-{std}-{embd_t}.gguf", shape=SHAPE, weights=weights, embd_t=embd_t)
     P = R.load_params({k: v.astype(np.float64) for k, v in weights.items()}, T.canvas_config(SHAPE))
     return path, P, Model(str(path))
 
@@ -64,6 +64,14 @@ def _tiny(directory, std: float):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     made = _tiny(tmp_path_factory.mktemp("canvas"), 0.04)
+    yield made
+    made[2].close()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """The layout of the published GGUFs: no transposed embedding (self-conditioning by out_prod)."""
+    made = _tiny(tmp_path_factory.mktemp("published"), 0.04, embd_t=False)
     yield made
     made[2].close()
 
@@ -95,6 +103,8 @@ def run_sequence(model, prompt, n_new, steps, **kw):
     ("tiny", True, 0, {}),
     ("tiny", False, 3, {}),
     ("tiny", False, 7, {}),
+    ("published", False, 3, {}),
+    ("published", False, 5, dict(entropy_bound=50.0)),
     # a loose bound: most positions accepted (their draws decide the next canvas)
     ("tiny", False, 5, dict(entropy_bound=50.0)),
     ("tiny", True, 2, dict(entropy_bound=50.0, stability=2)),
@@ -116,6 +126,17 @@ def test_tokens_and_steps_match_the_reference(request, body, greedy, seed, setti
     assert list(seq.steps_per_region) == ref_steps
     if body == "quiet":
         assert min(ref_steps) < 8          # the stop rule took part
+
+
+@pytest.mark.parametrize("body,seed", [("tiny", 3), ("quiet", 5)])
+def test_recomputing_the_prefix_gives_the_same_tokens(request, body, seed):
+    """cache=False (every step encodes prompt and committed canvases again) against the cache."""
+    model = request.getfixturevalue(body)[2]
+    kw = dict(entropy_bound=50.0, confidence=10.0) if body == "quiet" else {}
+    cached = run_sequence(model, PROMPT, 40, 8, seed=seed, **kw)
+    again = run_sequence(model, PROMPT, 40, 8, seed=seed, cache=False, **kw)
+    assert again.tokens == cached.tokens and list(again.steps_per_region) == list(cached.steps_per_region)
+    assert again.n_decode_tokens > cached.n_decode_tokens
 
 
 def test_self_conditioning_and_the_encoder_scalars_matter(tiny):

@@ -544,3 +544,22 @@ def test_memory_levels_off_under_a_hostile_battery():
     rss = [r["rss_kib"] for r in rounds]
     assert rss[3] - rss[2] < 8 * 1024, rss          # KiB: under 8 MiB from round 2 to round 3
     assert report["health"]["status"] == "ok" and report["tracebacks"] == 0
+
+
+def test_a_canvas_model_over_http(tmp_path):
+    """DiffusionGemma behind the server: completions and streams with its own options, a clear
+    400 for an option it would ignore."""
+    from llamadiff import testing
+    path = testing.write_diffusion_gemma(tmp_path / "dg.gguf", seed=1)
+    srv = Server("-m", str(path), "--api-key", KEY, "--n-parallel", "2", "--model-name", "dg")
+    try:
+        body = {"model": "dg", "prompt": "hello", "max_tokens": 24, "steps": 4, "t_min": 0.3, "seed": 1}
+        res = srv.post("/v1/completions", body)
+        assert res.status_code == 200, res.text
+        assert res.json()["usage"]["completion_tokens"] > 0
+        chunks = srv.post("/v1/completions", {**body, "stream": True})
+        assert chunks.status_code == 200 and "data: [DONE]" in chunks.text
+        res = srv.post("/v1/completions", {**body, "temperature": 0.7})
+        assert res.status_code == 400 and "t_min" in res.text
+    finally:
+        srv.stop()

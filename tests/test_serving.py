@@ -167,3 +167,17 @@ def test_causal_modes_and_token_editing_through_the_batcher():
         results = [r.result(timeout=120) for r in requests]
     assert [r.tokens for r in results] == solo
     assert results[0].stats["verify_passes"] >= 1 and "edits" in results[3].stats
+
+
+def test_canvas_requests_batch_too(tmp_path):
+    """DiffusionGemma (canvas diffusion): requests from threads share the decoder steps and get
+    the tokens each gets alone; an option of another family fails in the caller."""
+    path = testing.write_diffusion_gemma(tmp_path / "dg.gguf", seed=1)
+    prompts = ["one", "two three", "four five six", "seven"]
+    opts = dict(max_new_tokens=32, steps=6, seed=2)
+    with Generator(path, n_ctx=256, **EXACT) as gen:
+        solo = [gen.generate(p, **opts).tokens for p in prompts]
+    with Engine(path, n_parallel=4, n_ctx=256, **EXACT) as engine:
+        assert [r.tokens for r in _from_threads(engine, prompts, **opts)] == solo
+        with pytest.raises(ValueError, match="t_max down to t_min"):
+            engine.submit("one", temperature=0.7, **opts)

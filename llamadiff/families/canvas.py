@@ -55,8 +55,9 @@ class CanvasFamily(Family):
         for name, why in IGNORED.items():
             if getattr(cfg, name) != _DEFAULTS[name]:
                 raise ValueError(f"{name} is not a setting of canvas diffusion (DiffusionGemma): {why}")
-        if cfg.cache not in (None, True):
-            raise ValueError(f"cache={cfg.cache!r}: canvas diffusion always keeps the exact prefix cache")
+        if cfg.cache not in (None, True, False):
+            raise ValueError(f"cache={cfg.cache!r}: canvas diffusion takes cache=True (the exact prefix cache, "
+                             "default) or False (every step encodes the prefix again)")
         C = canvas_length(setup.model)
         if cfg.block_length not in (None, C):
             raise ValueError(f"block_length={cfg.block_length}: a DiffusionGemma canvas is the model's "
@@ -77,7 +78,7 @@ class CanvasFamily(Family):
         if values["t_min"] > values["t_max"]:
             raise ValueError(f"t_min ({values['t_min']:g}) must not exceed t_max ({values['t_max']:g})")
         # block_length carries the canvas length (a region of the engine is one canvas)
-        return cfg.replace(block_length=C, cache=True, **values)
+        return cfg.replace(block_length=C, cache=cfg.cache is not False, **values)
 
     def positions(self, cfg, n_prompt: int) -> int:
         """The prompt and whole canvases (the last is not cut)."""
@@ -100,10 +101,11 @@ class CanvasFamily(Family):
         return CanvasSequence(model, ids, cfg.max_new_tokens, cfg.block_length, cfg.steps,
                               t_min=cfg.t_min, t_max=cfg.t_max, entropy_bound=cfg.entropy_bound,
                               stability=cfg.stability, confidence=cfg.confidence, top_k=cfg.top_k,
-                              top_p=cfg.top_p, seed=cfg.seed, eog_tokens=model.eog_token_ids)
+                              top_p=cfg.top_p, seed=cfg.seed, eog_tokens=model.eog_token_ids, cache=cfg.cache)
 
     def runs_alone(self, cfg) -> bool:
-        return False
+        # without the cache each sequence encodes its prefix alone, every step
+        return not cfg.cache
 
     def context(self, setup: Setup, cfg, slots: int, capacity: int) -> ContextShape:
         """A step decodes one canvas per slot (non-causal: all in one ubatch); prompts are prefilled
@@ -121,7 +123,7 @@ class CanvasFamily(Family):
 
     def batch_key(self, cfg) -> tuple:
         """Canvas sequences share any step (each decodes its own canvas; the phase is per decode)."""
-        return ("canvas",)
+        return ("canvas", bool(cfg.cache))
 
     def needs_host_logits(self, cfg) -> bool:
         """The canvas rows are sampled on the host (argmax, entropy and draw of every position)."""
