@@ -209,8 +209,8 @@ class GenerationConfig:
     stop: Optional[Sequence[Union[str, int]]] = _option(
         None, "stop string (repeatable; default: the model's end-of-generation tokens)", cli="append")
     cache: Union[bool, str, None] = _option(
-        None, "block diffusion: True (exact KV cache, default) or False (recompute); full diffusion: "
-        "none (exact, default), prefix or dual (Fast-dLLM caches)", cli=None)
+        None, "block and canvas diffusion: True (exact KV cache, default) or False (recompute); full "
+        "diffusion: none (exact, default), prefix or dual (Fast-dLLM caches)", cli=None)
     # full diffusion only
     eps: Optional[float] = _option(None, "Dream-style timestep schedule (default for dream / rnd1: 1e-3)",
                                    flags=("--eps", "--diffusion-eps"), bounds=(0.0, 1.0, "()"), group="full")
