@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from llamadiff import testing
 from llamadiff.cli import main
 
 
@@ -38,6 +39,21 @@ def test_generate_stream_and_visual(qwen3_path, capsys):
                  "--stop", "zzz"]) == 0
     out = capsys.readouterr().out
     assert "[block 0 step 0]" in out and "░" in out
+
+
+def test_a_canvas_model_streams_and_shows_its_canvas_settle(tmp_path, capsys):
+    """DiffusionGemma on the command line: its own flags, a stream, --visual redrawing the argmax
+    canvas each step (no mask glyphs: the canvas is always full), info naming the family."""
+    path = testing.write_diffusion_gemma(tmp_path / "dg.gguf", seed=1)
+    args = ["generate", "-m", str(path), "-p", "hello", "-n", "16", "--steps", "3", "--t-min", "0.3", "--seed", "2"]
+    assert main(args + ["--stream"]) == 0
+    assert main(args + ["--visual", "--stop", "zzz"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[block 0 step {k}]" in out for k in range(3))
+    assert main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == "canvas"
+    assert main(args + ["--temperature", "0.5"]) == 1
+    assert "t_max down to t_min" in capsys.readouterr().err
 
 
 def test_info(qwen3_path, capsys):
